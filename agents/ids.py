@@ -1,0 +1,17 @@
+"""Deterministic identifiers: the same inputs always give the same ``delivery_id``.
+
+That is what makes a retry, a restart or a replay harmless: the sinks' ledger and the in-app table
+are keyed on it, so the second copy of a delivery is recognised and not sent again.
+"""
+from __future__ import annotations
+
+import hashlib
+
+
+def delivery_id(kind: str, channel: str, user_id: str, event_ids: list[str] | tuple[str, ...], window: str = "") -> str:
+    """A 32-hex id from the delivery's kind, channel, user, event ids (order-free) and window label."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in (kind, channel, user_id, window, *sorted(event_ids)):
+        h.update(part.encode())
+        h.update(b"\x1f")
+    return h.hexdigest()

@@ -1,0 +1,153 @@
+"""The query API's routes. Errors are ``{"error": {"code", "message"}}`` with a 4xx for the caller's mistakes."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import asyncpg
+from aiohttp import web
+from confluent_kafka import Producer
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from api import auth, store
+from schemas.codec import Codec
+from schemas.registry import Registry
+from streams.settings import Settings
+
+log = logging.getLogger("herald.api")
+
+REQUESTS = Counter("herald_api_requests_total", "API requests by route and status", ["route", "status"])
+LATENCY = Histogram("herald_api_request_seconds", "API request latency by route", ["route"],
+                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+SECRET = web.AppKey("secret", str)
+PRODUCER = web.AppKey("producer", object)
+CODEC = web.AppKey("codec", Codec)
+
+
+def error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+@web.middleware
+async def errors_and_metrics(request: web.Request, handler):
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except auth.AuthError as exc:
+        response = error(exc.status, exc.code, exc.message)
+    except store.BadCursor as exc:
+        response = error(400, "BAD_CURSOR", str(exc))
+    except web.HTTPException as exc:
+        response = error(exc.status, exc.reason.upper().replace(" ", "_"), exc.text or exc.reason)
+    except Exception:  # noqa: BLE001 - a 5xx is a bug; log it, answer in the contract's shape
+        log.exception("unhandled error on %s", route)
+        response = error(500, "INTERNAL", "internal error; see the API log")
+    REQUESTS.labels(route, str(response.status)).inc()
+    LATENCY.labels(route).observe(time.perf_counter() - started)
+    return response
+
+
+def _user(request: web.Request) -> str:
+    user_id = request.match_info["user_id"]
+    auth.authorize(request.app[SECRET], request.headers.get("Authorization"), user_id)
+    return user_id
+
+
+async def unread_count(request: web.Request) -> web.Response:
+    return web.json_response(await store.unread_count(request.app[POOL], _user(request)))
+
+
+async def notifications(request: web.Request) -> web.Response:
+    user_id = _user(request)
+    try:
+        limit = int(request.query.get("limit", "20"))
+    except ValueError:
+        return error(400, "BAD_LIMIT", "limit must be a whole number from 1 to 100")
+    if not 1 <= limit <= 100:
+        return error(400, "BAD_LIMIT", "limit must be a whole number from 1 to 100")
+    status = request.query.get("status")
+    if status not in (None, "unread", "all"):
+        return error(400, "BAD_STATUS", "status is 'unread' or 'all'")
+    return web.json_response(await store.page(request.app[POOL], user_id, limit, request.query.get("cursor"),
+                                              status == "unread"))
+
+
+def _publish_read(request: web.Request, user_id: str, action: str, notification_id: str | None) -> None:
+    settings, codec = request.app[SETTINGS], request.app[CODEC]
+    topic = settings.topic("reads")
+    value = codec.encode(f"{topic}-value", "ReadEvent", {"user_id": user_id, "action": action,
+                                                         "notification_id": notification_id, "at": int(time.time() * 1000)})
+    request.app[PRODUCER].produce(topic, key=user_id.encode(), value=value)
+    request.app[PRODUCER].poll(0)
+
+
+async def read_one(request: web.Request) -> web.Response:
+    user_id = _user(request)
+    notification_id = request.match_info["notification_id"]
+    if not await store.mark_read(request.app[POOL], user_id, notification_id):
+        return error(404, "NOT_FOUND", "no such notification for this user")
+    _publish_read(request, user_id, "READ", notification_id)
+    return web.json_response(await store.unread_count(request.app[POOL], user_id))
+
+
+async def read_all(request: web.Request) -> web.Response:
+    user_id = _user(request)
+    await store.mark_all_read(request.app[POOL], user_id)
+    _publish_read(request, user_id, "READ_ALL", None)
+    return web.json_response(await store.unread_count(request.app[POOL], user_id))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        await request.app[POOL].fetchval("SELECT 1")
+    except Exception as exc:  # noqa: BLE001
+        return error(503, "NOT_READY", f"database not reachable: {type(exc).__name__}")
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _init_conn(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+def create_app(settings: Settings | None = None) -> web.Application:
+    settings = settings or Settings.from_env()
+    app = web.Application(middlewares=[errors_and_metrics])
+    app[SETTINGS] = settings
+    app[SECRET] = auth.signing_secret(settings)
+
+    async def lifecycle(app: web.Application):
+        app[POOL] = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=10, init=_init_conn)
+        app[PRODUCER] = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
+        app[CODEC] = Codec(Registry(settings.schema_registry_url))
+        yield
+        app[PRODUCER].flush(5)
+        await app[POOL].close()
+
+    app.cleanup_ctx.append(lifecycle)
+    base = "/v1/users/{user_id}"
+    app.router.add_get(f"{base}/unread-count", unread_count)
+    app.router.add_get(f"{base}/notifications", notifications)
+    app.router.add_post(f"{base}/notifications/read-all", read_all)
+    app.router.add_post(f"{base}/notifications/{{notification_id}}/read", read_one)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def run(settings: Settings | None = None) -> None:
+    settings = settings or Settings.from_env()
+    web.run_app(create_app(settings), host="127.0.0.1", port=settings.api_port, print=None, access_log=None)

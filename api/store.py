@@ -1,0 +1,71 @@
+"""The API's reads and writes of in-app notifications in PostgreSQL."""
+from __future__ import annotations
+
+import base64
+from datetime import datetime, timezone
+
+import asyncpg
+
+UNREAD = """
+SELECT count(*) FILTER (WHERE read_at IS NULL) AS unread, count(*) FILTER (WHERE seen_at IS NULL) AS unseen
+FROM notifications WHERE user_id = $1 AND archived_at IS NULL
+"""
+
+PAGE = """
+SELECT notification_id, type, priority, kind, title, body, data, event_ids, created_at, read_at, seen_at
+FROM notifications
+WHERE user_id = $1 AND archived_at IS NULL AND ($2::boolean IS FALSE OR read_at IS NULL)
+  AND ($3::timestamptz IS NULL OR (created_at, notification_id) < ($3, $4))
+ORDER BY created_at DESC, notification_id DESC
+LIMIT $5
+"""
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def encode_cursor(created_at: datetime, notification_id: str) -> str:
+    raw = f"{int(created_at.timestamp() * 1_000_000)}|{notification_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        micros, notification_id = raw.split("|", 1)
+        return datetime.fromtimestamp(int(micros) / 1_000_000, tz=timezone.utc), notification_id
+    except Exception:  # noqa: BLE001 - anything malformed is the caller's mistake
+        raise BadCursor("cursor is not one this API returned") from None
+
+
+async def unread_count(pool: asyncpg.Pool, user_id: str) -> dict:
+    row = await pool.fetchrow(UNREAD, user_id)
+    return {"user_id": user_id, "unread": row["unread"], "unseen": row["unseen"]}
+
+
+async def page(pool: asyncpg.Pool, user_id: str, limit: int, cursor: str | None, unread_only: bool) -> dict:
+    after = decode_cursor(cursor) if cursor else (None, None)
+    rows = await pool.fetch(PAGE, user_id, unread_only, after[0], after[1], limit + 1)
+    items = [{
+        "notification_id": r["notification_id"], "type": r["type"], "priority": r["priority"], "kind": r["kind"],
+        "title": r["title"], "body": r["body"], "data": r["data"], "event_ids": list(r["event_ids"]),
+        "created_at": r["created_at"].isoformat(), "read": r["read_at"] is not None, "seen": r["seen_at"] is not None,
+    } for r in rows[:limit]]
+    next_cursor = encode_cursor(rows[limit - 1]["created_at"], rows[limit - 1]["notification_id"]) if len(rows) > limit else None
+    return {"user_id": user_id, "notifications": items, "next_cursor": next_cursor}
+
+
+async def mark_read(pool: asyncpg.Pool, user_id: str, notification_id: str) -> bool:
+    """True if the notification exists for this user (marking twice is fine)."""
+    result = await pool.fetchval(
+        "UPDATE notifications SET read_at = coalesce(read_at, now()), seen_at = coalesce(seen_at, now()) "
+        "WHERE user_id = $1 AND notification_id = $2 RETURNING 1", user_id, notification_id)
+    return result is not None
+
+
+async def mark_all_read(pool: asyncpg.Pool, user_id: str) -> int:
+    status = await pool.execute(
+        "UPDATE notifications SET read_at = now(), seen_at = coalesce(seen_at, now()) "
+        "WHERE user_id = $1 AND read_at IS NULL AND archived_at IS NULL", user_id)
+    return int(status.split()[-1])

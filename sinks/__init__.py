@@ -1,0 +1,1 @@
+"""Delivery workers, one per channel: read a delivery topic, send, record each attempt's outcome."""

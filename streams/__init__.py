@@ -1,0 +1,1 @@
+"""The Faust app, topics, tables and settings; the ``herald`` command line."""

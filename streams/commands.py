@@ -1,0 +1,342 @@
+"""What each ``herald`` subcommand does. Parsing and help live in ``streams/cli.py``."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+import uuid
+from datetime import datetime
+from typing import Iterator
+
+import orjson
+
+from streams.settings import Settings
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line without a traceback."""
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _run_until_signal(main_coro_factory) -> None:
+    async def runner():
+        task = asyncio.ensure_future(main_coro_factory())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+    asyncio.run(runner())
+
+
+# -- processes -------------------------------------------------------------------------------------
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from faust import Worker
+
+    from streams.pipeline import build
+
+    app = build(_settings())
+    worker = Worker(app, loglevel="INFO", quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    _logging()
+    from sinks import inapp
+
+    _run_until_signal(lambda: inapp.run(_settings()))
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    _logging()
+    from api.app import run
+
+    run(_settings())
+    return 0
+
+
+# -- stack -----------------------------------------------------------------------------------------
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from streams import stack
+
+    return stack.up(_settings(), detach=args.detach, demo=not args.no_demo, rate=args.rate)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from streams import stack
+
+    stack.down()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from streams import stack
+
+    return stack.show_status(_settings())
+
+
+# -- tools -----------------------------------------------------------------------------------------
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from api import auth
+
+    print(auth.mint(auth.signing_secret(_settings()), args.user_id, admin=args.admin, ttl_s=args.ttl))
+    return 0
+
+
+def _lines(files: list[str]) -> Iterator[tuple[str, int, str]]:
+    if not files:
+        for n, line in enumerate(sys.stdin, 1):
+            yield "<stdin>", n, line
+        return
+    for path in files:
+        try:
+            handle = open(path, encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot read {path}: {exc.strerror}") from None
+        with handle:
+            for n, line in enumerate(handle, 1):
+                yield path, n, line
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from confluent_kafka import KafkaException, Producer
+
+    from schemas.codec import Codec
+    from schemas.registry import Registry
+    from streams import demo
+    from streams.events import EventError, from_json
+
+    settings = _settings()
+    topic = args.topic or settings.topic("events")
+    codec = Codec(Registry(settings.schema_registry_url))
+    try:
+        codec.registry.register(f"{topic}-value", "NotificationEvent")
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"the schema registry at {settings.schema_registry_url} did not answer ({type(exc).__name__}); "
+                        "is the stack up? (`herald up --detach` or `herald status`)") from None
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20, "enable.idempotence": True})
+    failures: list[str] = []
+
+    def on_delivery(err, msg):
+        if err is not None:
+            failures.append(str(err))
+
+    def records() -> Iterator[tuple[str, bytes | None, bytes]]:
+        if args.demo:
+            for kind, payload in demo.stream(seed=int(time.time())):
+                if kind == "bad":
+                    yield "demo", b"demo-user-2", payload
+                else:
+                    yield "demo", payload["user_id"].encode(), codec.encode(f"{topic}-value", "NotificationEvent",
+                                                                            {**payload, "occurred_at": int(time.time() * 1000)})
+            return
+        for where, n, line in _lines(args.files):
+            if not line.strip():
+                continue
+            try:
+                event = from_json(json.loads(line))
+            except json.JSONDecodeError as exc:
+                print(f"{where}:{n}: not JSON: {exc.msg} (column {exc.colno})", file=sys.stderr)
+                bad[0] += 1
+                continue
+            except EventError as exc:
+                print(f"{where}:{n}: {exc}", file=sys.stderr)
+                bad[0] += 1
+                continue
+            yield where, event["user_id"].encode(), codec.encode(f"{topic}-value", "NotificationEvent", event)
+
+    bad = [0]
+    sent = 0
+    started = time.monotonic()
+    progress = None
+    if not args.quiet and sys.stderr.isatty():
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed} events"),
+                            TimeElapsedColumn(), transient=False)
+        task = progress.add_task(f"producing to {topic}", total=args.count or None)
+        progress.start()
+    try:
+        for _, key, value in records():
+            while True:
+                try:
+                    producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+                except KafkaException as exc:
+                    raise UserError(f"Kafka refused the record: {exc}") from None
+            sent += 1
+            producer.poll(0)
+            if progress:
+                progress.update(task, completed=sent)
+            if args.rate:
+                delay = started + sent / args.rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            if args.count and sent >= args.count:
+                break
+    finally:
+        remaining = producer.flush(30)
+        if progress:
+            progress.stop()
+    if remaining or failures:
+        raise UserError(f"{remaining + len(failures)} events were not acknowledged by Kafka at {settings.kafka_bootstrap}"
+                        + (f": {failures[0]}" if failures else ""))
+    elapsed = time.monotonic() - started
+    print(f"produced {sent} events to {topic} in {elapsed:.1f}s" + (f"; {bad[0]} bad lines skipped" if bad[0] else ""),
+          file=sys.stderr)
+    return 1 if bad[0] else 0
+
+
+def _json_default(value):
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", errors="replace")
+    raise TypeError
+
+
+def render(msg, codec) -> dict:
+    """One consumed record as a JSON-able dict: Avro decoded, dead letters with their reasons."""
+    from schemas.codec import DecodeError
+    from streams.dlq import reason_of
+
+    key = msg.key()
+    out = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
+           "timestamp": msg.timestamp()[1],
+           "key": key.decode("utf-8", errors="replace") if key is not None else None}
+    headers = reason_of(msg.headers())
+    if "herald.error.reason" in headers:
+        out["dead_letter"] = headers
+        out["value_bytes"] = (msg.value() or b"").decode("utf-8", errors="replace")[:500]
+        return out
+    try:
+        out["value"] = codec.decode(msg.value(), None) if msg.value() is not None else None
+    except DecodeError as exc:
+        out["undecodable"] = {"reason": exc.reason, "message": exc.message}
+    return out
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+
+    from schemas.codec import Codec
+    from schemas.registry import Registry
+
+    settings = _settings()
+    follow = args.follow if args.follow is not None else not args.from_beginning
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"herald-tail-{uuid.uuid4()}",
+                         "enable.auto.commit": False, "enable.partition.eof": True})
+    meta = consumer.list_topics(args.topic, timeout=10)
+    topic_meta = meta.topics.get(args.topic)
+    if topic_meta is None or topic_meta.error is not None or not topic_meta.partitions:
+        raise UserError(f"no topic {args.topic!r} at {settings.kafka_bootstrap}; `herald status` lists the topics")
+    start = OFFSET_BEGINNING if args.from_beginning else OFFSET_END
+    parts = [TopicPartition(args.topic, p, start) for p in topic_meta.partitions]
+    consumer.assign(parts)
+    codec = Codec(Registry(settings.schema_registry_url))
+    at_end: set[int] = set()
+    printed = 0
+    try:
+        while True:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                if not follow and len(at_end) == len(parts):
+                    break
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
+                    if not follow and len(at_end) == len(parts):
+                        break
+                    continue
+                raise UserError(str(msg.error()))
+            at_end.discard(msg.partition())
+            sys.stdout.write(orjson.dumps(render(msg, codec), default=_json_default,
+                                          option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
+            sys.stdout.flush()
+            printed += 1
+            if args.max and printed >= args.max:
+                break
+    except BrokenPipeError:
+        pass
+    finally:
+        consumer.close()
+    return 0
+
+
+def _when(text: str | None, default: int) -> int:
+    if text is None:
+        return default
+    if text.isdigit():
+        return int(text)
+    try:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        raise UserError(f"{text!r} is neither epoch milliseconds nor an ISO-8601 time") from None
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+    settings = _settings()
+    since = _when(args.since, 0)
+    until = _when(args.until, int(time.time() * 1000))
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"herald-replay-{uuid.uuid4()}",
+                         "enable.auto.commit": False, "enable.partition.eof": True})
+    meta = consumer.list_topics(args.topic, timeout=10).topics.get(args.topic)
+    if meta is None or meta.error is not None:
+        raise UserError(f"no topic {args.topic!r} at {settings.kafka_bootstrap}")
+    starts = consumer.offsets_for_times([TopicPartition(args.topic, p, since) for p in meta.partitions], timeout=10)
+    ends = {p: consumer.get_watermark_offsets(TopicPartition(args.topic, p), timeout=10)[1] for p in meta.partitions}
+    todo = [tp for tp in starts if tp.offset >= 0 and tp.offset < ends[tp.partition]]
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20, "enable.idempotence": True})
+    copied = 0
+    if todo:
+        consumer.assign(todo)
+        done: set[int] = set()
+        while len(done) < len(todo):
+            msg = consumer.poll(1.0)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    done.add(msg.partition())
+                    continue
+                raise UserError(str(msg.error()))
+            if msg.offset() >= ends[msg.partition()] or msg.timestamp()[1] > until:
+                done.add(msg.partition())
+                consumer.incremental_unassign([TopicPartition(msg.topic(), msg.partition())])
+                continue
+            while True:
+                try:
+                    producer.produce(args.to, key=msg.key(), value=msg.value(), headers=msg.headers())
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+            copied += 1
+            producer.poll(0)
+            if args.max and copied >= args.max:
+                break
+    consumer.close()
+    if producer.flush(30):
+        raise UserError("not every replayed record was acknowledged by Kafka")
+    print(f"replayed {copied} records from {args.topic} to {args.to}", file=sys.stderr)
+    return 0

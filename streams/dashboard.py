@@ -1,0 +1,123 @@
+"""The live view of ``herald up``: what flows through each topic, as it happens.
+
+It tails Herald's topics from the moment it starts (its own consumer group, nothing committed), so
+the counts are "since this view opened", and asks the API for the sample user's unread count.
+"""
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+import uuid
+from collections import Counter, deque
+
+from confluent_kafka import Consumer
+from rich.console import Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from schemas.codec import Codec, DecodeError
+from schemas.registry import Registry
+from streams.demo import SAMPLE_USER
+from streams.dlq import reason_of
+from streams.settings import Settings
+from streams.topics import CHANNELS
+
+
+class Flow:
+    """Counts per topic and outcome, and the latest decisions."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started = time.monotonic()
+        self.events = 0
+        self.outcomes: Counter[str] = Counter()
+        self.deliveries: Counter[str] = Counter()
+        self.statuses: Counter[str] = Counter()
+        self.dead: Counter[str] = Counter()
+        self.recent: deque[dict] = deque(maxlen=8)
+        self.unread: dict | str = "…"
+
+    def add(self, msg, codec: Codec) -> None:
+        topic = msg.topic()
+        t = self.settings.topic
+        if topic == t("events"):
+            self.events += 1
+        elif topic == t("dlq"):
+            self.dead[reason_of(msg.headers()).get("herald.error.reason", "?")] += 1
+        elif topic == t("decisions"):
+            try:
+                decision = codec.decode(msg.value(), "Decision")
+            except DecodeError:
+                return
+            self.outcomes[decision["outcome"]] += 1
+            self.recent.appendleft(decision)
+        elif topic == t("delivery.status"):
+            try:
+                self.statuses[codec.decode(msg.value(), "DeliveryStatus")["status"]] += 1
+            except DecodeError:
+                return
+        elif topic.startswith(t("delivery.")):
+            self.deliveries[topic.rsplit(".", 1)[-1]] += 1
+
+    def render(self) -> Group:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        counts = Table.grid(padding=(0, 2))
+        counts.add_column(style="bold")
+        counts.add_column(justify="right")
+        counts.add_column(style="dim")
+        counts.add_row("events in", str(self.events), f"{self.events / elapsed:.1f}/s")
+        for outcome, n in sorted(self.outcomes.items()):
+            counts.add_row(f"  decision {outcome}", str(n), "")
+        for channel in CHANNELS:
+            n = self.deliveries.get(channel.lower(), 0)
+            if n:
+                counts.add_row(f"  delivered → {channel.lower()}", str(n), "")
+        for status, n in sorted(self.statuses.items()):
+            counts.add_row(f"  sink {status}", str(n), "")
+        for reason, n in sorted(self.dead.items()):
+            counts.add_row(f"  dead letter {reason}", str(n), "[yellow]bad input, kept in herald.dlq[/]")
+        unread = self.unread if isinstance(self.unread, str) else f"{self.unread['unread']} unread, {self.unread['unseen']} unseen"
+        counts.add_row(f"{SAMPLE_USER}", unread, "from the API")
+        recent = Table(title="latest decisions", expand=True)
+        for col in ("user", "outcome", "channels", "reason"):
+            recent.add_column(col, overflow="ellipsis", no_wrap=True)
+        for d in self.recent:
+            recent.add_row(d["user_id"], d["outcome"], ",".join(c.lower() for c in d["channels"]), d["reason"])
+        return Group(Panel(counts, title=f"Herald — flowing for {elapsed:.0f}s (Ctrl-C stops everything)"), recent)
+
+
+def _unread(settings: Settings, token: str) -> dict | str:
+    request = urllib.request.Request(f"http://127.0.0.1:{settings.api_port}/v1/users/{SAMPLE_USER}/unread-count",
+                                     headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=1) as r:
+            return json.loads(r.read())
+    except Exception as exc:  # noqa: BLE001 - the view shows the failure rather than dying
+        return f"API not answering ({type(exc).__name__})"
+
+
+def watch(settings: Settings) -> None:
+    from api import auth
+
+    token = auth.mint(auth.signing_secret(settings), SAMPLE_USER)
+    flow = Flow(settings)
+    codec = Codec(Registry(settings.schema_registry_url))
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"herald-view-{uuid.uuid4()}",
+                         "enable.auto.commit": False, "auto.offset.reset": "latest"})
+    consumer.subscribe([settings.topic(n) for n in ("events", "decisions", "dlq", "delivery.status",
+                                                    *(f"delivery.{c.lower()}" for c in CHANNELS))])
+    last_api = 0.0
+    try:
+        with Live(flow.render(), refresh_per_second=2, transient=False) as live:
+            while True:
+                for msg in consumer.consume(500, 0.25):
+                    if not msg.error():
+                        flow.add(msg, codec)
+                if time.monotonic() - last_api > 1:
+                    flow.unread = _unread(settings, token)
+                    last_api = time.monotonic()
+                live.update(flow.render())
+    finally:
+        consumer.close()

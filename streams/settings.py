@@ -1,0 +1,59 @@
+"""Every Herald setting, declared once with its default, its environment variable and what it means.
+
+Read with ``Settings.from_env()``; ``herald <command> --help`` and ``docs/settings.md`` list them from
+this table, so the documentation cannot drift from the code.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from urllib.parse import urlparse
+
+
+def _setting(default, env: str, doc: str):
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str = _setting("127.0.0.1:9092", "HERALD_KAFKA_BOOTSTRAP", "Kafka bootstrap servers.")
+    schema_registry_url: str = _setting("http://127.0.0.1:8081/apis/ccompat/v7", "HERALD_SCHEMA_REGISTRY_URL",
+                                        "Confluent-compatible schema registry API.")
+    database_url: str = _setting("postgresql://herald:herald@127.0.0.1:5432/herald", "HERALD_DATABASE_URL",
+                                 "PostgreSQL for in-app notifications and the delivery ledger.")
+    api_port: int = _setting(8080, "HERALD_API_PORT", "Port of the query API on 127.0.0.1.")
+    topic_prefix: str = _setting("herald.", "HERALD_TOPIC_PREFIX", "Prefix of every Herald topic.")
+    jwt_secret: str = _setting("", "HERALD_JWT_SECRET",
+                               "HS256 token signing secret; empty means the one generated into the state folder.")
+    app_id: str = _setting("herald-pipeline", "HERALD_APP_ID", "Faust application id: the consumer group and table prefix.")
+    partitions: int = _setting(4, "HERALD_PARTITIONS", "Partitions of the topics Herald creates.")
+    max_event_bytes: int = _setting(262144, "HERALD_MAX_EVENT_BYTES", "Largest accepted event record; larger ones are dead-lettered TOO_LARGE.")
+    dedup_window_s: int = _setting(300, "HERALD_DEDUP_WINDOW_S", "A repeated event_id or dedup_key within this window is DEDUPLICATED.")
+    demo_rate: float = _setting(20.0, "HERALD_DEMO_RATE", "Events per second of the demo stream `herald up` starts.")
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        values = {}
+        for f in fields(cls):
+            raw = os.environ.get(f.metadata["env"])
+            if raw is not None and raw != "":
+                values[f.name] = type(f.default)(raw)
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def database_host_port(self) -> tuple[str, int]:
+        url = urlparse(self.database_url)
+        return url.hostname or "127.0.0.1", url.port or 5432
+
+    def topic(self, name: str) -> str:
+        """The full topic name of ``name`` ("events", "delivery.inapp", ...)."""
+        return f"{self.topic_prefix}{name}"
+
+
+def describe() -> str:
+    """The settings table as text, for ``--help`` epilogues and docs."""
+    lines = []
+    for f in fields(Settings):
+        lines.append(f"  {f.metadata['env']:<28} {f.metadata['doc']} (default: {f.default!r})")
+    return "\n".join(lines)

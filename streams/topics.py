@@ -1,0 +1,65 @@
+"""Herald's topics: their names, what each carries, and how they are created."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streams.settings import Settings
+
+CHANNELS = ("EMAIL", "PUSH", "SMS", "INAPP", "WEBSOCKET")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str          # without the prefix
+    schema: str | None  # the value schema, None for raw bytes (the dead-letter topic)
+    compacted: bool = False
+
+
+SPECS: tuple[TopicSpec, ...] = (
+    TopicSpec("events", "NotificationEvent"),
+    *(TopicSpec(f"delivery.{c.lower()}", "DeliveryRequest") for c in CHANNELS),
+    TopicSpec("delivery.status", "DeliveryStatus"),
+    TopicSpec("decisions", "Decision"),
+    TopicSpec("reads", "ReadEvent"),
+    TopicSpec("preferences", "Preferences", compacted=True),
+    TopicSpec("presence", "Presence"),
+    TopicSpec("dlq", None),
+)
+
+
+def delivery_topic(settings: Settings, channel: str) -> str:
+    return settings.topic(f"delivery.{channel.lower()}")
+
+
+def schema_for_topic(settings: Settings, topic: str) -> str | None:
+    """The schema name of a full topic name, or None when the topic is not Herald's Avro topic."""
+    for spec in SPECS:
+        if settings.topic(spec.name) == topic:
+            return spec.schema
+    return None
+
+
+def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Create every Herald topic that does not exist yet (idempotent); return the full names."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    wanted = [NewTopic(settings.topic(s.name), num_partitions=settings.partitions, replication_factor=1,
+                       config={"cleanup.policy": "compact"} if s.compacted else {}) for s in SPECS]
+    for name, future in admin.create_topics(wanted, request_timeout=timeout).items():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return [t.topic for t in wanted]
+
+
+def register_schemas(settings: Settings, registry=None) -> dict[str, int]:
+    """Register every topic's value schema under `<topic>-value` with BACKWARD_TRANSITIVE; return the ids."""
+    from schemas.registry import Registry
+
+    registry = registry or Registry(settings.schema_registry_url)
+    return {settings.topic(s.name): registry.register(f"{settings.topic(s.name)}-value", s.schema)
+            for s in SPECS if s.schema}

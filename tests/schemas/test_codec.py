@@ -1,0 +1,63 @@
+"""The codec's framing rules. The registry round trip is covered against the real registry in integration."""
+import struct
+
+import pytest
+
+from schemas.codec import Codec, DecodeError
+from schemas.loader import parsed
+from schemas.registry import Registry
+
+
+class CachedOnly(Registry):
+    """The real Registry with its id cache filled in, and no server behind it."""
+
+    def __init__(self):
+        super().__init__(url="http://127.0.0.1:9/unused", missing_retries=0)
+        self._ids[("t-value", "NotificationEvent")] = 7
+        self._writers[7] = parsed("NotificationEvent")
+        self._writers[8] = parsed("Decision")
+
+
+EVENT = {"event_id": "e", "user_id": "u", "type": "T", "priority": "LOW", "title": "t", "body": "b", "data": {},
+         "occurred_at": 1_700_000_000_000}
+
+
+@pytest.fixture
+def codec():
+    return Codec(CachedOnly(), max_bytes=1024)
+
+
+def test_round_trip(codec):
+    data = codec.encode("t-value", "NotificationEvent", EVENT)
+    assert data[0] == 0 and struct.unpack(">I", data[1:5])[0] == 7
+    assert codec.decode(data, "NotificationEvent")["user_id"] == "u"
+
+
+@pytest.mark.parametrize("data, reason", [
+    (None, "TOMBSTONE"),
+    (b"\x00\x00", "INVALID_MAGIC_BYTE"),
+    (b'{"user_id": "u"}', "INVALID_MAGIC_BYTE"),
+    (b"\x01\x00\x00\x00\x07abc", "INVALID_MAGIC_BYTE"),
+    (b"\x00" + b"\x00" * 2000, "TOO_LARGE"),
+    (b"\x00\x00\x00\x00\x07\xff\xff\xff", "DECODE_ERROR"),
+])
+def test_framing_errors_have_their_reason_codes(codec, data, reason):
+    with pytest.raises(DecodeError) as info:
+        codec.decode(data, "NotificationEvent")
+    assert info.value.reason == reason
+
+
+def test_a_record_of_another_schema_is_refused_by_name(codec):
+    decision = {"event_id": "e", "user_id": "u", "outcome": "ROUTED", "channels": [], "delivery_id": None,
+                "reason": "r", "at": 1}
+    codec.registry._ids[("d-value", "Decision")] = 8
+    data = codec.encode("d-value", "Decision", decision)
+    with pytest.raises(DecodeError) as info:
+        codec.decode(data, "NotificationEvent")
+    assert info.value.reason == "SCHEMA_MISMATCH"
+
+
+def test_trailing_bytes_are_an_error(codec):
+    with pytest.raises(DecodeError) as info:
+        codec.decode(codec.encode("t-value", "NotificationEvent", EVENT) + b"xx", "NotificationEvent")
+    assert info.value.reason == "DECODE_ERROR"

@@ -150,4 +150,4 @@ def create_app(settings: Settings | None = None) -> web.Application:
 
 def run(settings: Settings | None = None) -> None:
     settings = settings or Settings.from_env()
-    web.run_app(create_app(settings), host="127.0.0.1", port=settings.api_port, print=None, access_log=None)
+    web.run_app(create_app(settings), host=settings.api_host, port=settings.api_port, print=None, access_log=None)

@@ -49,6 +49,8 @@ class SinkRunner:
             "group.id": f"{settings.app_id}-sink-{channel.lower()}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            "session.timeout.ms": 10000,  # a killed sink's partitions move on after this
+            "heartbeat.interval.ms": 2000,
         })
         self.producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5,
                                   "enable.idempotence": True})

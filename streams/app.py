@@ -28,6 +28,9 @@ def create_app(settings: Settings | None = None) -> faust.App:
         producer_max_batch_size=256 * 1024,
         consumer_auto_offset_reset="earliest",
         table_cleanup_interval=60.0,
+        # a worker killed with -9 holds its partitions until its session expires: keep that short
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
     )
     app.conf.herald = settings  # type: ignore[attr-defined]
     app.herald_topics = {  # type: ignore[attr-defined]

@@ -28,8 +28,8 @@ def build(settings: Settings | None = None) -> faust.App:
     topics = app.herald_topics  # type: ignore[attr-defined]
     codec = Codec(Registry(settings.schema_registry_url), max_bytes=settings.max_event_bytes)
     window_ms = settings.dedup_window_s * 1000
-    seen = app.Table("dedup", default=None, partitions=settings.partitions,
-                     key_serializer="json", value_serializer="json")
+    # keys and values are plain JSON (Faust's default serializer for non-model types)
+    seen = app.Table("dedup", default=None, partitions=settings.partitions)
 
     async def dead_letter(event: faust.types.EventT, reason: str, message: str) -> None:
         msg = event.message

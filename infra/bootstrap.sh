@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Install what Herald needs on a Debian machine, once: Java 17+, Maven, PostgreSQL, a Python 3.11+
+# virtual environment with Herald in it. Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
+missing=()
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
+command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    say "missing: ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}"
+    exit 1
+  fi
+  say "installing ${missing[*]} from Debian's packages…"
+  # Debian's postgresql package would create and start a cluster on 5432; Herald runs its own.
+  mkdir -p /etc/postgresql-common
+  grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf \
+    || echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  say "Herald needs Python 3.11 or newer; found $("$PYTHON" --version 2>&1). Set PYTHON=/path/to/python3.11"
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  say "creating the virtual environment in .venv…"
+  "$PYTHON" -m venv .venv || { say "python venv failed: apt-get install -y python3-venv"; exit 1; }
+fi
+stamp=.venv/.herald-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "installing Herald and its Python packages into .venv (first run only)…"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[test]"
+  touch "$stamp"
+fi

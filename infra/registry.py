@@ -2,19 +2,21 @@
 
 Rules:
 - Clients use ``HERALD_SCHEMA_REGISTRY_URL`` (default ``http://127.0.0.1:8081/apis/ccompat/v7``); the
-  server listens on that URL's host and port. Its Quarkus management interface (health, metrics) takes
-  a free port of the system's choosing, so it never collides with anything.
+  server listens on that URL's host and port. Its Quarkus management interface (health, metrics) gets a
+  port found free at start (kept in ``registry/state.json``), never Quarkus' default 9000.
 - The artifact is ``io.apicurio:apicurio-registry-app:<version>:all@tar.gz`` from Maven Central
   (``infra/registry/pom.xml``): the app's Quarkus fast-jar layout, run with ``java -jar quarkus-run.jar``.
   It is unpacked once into ``cache/apicurio-registry-<version>``.
-- 3.1 and later are compiled for Java 21 (class files 65): a JDK >= 21 is looked for in
+- 3.3.x is compiled for Java 21 (class files 65; 3.0.x was for 17): a JDK >= 21 is looked for in
   ``HERALD_JAVA`` (a java binary), ``JAVA_HOME``, ``PATH`` and ``/usr/lib/jvm/*``, in that order.
 - Storage: ``kafkasql`` (default) keeps every change in the Kafka topic ``herald.registry.journal`` on
   ``HERALD_KAFKA_BOOTSTRAP`` and replays it on start, so schemas and their ids survive restarts; the
   broker must be up first. ``mem`` keeps them in an in-process H2 database, lost on stop.
 - Config (``registry/config/application.properties``), temp files and ``state.json`` live in
   ``registry/``; output goes to ``logs/registry.log``.
-- "Up" means ``GET <url>/subjects`` answers 200, i.e. storage is ready, not just the HTTP port.
+- "Up" means the management readiness check is UP *and* ``GET <url>/subjects`` answers 200. The REST API
+  answers while a kafkasql journal is still being replayed, from a partial store, so a 200 alone is
+  not readiness; the readiness check turns UP only once the replay is done.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tarfile
 import time
@@ -38,7 +41,7 @@ from infra.common import (InfraError, ServiceStatus, ensure_port_free, log_path,
 NAME = "registry"
 POM = Path(__file__).resolve().parent / "registry" / "pom.xml"
 VERSION = re.search(r"<apicurio\.version>([^<]+)</apicurio\.version>", POM.read_text()).group(1)  # type: ignore[union-attr]
-MIN_JAVA = 21 if tuple(int(p) for p in VERSION.split(".")[:2]) >= (3, 1) else 17
+MIN_JAVA = 17 if VERSION.startswith(("2.", "3.0.")) else 21
 JVM_OPTS = ["-Xms64m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true"]
 STORAGES = ("kafkasql", "mem")
 JOURNAL_TOPIC = "herald.registry.journal"
@@ -47,7 +50,6 @@ EVENTS_TOPIC = "herald.registry.events"
 
 # Apicurio's defaults are for a server; these fit one developer machine and Confluent clients.
 BASE_CONFIG = {
-    "quarkus.management.port": "0",                # health/metrics on a free port, not the default 9000
     "quarkus.http.access-log.enabled": "false",     # one line per request would dwarf everything else
     "quarkus.log.console.format": "%d{yyyy-MM-dd HH:mm:ss,SSS} %-5p [%c{2.}] (%t) %s%e%n",
     "quarkus.log.category.\"io.apicurio\".level": "INFO",
@@ -167,10 +169,18 @@ def install(progress: Callable[[str], None] = print) -> Path:
     return app
 
 
-def _config(storage: str, host: str, port: int) -> dict[str, str]:
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _config(storage: str, host: str, port: int, management_port: int) -> dict[str, str]:
     work = subdir(NAME, "tmp")
     config = {**BASE_CONFIG,
-              "quarkus.http.host": host, "quarkus.http.port": str(port), "quarkus.management.host": host,
+              "quarkus.http.host": host, "quarkus.http.port": str(port),
+              # health and metrics: a free port picked at start (not Quarkus' default 9000), kept in state.json
+              "quarkus.management.host": host, "quarkus.management.port": str(management_port),
               "apicurio.storage.snapshot.location": str(work), "apicurio.import.work-dir": str(work)}
     if storage == "mem":
         config |= {"apicurio.storage.kind": "sql", "apicurio.storage.sql.kind": "h2"}
@@ -209,8 +219,22 @@ def _get(path: str, timeout: float = 2.0):
         return json.loads(response.read() or b"null")
 
 
+def _storage_ready() -> bool:
+    """The management interface's readiness: with kafkasql it turns UP only once the journal is replayed.
+
+    The REST API answers before that, from a half-replayed store (seen: 19 of 303 subjects at the first 200),
+    so ``/subjects`` alone is no proof of readiness.
+    """
+    host, _ = _host_port()
+    management_port = _state().get("management_port")
+    if not management_port:
+        return True  # not started by us: the REST API is all we can ask
+    with urllib.request.urlopen(f"http://{host}:{management_port}/health/ready", timeout=2.0) as response:  # noqa: S310
+        return json.loads(response.read()).get("status") == "UP"
+
+
 def _ready() -> bool:
-    return isinstance(_get("/subjects"), list)
+    return _storage_ready() and isinstance(_get("/subjects"), list)
 
 
 def _state_path() -> Path:
@@ -234,7 +258,7 @@ def status() -> ServiceStatus:
     version = ""
     try:
         subjects = _get("/subjects")
-        up = isinstance(subjects, list)
+        up = isinstance(subjects, list) and _storage_ready()
         detail["subjects"] = len(subjects) if up else None
     except (OSError, ValueError):
         up = False
@@ -274,14 +298,15 @@ def start(progress: Callable[[str], None] = print, timeout: float = 120, storage
                 raise InfraError(f"{NAME}: kafkasql storage needs Kafka at {_kafka_bootstrap()} and nothing answers "
                                  f"there; start Kafka first (infra.kafka.start()) or use storage='mem'")
         app = install(progress)
-        _write_config(_config(storage, host, port))
+        management_port = _free_port(host)
+        _write_config(_config(storage, host, port, management_port))
         argv = [java, *JVM_OPTS, *_cds_opts(java), *os.environ.get("HERALD_REGISTRY_JAVA_OPTS", "").split(),
                 f"-Djava.io.tmpdir={subdir(NAME, 'tmp')}", "-jar", str(app / "quarkus-run.jar")]
         progress(f"{NAME}: starting Apicurio Registry {VERSION} ({storage}) on {url()} (log: {log_path(NAME)})")
         t0 = time.monotonic()
         proc = start_process(NAME, argv, cwd=subdir(NAME))
-        _state_path().write_text(json.dumps({"storage": storage, "pid": proc.pid, "version": VERSION,
-                                             "java": java, "url": url()}))
+        _state_path().write_text(json.dumps({"storage": storage, "pid": proc.pid, "version": VERSION, "java": java,
+                                             "url": url(), "management_port": management_port}))
         try:
             wait_until(_ready, timeout, f"{NAME}: Apicurio Registry start", log_path(NAME), proc)
         except InfraError:

@@ -42,6 +42,18 @@ def _run_until_signal(main_coro_factory) -> None:
     asyncio.run(runner())
 
 
+def _require_kafka(settings: Settings, timeout: float = 5.0) -> None:
+    """Fail in one line, not a traceback, when the broker does not answer."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=timeout)
+    except KafkaException:
+        raise UserError(f"Kafka at {settings.kafka_bootstrap} is not answering; start the stack with "
+                        "`herald up --detach` (or point HERALD_KAFKA_BOOTSTRAP at your broker)") from None
+
+
 # -- processes -------------------------------------------------------------------------------------
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -125,6 +137,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from streams.events import EventError, from_json
 
     settings = _settings()
+    _require_kafka(settings)
     topic = args.topic or settings.topic("events")
     codec = Codec(Registry(settings.schema_registry_url))
     try:
@@ -241,6 +254,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from schemas.registry import Registry
 
     settings = _settings()
+    _require_kafka(settings)
     follow = args.follow if args.follow is not None else not args.from_beginning
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"herald-tail-{uuid.uuid4()}",
                          "enable.auto.commit": False, "enable.partition.eof": True})
@@ -297,6 +311,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
     settings = _settings()
+    _require_kafka(settings)
     since = _when(args.since, 0)
     until = _when(args.until, int(time.time() * 1000))
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"herald-replay-{uuid.uuid4()}",

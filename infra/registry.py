@@ -28,7 +28,6 @@ import socket
 import subprocess
 import tarfile
 import time
-import urllib.error
 import urllib.request
 from functools import lru_cache
 from pathlib import Path
@@ -219,22 +218,21 @@ def _get(path: str, timeout: float = 2.0):
         return json.loads(response.read() or b"null")
 
 
-def _storage_ready() -> bool:
+def _storage_ready(management_port: int | None) -> bool:
     """The management interface's readiness: with kafkasql it turns UP only once the journal is replayed.
 
     The REST API answers before that, from a half-replayed store (seen: 19 of 303 subjects at the first 200),
-    so ``/subjects`` alone is no proof of readiness.
+    so ``/subjects`` alone is no proof of readiness. ``None`` (a registry we did not start): nothing to ask.
     """
-    host, _ = _host_port()
-    management_port = _state().get("management_port")
     if not management_port:
-        return True  # not started by us: the REST API is all we can ask
+        return True
+    host, _ = _host_port()
     with urllib.request.urlopen(f"http://{host}:{management_port}/health/ready", timeout=2.0) as response:  # noqa: S310
         return json.loads(response.read()).get("status") == "UP"
 
 
-def _ready() -> bool:
-    return _storage_ready() and isinstance(_get("/subjects"), list)
+def _ready(management_port: int | None) -> bool:
+    return _storage_ready(management_port) and isinstance(_get("/subjects"), list)
 
 
 def _state_path() -> Path:
@@ -249,7 +247,10 @@ def _state() -> dict:
 
 
 def status() -> ServiceStatus:
-    """Up when ``/subjects`` answers; ``version`` from the core API; ``detail`` has subjects, storage and pid."""
+    """Up when ours is ready (see ``start``) or, for one we did not start, ``/subjects`` answers 200.
+
+    ``version`` comes from the core API's system info; ``detail`` has the subject count, storage and pid.
+    """
     pid = read_pid(NAME)
     state = _state() if pid is not None else {}
     detail: dict = {"managed": pid is not None, "pid": pid, "log": str(log_path(NAME))}
@@ -258,7 +259,7 @@ def status() -> ServiceStatus:
     version = ""
     try:
         subjects = _get("/subjects")
-        up = isinstance(subjects, list) and _storage_ready()
+        up = isinstance(subjects, list) and _storage_ready(state.get("management_port"))
         detail["subjects"] = len(subjects) if up else None
     except (OSError, ValueError):
         up = False
@@ -276,8 +277,9 @@ def start(progress: Callable[[str], None] = print, timeout: float = 120, storage
     """Make the registry answer on ``HERALD_SCHEMA_REGISTRY_URL`` with the given storage (``kafkasql`` or ``mem``).
 
     Idempotent: a registry of ours already running with the same storage is awaited and reused (a different
-    storage is an error: stop it first). ``detail["startup_s"]`` is the seconds from launching the JVM to
-    the first 200 from ``/subjects`` (0 when nothing was launched). A start that fails stops the process again.
+    storage is an error: stop it first). Ready means the management readiness check is UP (for kafkasql: the
+    journal is replayed) and ``GET /subjects`` answers 200. ``detail["startup_s"]`` is the seconds from
+    launching the JVM to ready (0 when nothing was launched). A start that fails stops the process again.
     """
     if storage not in STORAGES:
         raise InfraError(f"{NAME}: unknown storage {storage!r}; use one of {', '.join(STORAGES)}")
@@ -288,7 +290,8 @@ def start(progress: Callable[[str], None] = print, timeout: float = 120, storage
         if running != storage:
             raise InfraError(f"{NAME}: already running (pid {pid}) with storage {running!r}, not {storage!r}; "
                              f"stop it first (infra.registry.stop())")
-        wait_until(_ready, timeout, f"{NAME}: registry (pid {pid}) start", log_path(NAME))
+        management_port = _state().get("management_port")
+        wait_until(lambda: _ready(management_port), timeout, f"{NAME}: registry (pid {pid}) start", log_path(NAME))
     else:
         ensure_port_free(NAME, host, port, "HERALD_SCHEMA_REGISTRY_URL")
         java = find_java()
@@ -308,7 +311,8 @@ def start(progress: Callable[[str], None] = print, timeout: float = 120, storage
         _state_path().write_text(json.dumps({"storage": storage, "pid": proc.pid, "version": VERSION, "java": java,
                                              "url": url(), "management_port": management_port}))
         try:
-            wait_until(_ready, timeout, f"{NAME}: Apicurio Registry start", log_path(NAME), proc)
+            wait_until(lambda: _ready(management_port), timeout, f"{NAME}: Apicurio Registry start",
+                       log_path(NAME), proc)
         except InfraError:
             stop_process(NAME)
             raise

@@ -4,13 +4,17 @@ from __future__ import annotations
 import faust
 
 from infra.common import subdir
+from schemas.codec import Codec
+from schemas.faust_codec import AvroCodec
+from schemas.registry import Registry
 from streams.settings import Settings
 from streams.topics import CHANNELS
 
 
-def create_app(settings: Settings | None = None) -> faust.App:
+def create_app(settings: Settings | None = None, codec: Codec | None = None) -> faust.App:
     """A Faust app on the aiokafka transport with RocksDB tables (rocksdict), at-least-once."""
     settings = settings or Settings.from_env()
+    codec = codec or Codec(Registry(settings.schema_registry_url), max_bytes=settings.max_event_bytes)
     app = faust.App(
         settings.app_id,
         broker=f"aiokafka://{settings.kafka_bootstrap}",
@@ -33,11 +37,15 @@ def create_app(settings: Settings | None = None) -> faust.App:
         broker_heartbeat_interval=2.0,
     )
     app.conf.herald = settings  # type: ignore[attr-defined]
+    def avro(name: str, schema: str) -> faust.TopicT:
+        topic = settings.topic(name)
+        return app.topic(topic, key_type=bytes, value_serializer=AvroCodec(codec, f"{topic}-value", schema))
+
     app.herald_topics = {  # type: ignore[attr-defined]
+        # raw bytes in: a record that does not decode is dead-lettered by the agent, not raised by Faust
         "events": app.topic(settings.topic("events"), key_type=bytes, value_type=bytes),
-        "decisions": app.topic(settings.topic("decisions"), key_type=bytes, value_type=bytes),
         "dlq": app.topic(settings.topic("dlq"), key_type=bytes, value_type=bytes),
-        **{f"delivery.{c.lower()}": app.topic(settings.topic(f"delivery.{c.lower()}"), key_type=bytes, value_type=bytes)
-           for c in CHANNELS},
+        "decisions": avro("decisions", "Decision"),
+        **{f"delivery.{c.lower()}": avro(f"delivery.{c.lower()}", "DeliveryRequest") for c in CHANNELS},
     }
     return app

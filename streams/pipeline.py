@@ -24,9 +24,9 @@ log = logging.getLogger("herald.pipeline")
 
 def build(settings: Settings | None = None) -> faust.App:
     settings = settings or Settings.from_env()
-    app = create_app(settings)
-    topics = app.herald_topics  # type: ignore[attr-defined]
     codec = Codec(Registry(settings.schema_registry_url), max_bytes=settings.max_event_bytes)
+    app = create_app(settings, codec)
+    topics = app.herald_topics  # type: ignore[attr-defined]
     window_ms = settings.dedup_window_s * 1000
     # keys and values are plain JSON (Faust's default serializer for non-model types)
     seen = app.Table("dedup", default=None, partitions=settings.partitions)
@@ -38,12 +38,8 @@ def build(settings: Settings | None = None) -> faust.App:
 
     async def emit(routed: route.Routed) -> None:
         for request in routed.requests:
-            await topics[f"delivery.{request['channel'].lower()}"].send(
-                key=request["user_id"].encode(), value=codec.encode(
-                    topics[f"delivery.{request['channel'].lower()}"].get_topic_name() + "-value", "DeliveryRequest", request))
-        decision = routed.decision
-        await topics["decisions"].send(key=decision["user_id"].encode(), value=codec.encode(
-            topics["decisions"].get_topic_name() + "-value", "Decision", decision))
+            await topics[f"delivery.{request['channel'].lower()}"].send(key=request["user_id"].encode(), value=request)
+        await topics["decisions"].send(key=routed.decision["user_id"].encode(), value=routed.decision)
 
     @app.agent(topics["events"], concurrency=1)
     async def pipeline(stream):  # noqa: ANN001

@@ -70,14 +70,16 @@ def stack():
     from infra import kafka, postgres, registry
 
     started = []
-    for module in (postgres, kafka, registry):
-        status = module.start(progress=lambda line: print(line, flush=True))
-        if status.detail.get("managed") is not False:
-            started.append(module)
-    yield "local processes"
-    if os.environ.get("HERALD_TEST_KEEP") != "1":
-        for module in reversed(started):
-            module.stop()
+    try:
+        for module in (postgres, kafka, registry):
+            status = module.start(progress=lambda line: print(line, flush=True))
+            if status.detail.get("managed") is not False:
+                started.append(module)
+        yield "local processes"
+    finally:
+        if os.environ.get("HERALD_TEST_KEEP") != "1":
+            for module in reversed(started):
+                module.stop()
 
 
 @pytest.fixture

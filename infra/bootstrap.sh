@@ -25,6 +25,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The schema registry (Apicurio 3.3) needs Java 21+; Kafka runs on 17+. Debian 12 packages only 17.
+java_major() { "$1" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1; }
+has_java21() {
+  for j in ${HERALD_JAVA:-} ${JAVA_HOME:+$JAVA_HOME/bin/java} $(command -v java) /usr/lib/jvm/*/bin/java; do
+    [ -x "$j" ] && [ "$(java_major "$j")" -ge 21 ] 2>/dev/null && return 0
+  done
+  return 1
+}
+if ! has_java21; then
+  for pkg in openjdk-25-jre-headless openjdk-21-jre-headless; do
+    if [ "$(id -u)" -eq 0 ] && apt-cache show "$pkg" >/dev/null 2>&1; then
+      say "installing $pkg for the schema registry…"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null && break
+    fi
+  done
+  has_java21 || { say "the schema registry needs Java 21 or newer and none was found: install a JDK 21+ (e.g. Temurin) and set HERALD_JAVA to its java binary"; exit 1; }
+fi
+
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   say "Herald needs Python 3.11 or newer; found $("$PYTHON" --version 2>&1). Set PYTHON=/path/to/python3.11"
@@ -37,7 +55,11 @@ fi
 stamp=.venv/.herald-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   say "installing Herald and its Python packages into .venv (first run only)…"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test]"
+  if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e ".[test]"; } \
+       > .venv/install.log 2>&1; then
+    tail -30 .venv/install.log >&2
+    say "installing the Python packages failed (full log: .venv/install.log)"
+    exit 1
+  fi
   touch "$stamp"
 fi

@@ -103,7 +103,8 @@ def test_a_standard_producer_event_reaches_postgres_and_the_unread_count(pipelin
     settings = pipeline.settings
     users = [f"{unique}-alice", f"{unique}-bob"]
     send, producer = standard_producer(settings.kafka_bootstrap, settings.schema_registry_url, settings.topic("events"))
-    events = [make_event(users[0], n) for n in range(3)] + [make_event(users[1], 0)]
+    base = int(time.time() * 1000) - 10_000
+    events = [make_event(users[0], n, occurred_at=base + n) for n in range(3)] + [make_event(users[1], 0)]
     for e in events:
         send(e)
     send(events[0])  # a producer retry: same event_id

@@ -133,6 +133,7 @@ def test_every_kind_of_bad_record_is_dead_lettered_and_the_stream_goes_on(runnin
         assert int(headers["herald.source.partition"]) == 0 and headers["herald.error.message"]
         assert msg.key() == key and msg.value() == value, f"{name}: the original bytes are kept"
     assert len(decisions) == len(cases), "every valid event after a bad one was decided"
+    assert len(decisions) + len(dead) == 2 * len(cases), "inputs = decisions + dead letters, exactly"
     assert running.procs["worker"].poll() is None, "the worker is still alive"
 
 

@@ -57,6 +57,9 @@ def single_request(event: dict, channel: str, now_ms: int) -> dict:
 
 
 def make_decision(event: dict, outcome: str, now_ms: int, *, channels: list[str] | None = None,
-                  delivery_id: str | None = None, reason: str) -> dict:
+                  delivery_id: str | None = None, reason: str, final: bool = True,
+                  release_at: int | None = None) -> dict:
+    """A ``herald.Decision``: ``final`` is False for an interim record (the event goes on at ``release_at``)."""
     return {"event_id": event["event_id"], "user_id": event["user_id"], "outcome": outcome,
-            "channels": channels or [], "delivery_id": delivery_id, "reason": reason, "at": now_ms}
+            "channels": channels or [], "delivery_id": delivery_id, "reason": reason, "at": now_ms,
+            "final": final, "release_at": release_at}

@@ -64,7 +64,8 @@ def generate(settings: Settings, codec: Codec, n: int, bad_share: float, seed: i
     return out
 
 
-def count_topic(consumer: Consumer, topics: list[str], until: int, timeout: float) -> tuple[Counter, Counter, float]:
+def count_topic(consumer: Consumer, codec: Codec, until: int, timeout: float) -> tuple[Counter, Counter, float]:
+    """Final decisions and dead letters, until ``until`` of them (interim decisions are not counted)."""
     per_topic: Counter = Counter()
     reasons: Counter = Counter()
     last = time.monotonic()
@@ -73,10 +74,12 @@ def count_topic(consumer: Consumer, topics: list[str], until: int, timeout: floa
         for msg in consumer.consume(1000, 0.5):
             if msg.error():
                 continue
-            per_topic[msg.topic()] += 1
-            last = time.monotonic()
             if msg.topic().endswith("dlq"):
                 reasons[dict(msg.headers())["herald.error.reason"].decode()] += 1
+            elif not codec.decode(msg.value(), "Decision")["final"]:
+                continue
+            per_topic[msg.topic()] += 1
+            last = time.monotonic()
     return per_topic, reasons, last
 
 
@@ -97,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     records = generate(settings, codec, args.events, args.bad_share)
     valid = sum(1 for r in records if r[2])
 
-    env = {**__import__("os").environ, "HERALD_TOPIC_PREFIX": f"{unique}.", "HERALD_APP_ID": f"{unique}-pipeline"}
+    env = {**__import__("os").environ, "HERALD_TOPIC_PREFIX": f"{unique}.", "HERALD_APP_ID": f"{unique}-pipeline",
+           "HERALD_BATCH_WINDOW_S": "2", "HERALD_DIGEST_PERIOD_S": "10"}
     log = open(Path("/tmp") / f"{unique}-worker.log", "wb")
     worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], cwd=REPO_ROOT, env=env,
                               stdout=log, stderr=subprocess.STDOUT)
@@ -117,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             producer.poll(0)
         producer.flush(60)
         produced_s = time.monotonic() - started
-        per_topic, reasons, last = count_topic(consumer, [], args.events, args.timeout)
+        per_topic, reasons, last = count_topic(consumer, codec, args.events, args.timeout)
         # anything extra (a record decided twice) would arrive within a few seconds
-        extra, extra_reasons, _ = count_topic(consumer, [], 10**12, 5)
+        extra, extra_reasons, _ = count_topic(consumer, codec, 10**12, 5)
         per_topic.update(extra)
         reasons.update(extra_reasons)
     finally:

@@ -44,6 +44,8 @@ def create_app(settings: Settings | None = None, codec: Codec | None = None) -> 
     app.herald_topics = {  # type: ignore[attr-defined]
         # raw bytes in: a record that does not decode is dead-lettered by the agent, not raised by Faust
         "events": app.topic(settings.topic("events"), key_type=bytes, value_type=bytes),
+        "preferences": app.topic(settings.topic("preferences"), key_type=bytes, value_type=bytes),
+        "presence": app.topic(settings.topic("presence"), key_type=bytes, value_type=bytes),
         "dlq": app.topic(settings.topic("dlq"), key_type=bytes, value_type=bytes),
         "decisions": avro("decisions", "Decision"),
         **{f"delivery.{c.lower()}": avro(f"delivery.{c.lower()}", "DeliveryRequest") for c in CHANNELS},

@@ -60,8 +60,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from faust import Worker
 
     from streams.pipeline import build
+    from streams.topics import ensure_topics
 
-    app = build(_settings())
+    settings = _settings()
+    _require_kafka(settings)
+    ensure_topics(settings)
+    app = build(settings)
     worker = Worker(app, loglevel="INFO", quiet=True)
     worker.execute_from_commandline()
     return 0

@@ -30,6 +30,18 @@ class Settings:
     partitions: int = _setting(4, "HERALD_PARTITIONS", "Partitions of the topics Herald creates.")
     max_event_bytes: int = _setting(262144, "HERALD_MAX_EVENT_BYTES", "Largest accepted event record; larger ones are dead-lettered TOO_LARGE.")
     dedup_window_s: int = _setting(300, "HERALD_DEDUP_WINDOW_S", "A repeated event_id or dedup_key within this window is DEDUPLICATED.")
+    batch_window_s: int = _setting(0, "HERALD_BATCH_WINDOW_S",
+                                   "Batch window for every user, in seconds; 0 means each user's own (default 30).")
+    digest_period_s: int = _setting(0, "HERALD_DIGEST_PERIOD_S",
+                                    "Fixed digest period in seconds for every user; 0 means calendar periods "
+                                    "(hourly, daily at the user's time, weekly).")
+    rate_per_minute: int = _setting(10, "HERALD_RATE_PER_MINUTE", "Sends per user and channel per minute.")
+    rate_per_hour: int = _setting(100, "HERALD_RATE_PER_HOUR", "Sends per user and channel per hour.")
+    rate_per_day: int = _setting(500, "HERALD_RATE_PER_DAY", "Sends per user and channel per day.")
+    tick_interval_s: float = _setting(1.0, "HERALD_TICK_INTERVAL_S",
+                                      "How often held events, batches and digests are checked for release.")
+    presence_ttl_s: int = _setting(120, "HERALD_PRESENCE_TTL_S",
+                                   "A connection not renewed within this many seconds counts as offline.")
     demo_rate: float = _setting(20.0, "HERALD_DEMO_RATE", "Events per second of the demo stream `herald up` starts.")
 
     @classmethod

@@ -27,6 +27,10 @@ SPECS: tuple[TopicSpec, ...] = (
 )
 
 
+def ticks_topic(settings: Settings) -> str:
+    return f"{settings.app_id}-ticks"
+
+
 def delivery_topic(settings: Settings, channel: str) -> str:
     return settings.topic(f"delivery.{channel.lower()}")
 
@@ -47,6 +51,9 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     wanted = [NewTopic(settings.topic(s.name), num_partitions=settings.partitions, replication_factor=1,
                        config={"cleanup.policy": "compact"} if s.compacted else {}) for s in SPECS]
+    # the pipeline's clock: co-partitioned with the events, so a tick on partition p releases p's users
+    wanted.append(NewTopic(ticks_topic(settings), num_partitions=settings.partitions, replication_factor=1,
+                           config={"retention.ms": "3600000"}))
     for name, future in admin.create_topics(wanted, request_timeout=timeout).items():
         try:
             future.result(timeout)

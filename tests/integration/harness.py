@@ -21,8 +21,11 @@ class Pipeline:
 
     def __init__(self, unique: str, logdir: Path, api_port: int) -> None:
         self.env = {**os.environ, "HERALD_TOPIC_PREFIX": f"{unique}.", "HERALD_APP_ID": f"{unique}-pipeline",
-                    "HERALD_API_PORT": str(api_port), "PYTHONUNBUFFERED": "1"}
-        self.settings = Settings.from_env(topic_prefix=f"{unique}.", app_id=f"{unique}-pipeline", api_port=api_port)
+                    "HERALD_API_PORT": str(api_port), "PYTHONUNBUFFERED": "1",
+                    # short windows, so tests see batches and digests go out for real
+                    "HERALD_BATCH_WINDOW_S": "2", "HERALD_DIGEST_PERIOD_S": "6", "HERALD_TICK_INTERVAL_S": "0.5"}
+        self.settings = Settings.from_env(topic_prefix=f"{unique}.", app_id=f"{unique}-pipeline", api_port=api_port,
+                                          batch_window_s=2, digest_period_s=6, tick_interval_s=0.5)
         self.logdir = logdir
         self.procs: dict[str, subprocess.Popen] = {}
         self.starts: dict[str, int] = {}

@@ -1,0 +1,75 @@
+"""Digests: everything a user was held back for over a period, as one DIGEST delivery on one channel.
+
+The rule: one line per type, most important group first (its highest priority, then the larger
+count, then the type name), each with its count and its ``top_n`` items, highest priority first,
+then newest, then by ``event_id``; e.g. "Task deadlines (5): Report due; Launch plan due; Budget
+due; and 2 more". The output is the same whatever the order of ``events``, and an ``event_id`` seen
+twice counts once, so a replay yields the same ``delivery_id``.
+"""
+from __future__ import annotations
+
+from agents.batching import canonical, highest_priority, one_line, rank, type_words
+from agents.ids import delivery_id
+from agents.validate import to_ms
+
+_GROUP_NAMES = {
+    "TASK_DEADLINE": "Task deadlines",
+    "HABIT_REMINDER": "Habit reminders",
+    "COMMENT": "Comments",
+    "PROJECT_MILESTONE": "Project milestones",
+}
+
+
+def group_name(type_: str) -> str:
+    """The heading of a type's line: "Task deadlines", or e.g. "Billing alert notifications"."""
+    if type_ in _GROUP_NAMES:
+        return _GROUP_NAMES[type_]
+    return f"{type_words(type_)} notifications".strip().capitalize()
+
+
+def _group_line(type_: str, events: list[dict], top_n: int) -> str:
+    head = f"{group_name(type_)} ({len(events)})"
+    if top_n <= 0:
+        return head
+    top = sorted(events, key=lambda e: (rank(e["priority"]), -to_ms(e["occurred_at"]), e["event_id"]))[:top_n]
+    items = [one_line(e["title"]) for e in top]
+    if len(events) > len(top):
+        items.append(f"and {len(events) - len(top)} more")
+    return f"{head}: {'; '.join(items)}"
+
+
+def digest_request(user_id: str, channel: str, events: list[dict], period_start: int, period_end: int,
+                   label: str, top_n: int = 3) -> dict | None:
+    """One DIGEST DeliveryRequest for ``events`` of ``user_id`` over ``[period_start, period_end)``; None if none.
+
+    ``label`` starts the title ("Your daily digest" -> "Your daily digest: 12 notifications");
+    ``top_n`` of 0 or less lists counts only. ``data`` has "count.<TYPE>" per type, "total",
+    "period_start" and "period_end". Raises ValueError if an event is for another user.
+    """
+    if not events:
+        return None
+    for event in events:
+        if event["user_id"] != user_id:
+            raise ValueError(f"event {event['event_id']} is for {event['user_id']}, not {user_id}")
+    ordered = canonical(events)
+    groups: dict[str, list[dict]] = {}
+    for event in ordered:
+        groups.setdefault(event["type"], []).append(event)
+    order = sorted(groups, key=lambda t: (rank(highest_priority(groups[t])), -len(groups[t]), t))
+    ids = [e["event_id"] for e in ordered]
+    n = len(ids)
+    data = {f"count.{t}": str(len(groups[t])) for t in order}
+    data.update(total=str(n), period_start=str(period_start), period_end=str(period_end))
+    return {
+        "delivery_id": delivery_id("DIGEST", channel, user_id, ids, window=f"{period_start}-{period_end}"),
+        "user_id": user_id,
+        "channel": channel,
+        "kind": "DIGEST",
+        "event_ids": ids,
+        "type": "DIGEST",
+        "priority": highest_priority(ordered),
+        "title": f"{label}: {n} notification{'' if n == 1 else 's'}",
+        "body": "\n".join(_group_line(t, groups[t], top_n) for t in order),
+        "data": data,
+        "created_at": period_end,
+    }

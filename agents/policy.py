@@ -1,0 +1,399 @@
+"""One user's state machine: what happens to an event when it arrives, and what a tick releases later.
+
+Every function here is pure: it takes the user's state (a JSON-able dict, stored in a RocksDB table),
+the event or the clock, the user's preferences and presence, and returns the new state with the
+decisions and delivery requests to publish. Nothing is ever dropped silently:
+
+- each accepted event gets exactly one *final* decision (ROUTED, DEDUPLICATED, SUPPRESSED_PREFERENCE,
+  BATCHED, DIGESTED or CANCELLED), and before it any number of interim ones (SCHEDULED,
+  DEFERRED_QUIET_HOURS, THROTTLED, or BATCHED/DIGESTED while the batch or digest is still open);
+- an event is *held* (scheduled, quiet hours) until its release time, then routed as if it had just
+  arrived; its *parts* (one per channel) go out at once, in a batch or in a digest, and its final
+  decision is written when its last part has gone;
+- CRITICAL skips preferences, quiet hours, batching, digests and rate limits (never a schedule: that is
+  the producer's explicit wish).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from agents import batching, digest, digest_period, quiet_hours, rate_limit, routing
+from agents.dedup import dedup_key, expired, is_duplicate
+from agents.ids import delivery_id as make_delivery_id
+from agents.preferences import allows_type, meets_minimum
+from agents.route import make_decision, single_request
+from agents.validate import to_ms
+
+IMMEDIATE_ONLY = ("INAPP", "WEBSOCKET", "SMS")
+LIMITED = ("PUSH", "SMS", "EMAIL")
+TIME_FIELDS = ("occurred_at", "deliver_after")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The pipeline-wide knobs; each user's own preferences refine them."""
+
+    dedup_window_s: int = 300
+    dedup_window_by_type: dict = field(default_factory=dict)
+    limits: rate_limit.Limits = rate_limit.Limits()
+    batch_window_s: int | None = None  # overrides every user's batch_window_s (tests, demos)
+    digest_period_s: int | None = None  # fixed digest periods instead of calendar ones (tests, demos)
+    low_digest_mode: str = "DAILY"  # where LOW goes for a user whose digest mode is IMMEDIATE
+
+    def dedup_window_ms(self, type_: str) -> int:
+        return int(self.dedup_window_by_type.get(type_, self.dedup_window_s)) * 1000
+
+
+@dataclass
+class Outcome:
+    state: dict
+    decisions: list[dict] = field(default_factory=list)
+    requests: list[dict] = field(default_factory=list)
+
+
+def new_state() -> dict:
+    return {"dedup": {}, "held": [], "groups": {}, "plans": {}, "rates": {}}
+
+
+def is_empty(state: dict) -> bool:
+    return not any(state.get(k) for k in ("dedup", "held", "groups", "plans", "rates"))
+
+
+def normalize(event: dict) -> dict:
+    """A JSON-able copy of a decoded event: times as epoch milliseconds."""
+    out = dict(event)
+    for name in TIME_FIELDS:
+        if out.get(name) is not None:
+            out[name] = to_ms(out[name])
+    out["data"] = dict(out.get("data") or {})
+    return out
+
+
+def _fmt(ms: int, prefs: dict) -> str:
+    from zoneinfo import ZoneInfo
+
+    local = datetime.fromtimestamp(ms / 1000, tz=timezone.utc).astimezone(ZoneInfo(prefs.get("timezone") or "UTC"))
+    return f"{local:%Y-%m-%d %H:%M} {prefs.get('timezone') or 'UTC'}"
+
+
+# -- arrival ---------------------------------------------------------------------------------------
+
+def on_event(state: dict | None, event: dict, prefs: dict, online: bool, now_ms: int, source: str,
+             config: PolicyConfig) -> Outcome:
+    """Decide what happens to a validated ``event`` read from ``source`` (topic:partition:offset)."""
+    state = copy.deepcopy(state) if state else new_state()
+    event = normalize(event)
+    out = Outcome(state)
+    event_id = event["event_id"]
+    if _known(state, event_id) and _seen_from(state, event, source):
+        return _redelivered(out, event_id, now_ms)
+    key = dedup_key(event)
+    previous = state["dedup"].get(key)
+    window_ms = config.dedup_window_ms(event["type"])
+    if is_duplicate(previous, source, now_ms, window_ms):
+        first = previous["event_id"]
+        reason = ("the same event_id was already accepted" if first == event_id
+                  else f"same dedup_key as event {first} within the dedup window")
+        out.decisions.append(make_decision(event, "DEDUPLICATED", now_ms, reason=reason))
+        return out
+    state["dedup"][key] = {"event_id": event_id, "at_ms": now_ms, "source": source, "until": now_ms + window_ms}
+
+    if event["type"] == "CANCEL":
+        return _cancel(out, event, now_ms)
+    critical = event["priority"] == "CRITICAL"
+    if not critical and not allows_type(prefs, event["type"]):
+        out.decisions.append(make_decision(event, "SUPPRESSED_PREFERENCE", now_ms,
+                                           reason=f"the user turned off {event['type']} notifications"))
+        return out
+    if not critical and not meets_minimum(prefs, event["priority"]):
+        out.decisions.append(make_decision(event, "SUPPRESSED_PREFERENCE", now_ms,
+                                           reason=f"{event['priority']} is below the user's minimum priority "
+                                                  f"{prefs.get('minimum_priority')}"))
+        return out
+    if event.get("deliver_after") and event["deliver_after"] > now_ms:
+        return _hold(out, event, event["deliver_after"], "SCHEDULED",
+                     f"scheduled for {_fmt(event['deliver_after'], prefs)}", now_ms)
+    return _route(out, event, prefs, online, now_ms, config)
+
+
+def _redelivered(out: Outcome, event_id: str, now_ms: int) -> Outcome:
+    """The same record again, after a crash before its offset was committed. Its state survived, but the
+    outputs written with it may not have: send its immediate parts again (same delivery ids, so the
+    sinks' ledgers drop a copy that did arrive) and its interim decision; waiting parts are already kept."""
+    plan = out.state["plans"].get(event_id)
+    if plan is not None:
+        out.requests += [single_request(plan["event"], channel, now_ms) for channel in plan.get("sent_now", [])]
+        _interim_or_final(out, event_id, now_ms)
+    return out
+
+
+def _known(state: dict, event_id: str) -> bool:
+    return event_id in state["plans"] or any(h["event"]["event_id"] == event_id for h in state["held"])
+
+
+def _seen_from(state: dict, event: dict, source: str) -> bool:
+    entry = state["dedup"].get(dedup_key(event))
+    return entry is not None and entry["source"] == source
+
+
+def _hold(out: Outcome, event: dict, release_at: int, why: str, reason: str, now_ms: int) -> Outcome:
+    out.state["held"].append({"event": event, "release_at": release_at, "why": why})
+    outcome = "SCHEDULED" if why == "SCHEDULED" else "DEFERRED_QUIET_HOURS"
+    out.decisions.append(make_decision(event, outcome, now_ms, reason=reason, final=False, release_at=release_at))
+    return out
+
+
+def _route(out: Outcome, event: dict, prefs: dict, online: bool, now_ms: int, config: PolicyConfig) -> Outcome:
+    """Quiet hours, then channels, then each channel's part: now, in a batch, or in the digest."""
+    critical = event["priority"] == "CRITICAL"
+    if not critical:
+        until = quiet_hours.quiet_until(prefs, now_ms)
+        if until is not None:
+            return _hold(out, event, until, "QUIET", quiet_hours.describe(prefs, until, now_ms), now_ms)
+    chosen = routing.channels(event, prefs, online)
+    if not chosen:
+        out.decisions.append(make_decision(event, "SUPPRESSED_PREFERENCE", now_ms,
+                                           reason="the user turned off every channel this event would use"))
+        return out
+    plan = {"event": event, "pending": 0, "outcome": "ROUTED", "channels": chosen, "delivery_ids": [], "notes": [],
+            "sent_now": []}
+    out.state["plans"][event["event_id"]] = plan
+    for channel in chosen:
+        where = _placement(event, channel, prefs, config)
+        if where == "DIGEST":
+            _join_digest(out.state, event, channel, prefs, now_ms, config)
+            plan["pending"] += 1
+            plan["outcome"] = "DIGESTED"
+        elif where == "BATCH":
+            closes = _join_batch(out, event, channel, prefs, now_ms, config)
+            plan["pending"] += 1
+            if plan["outcome"] != "DIGESTED":
+                plan["outcome"] = "BATCHED"
+            if closes:
+                _close_group(out, closes, prefs, now_ms, config, early=True)
+        else:
+            plan["pending"] += 1
+            _send_now(out, event, channel, prefs, now_ms, config)
+    _interim_or_final(out, event["event_id"], now_ms)
+    return out
+
+
+def _placement(event: dict, channel: str, prefs: dict, config: PolicyConfig) -> str:
+    """"NOW", "BATCH" or "DIGEST" for one channel's part of ``event``."""
+    priority = event["priority"]
+    if priority in ("CRITICAL", "HIGH") or channel in IMMEDIATE_ONLY or event.get("channels"):
+        return "NOW"
+    if channel == "EMAIL" and (priority == "LOW" or prefs.get("digest_mode", "IMMEDIATE") != "IMMEDIATE"):
+        return "DIGEST"
+    if priority == "NORMAL" and event.get("batchable", True) and prefs.get("batching", True):
+        return "BATCH"
+    return "NOW"
+
+
+def _interim_or_final(out: Outcome, event_id: str, now_ms: int) -> None:
+    plan = out.state["plans"].get(event_id)
+    if plan is None:
+        return
+    event = plan["event"]
+    if plan["pending"] == 0:
+        del out.state["plans"][event_id]
+        reason = "; ".join(plan["notes"]) or f"sent to {', '.join(c.lower() for c in plan['channels'])}"
+        out.decisions.append(make_decision(event, plan["outcome"], now_ms, channels=plan["channels"],
+                                           delivery_id=plan["delivery_ids"][-1] if plan["delivery_ids"] else None,
+                                           reason=reason))
+    elif plan["outcome"] in ("BATCHED", "DIGESTED"):
+        groups = [g for g in out.state["groups"].values() if event_id in g["events"]]
+        release = min((g["end"] for g in groups), default=None)
+        what = "the digest" if plan["outcome"] == "DIGESTED" else "a batch"
+        out.decisions.append(make_decision(event, plan["outcome"], now_ms, channels=plan["channels"],
+                                           reason=f"waiting for {what}", final=False, release_at=release))
+
+
+# -- parts -----------------------------------------------------------------------------------------
+
+def _part_sent(out: Outcome, event_id: str, request_id: str, note: str | None = None) -> None:
+    plan = out.state["plans"].get(event_id)
+    if plan is None:
+        return
+    plan["pending"] -= 1
+    plan["delivery_ids"].append(request_id)
+    if note:
+        plan["notes"].append(note)
+
+
+def _limited(state: dict, channel: str, event_priority: str, prefs: dict, now_ms: int,
+             config: PolicyConfig) -> int | None:
+    if event_priority == "CRITICAL" or channel not in LIMITED:
+        return None
+    limits = config.limits.with_max_per_hour(prefs.get("max_per_hour"))
+    return rate_limit.next_allowed(state["rates"].get(channel), now_ms, limits)
+
+
+def _count(state: dict, channel: str, now_ms: int) -> None:
+    if channel in LIMITED:
+        state["rates"][channel] = rate_limit.record(state["rates"].get(channel), now_ms)
+
+
+def _send_now(out: Outcome, event: dict, channel: str, prefs: dict, now_ms: int, config: PolicyConfig) -> None:
+    later = _limited(out.state, channel, event["priority"], prefs, now_ms, config)
+    if later is not None:
+        _throttle(out, [event], channel, later, prefs, now_ms)
+        return
+    request = single_request(event, channel, now_ms)
+    out.requests.append(request)
+    _count(out.state, channel, now_ms)
+    _part_sent(out, event["event_id"], request["delivery_id"])
+    plan = out.state["plans"].get(event["event_id"])
+    if plan is not None:
+        plan["sent_now"].append(channel)
+
+
+def _throttle(out: Outcome, events: list[dict], channel: str, until: int, prefs: dict, now_ms: int) -> None:
+    """Over the rate limit: the part waits in a batch that closes when the window allows."""
+    type_ = events[0]["type"]
+    key = f"T|{channel}|{type_}|{until}"
+    group = out.state["groups"].setdefault(key, {"kind": "BATCH", "type": type_, "channel": channel,
+                                                 "start": now_ms, "end": until, "label": "", "events": {}})
+    for e in events:
+        group["events"][e["event_id"]] = e
+        out.decisions.append(make_decision(e, "THROTTLED", now_ms, channels=[channel], final=False, release_at=until,
+                                           reason=f"{channel.lower()} is over the user's rate limit; "
+                                                  f"goes at {_fmt(until, prefs)}"))
+
+
+def _join_batch(out: Outcome, event: dict, channel: str, prefs: dict, now_ms: int, config: PolicyConfig) -> str | None:
+    """Add the part to its tumbling window's batch; the key of a batch that is now full, else None."""
+    window_s = config.batch_window_s or int(prefs.get("batch_window_s") or 30)
+    start, end = batching.window(now_ms, window_s)
+    key = f"B|{channel}|{event['type']}|{start}"
+    group = out.state["groups"].setdefault(key, {"kind": "BATCH", "type": event["type"], "channel": channel,
+                                                 "start": start, "end": end, "label": "", "events": {}})
+    group["events"][event["event_id"]] = event
+    return key if len(group["events"]) >= int(prefs.get("max_batch_size") or 50) else None
+
+
+def _join_digest(state: dict, event: dict, channel: str, prefs: dict, now_ms: int, config: PolicyConfig) -> None:
+    mode = prefs.get("digest_mode", "IMMEDIATE")
+    mode_prefs = prefs if mode in ("HOURLY", "DAILY", "WEEKLY") else {**prefs, "digest_mode": config.low_digest_mode}
+    start, end = digest_period.period(mode_prefs, now_ms, config.digest_period_s) or (now_ms, now_ms)
+    key = f"D|{channel}|{start}"
+    group = state["groups"].setdefault(key, {"kind": "DIGEST", "type": None, "channel": channel, "start": start,
+                                             "end": end, "label": digest_period.label(mode_prefs, (start, end)),
+                                             "events": {}})
+    group["events"][event["event_id"]] = event
+
+
+def _close_group(out: Outcome, key: str, prefs: dict, now_ms: int, config: PolicyConfig, early: bool = False) -> None:
+    group = out.state["groups"].pop(key)
+    events = sorted(group["events"].values(), key=lambda e: (e["occurred_at"], e["event_id"]))
+    if not events:
+        return
+    quiet = quiet_hours.quiet_until(prefs, now_ms)
+    if quiet is not None:  # a window that closes in quiet hours waits for them to end
+        out.state["groups"][key] = {**group, "end": quiet}
+        return
+    channel = group["channel"]
+    later = _limited(out.state, channel, max((e["priority"] for e in events), key=_rank), prefs, now_ms, config)
+    if later is not None:
+        _throttle(out, events, channel, later, prefs, now_ms)
+        return
+    if group["kind"] == "DIGEST":
+        requests = [digest.digest_request(events[0]["user_id"], channel, events, group["start"], group["end"], group["label"])]
+        chunks = [events]
+        note = f"in the {group['label']} ({channel.lower()})"
+    else:
+        chunks = batching.split_full(events, int(prefs.get("max_batch_size") or 50))
+        requests = []
+        for i, chunk in enumerate(chunks):
+            if len(chunk) == 1:
+                requests.append(single_request(chunk[0], channel, now_ms))
+            else:
+                label_end = group["end"] if not early else now_ms
+                req = batching.batch_request(chunk[0]["user_id"], channel, group["type"], chunk,
+                                             group["start"], label_end, chunk=i, chunks=len(chunks))
+                requests.append(req)
+        note = f"in a batch on {channel.lower()}"
+    for chunk, request in zip(chunks, requests):
+        out.requests.append(request)
+        _count(out.state, channel, now_ms)
+        for e in chunk:
+            _part_sent(out, e["event_id"], request["delivery_id"],
+                       note=f"{note}: {request['title']}" if group["kind"] == "DIGEST" or len(chunk) > 1 else None)
+            _finish_if_done(out, e["event_id"], now_ms)
+
+
+def _finish_if_done(out: Outcome, event_id: str, now_ms: int) -> None:
+    plan = out.state["plans"].get(event_id)
+    if plan is not None and plan["pending"] == 0:
+        _interim_or_final(out, event_id, now_ms)
+
+
+def _rank(priority: str) -> int:
+    return {"CRITICAL": 0, "HIGH": 1, "NORMAL": 2, "LOW": 3}[priority]
+
+
+# -- cancellation ----------------------------------------------------------------------------------
+
+def _cancel(out: Outcome, cancel: dict, now_ms: int) -> Outcome:
+    """Withdraw every pending part of the user's events with the CANCEL event's ``cancel_key``."""
+    key = cancel["cancel_key"]
+    state = out.state
+    withdrawn: list[dict] = []
+    kept = []
+    for held in state["held"]:
+        (withdrawn if held["event"].get("cancel_key") == key else kept).append(held)
+    state["held"] = kept
+    withdrawn_events = [h["event"] for h in withdrawn]
+    for gkey in list(state["groups"]):
+        group = state["groups"][gkey]
+        for event_id in [i for i, e in group["events"].items() if e.get("cancel_key") == key]:
+            event = group["events"].pop(event_id)
+            if all(w["event_id"] != event_id for w in withdrawn_events):
+                withdrawn_events.append(event)
+        if not group["events"]:
+            del state["groups"][gkey]
+    for event in withdrawn_events:
+        plan = state["plans"].pop(event["event_id"], None)
+        sent = f" ({', '.join(c.lower() for c in plan['channels'])} parts already sent stay sent)" if plan and plan["delivery_ids"] else ""
+        out.decisions.append(make_decision(event, "CANCELLED", now_ms,
+                                           reason=f"withdrawn by CANCEL event {cancel['event_id']}{sent}"))
+    out.decisions.append(make_decision(cancel, "CANCELLED", now_ms,
+                                       reason=f"withdrew {len(withdrawn_events)} pending notification(s) "
+                                              f"with cancel_key {key!r}"))
+    return out
+
+
+# -- the clock -------------------------------------------------------------------------------------
+
+def on_tick(state: dict | None, prefs: dict, online: bool, now_ms: int, config: PolicyConfig) -> Outcome:
+    """Release what is due at ``now_ms``: held events, closed batches and digests, expired dedup keys."""
+    state = copy.deepcopy(state) if state else new_state()
+    out = Outcome(state)
+    for gkey in sorted((k for k, g in state["groups"].items() if g["end"] <= now_ms), key=lambda k: state["groups"][k]["end"]):
+        if gkey in state["groups"]:
+            _close_group(out, gkey, prefs, now_ms, config)
+    due = [h for h in state["held"] if h["release_at"] <= now_ms]
+    state["held"] = [h for h in state["held"] if h["release_at"] > now_ms]
+    for held in sorted(due, key=lambda h: (h["release_at"], h["event"]["event_id"])):
+        _route(out, held["event"], prefs, online, now_ms, config)
+    state["dedup"] = {k: v for k, v in state["dedup"].items() if now_ms < v.get("until", v["at_ms"] + config.dedup_window_s * 1000)}
+    state["rates"] = {c: r for c, r in state["rates"].items() if rate_limit.next_allowed(r, now_ms, config.limits) is not None
+                      or _recent(r, now_ms)}
+    return out
+
+
+def _recent(counters: dict, now_ms: int) -> bool:
+    """Counters still matter while their day window is open."""
+    day = counters.get("d")
+    return bool(day) and now_ms < day[0] + 86_400_000
+
+
+def next_due(state: dict) -> int | None:
+    """When this user next needs a tick: the earliest release, window end or dedup expiry."""
+    times = [h["release_at"] for h in state.get("held", [])]
+    times += [g["end"] for g in state.get("groups", {}).values()]
+    times += [v.get("until", v["at_ms"]) for v in state.get("dedup", {}).values()]
+    times += [r["d"][0] + 86_400_000 for r in state.get("rates", {}).values() if r.get("d")]
+    return min(times) if times else None

@@ -1,0 +1,33 @@
+"""Which channels an event goes to, from its priority, the user's presence and preferences.
+
+The rule:
+- An event's explicit ``channels`` win over the rules below.
+- CRITICAL or HIGH, user offline: PUSH, SMS and EMAIL. User online: WEBSOCKET and PUSH.
+- NORMAL, user online: WEBSOCKET. NORMAL, user offline: PUSH and EMAIL (batched where batching is on).
+- LOW: EMAIL, by way of the digest.
+- Every notification is also kept in-app (INAPP), unless the user disabled in-app.
+- A channel the user disabled is dropped, except for CRITICAL, which overrides preferences.
+"""
+from __future__ import annotations
+
+from agents.preferences import allows_channel
+
+ORDER = ("INAPP", "WEBSOCKET", "PUSH", "SMS", "EMAIL")
+
+
+def channels(event: dict, prefs: dict, online: bool) -> list[str]:
+    """The channels for ``event``, in a stable order; empty when the user disabled every one of them."""
+    priority = event["priority"]
+    if event.get("channels"):
+        wanted = set(event["channels"])
+    else:
+        wanted = {"INAPP"}
+        if priority in ("CRITICAL", "HIGH"):
+            wanted |= {"WEBSOCKET", "PUSH"} if online else {"PUSH", "SMS", "EMAIL"}
+        elif priority == "NORMAL":
+            wanted |= {"WEBSOCKET"} if online else {"PUSH", "EMAIL"}
+        else:
+            wanted |= {"EMAIL"}
+    if priority != "CRITICAL":
+        wanted = {c for c in wanted if allows_channel(prefs, c)}
+    return [c for c in ORDER if c in wanted]

@@ -130,7 +130,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
 
     async def lifecycle(app: web.Application):
         app[POOL] = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=10, init=_init_conn)
-        app[PRODUCER] = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
+        app[PRODUCER] = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5,
+                                   "partitioner": "murmur2_random"})
         app[CODEC] = Codec(Registry(settings.schema_registry_url))
         yield
         app[PRODUCER].flush(5)

@@ -47,6 +47,13 @@ class Codec:
         fastavro.schemaless_writer(buf, parsed(schema_name), record)
         return buf.getvalue()
 
+    @staticmethod
+    def schema_id_of(data: bytes | None) -> int | None:
+        """The schema id in a wire-format header, or None when there is no such header."""
+        if data is None or len(data) < HEADER.size or data[0] != MAGIC:
+            return None
+        return int.from_bytes(data[1:5], "big")
+
     def decode(self, data: bytes | None, reader: str | None) -> dict[str, Any]:
         """Decode ``data`` into the shape of the ``reader`` schema (e.g. ``"NotificationEvent"``), or of
         the writer's own schema when ``reader`` is None (for tools that print any topic)."""

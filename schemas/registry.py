@@ -59,6 +59,21 @@ class Registry:
         """Register a schema given as JSON text (evolved producer schemas, tests)."""
         return self.client.register_schema(subject, Schema(text, "AVRO"))
 
+    def cached(self, schema_id: int) -> bool:
+        """True when ``writer(schema_id)`` answers without asking the registry (found, or recently missing)."""
+        if schema_id in self._writers:
+            return True
+        until = self._missing.get(schema_id)
+        return until is not None and until > time.monotonic()
+
+    def prefetch(self, schema_id: int) -> None:
+        """Ask the registry for ``schema_id`` (with its retries) and remember the answer; never raises.
+        Meant to run in a thread, so that an unknown id does not stall an event loop."""
+        try:
+            self.writer(schema_id)
+        except Exception:  # noqa: BLE001 - decode() will report it with its reason code
+            pass
+
     def writer(self, schema_id: int) -> dict:
         """The parsed writer schema of ``schema_id``; raises ``SchemaNotFound`` when the registry has none."""
         found = self._writers.get(schema_id)

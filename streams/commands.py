@@ -149,7 +149,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"the schema registry at {settings.schema_registry_url} did not answer ({type(exc).__name__}); "
                         "is the stack up? (`herald up --detach` or `herald status`)") from None
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20, "enable.idempotence": True})
+    # murmur2_random is Kafka's (Java) default: records land on the user's home partition directly
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20, "enable.idempotence": True,
+                         "partitioner": "murmur2_random"})
     failures: list[str] = []
 
     def on_delivery(err, msg):

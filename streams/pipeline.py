@@ -12,6 +12,7 @@ Nothing here decides anything. The shell:
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from functools import lru_cache
@@ -94,7 +95,13 @@ def build(settings: Settings | None = None) -> faust.App:
         users[user_id] = state
         when = policy.next_due(state)
         if when is not None:
-            slot = f"{partition}:{when // 1000}"
+            # never index behind the partition's clock: a second it has passed is not visited again
+            passed = clock.get(str(partition))
+            if passed is None:  # the partition's clock starts here, so its first tick looks back to now
+                passed = int(time.time()) - 1
+                clock[str(partition)] = passed
+            second = max(when // 1000, passed + 1)
+            slot = f"{partition}:{second}"
             waiting = due.get(slot) or []
             if user_id not in waiting:
                 due[slot] = [*waiting, user_id]
@@ -135,6 +142,10 @@ def build(settings: Settings | None = None) -> faust.App:
                 await release(msg.partition)
                 continue
             now_ms = int(time.time() * 1000)
+            schema_id = codec.schema_id_of(msg.value)
+            if schema_id is not None and not codec.registry.cached(schema_id):
+                # a new or unknown id: ask the registry in a thread, so its retries never stall the loop
+                await asyncio.get_running_loop().run_in_executor(None, codec.registry.prefetch, schema_id)
             try:
                 record = codec.decode(msg.value, "NotificationEvent")
                 validate_event(record, msg.key, now_ms)

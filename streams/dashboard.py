@@ -51,7 +51,7 @@ class Flow:
                 decision = codec.decode(msg.value(), "Decision")
             except DecodeError:
                 return
-            self.outcomes[decision["outcome"]] += 1
+            self.outcomes[decision["outcome"] + ("" if decision.get("final", True) else " (waiting)")] += 1
             self.recent.appendleft(decision)
         elif topic == t("delivery.status"):
             try:
@@ -84,7 +84,8 @@ class Flow:
         for col in ("user", "outcome", "channels", "reason"):
             recent.add_column(col, overflow="ellipsis", no_wrap=True)
         for d in self.recent:
-            recent.add_row(d["user_id"], d["outcome"], ",".join(c.lower() for c in d["channels"]), d["reason"])
+            outcome = d["outcome"] if d.get("final", True) else f"{d['outcome']} …"
+            recent.add_row(d["user_id"], outcome, ",".join(c.lower() for c in d["channels"]), d["reason"])
         return Group(Panel(counts, title=f"Herald — flowing for {elapsed:.0f}s (Ctrl-C stops everything)"), recent)
 
 

@@ -6,6 +6,7 @@ Every process logs to ``.herald/logs/<name>.log``; ``down`` stops them in revers
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 import urllib.request
@@ -20,6 +21,7 @@ from streams.settings import Settings
 console = Console(stderr=True, highlight=False)
 SERVERS = (("postgres", postgres), ("kafka", kafka), ("registry", registry))
 PROCESSES = ("worker", "sink-inapp", "api")
+DEMO_WINDOWS = {"HERALD_BATCH_WINDOW_S": "10", "HERALD_DIGEST_PERIOD_S": "60"}
 
 
 def _say(text: str) -> None:
@@ -63,11 +65,13 @@ def start_pipeline(settings: Settings, demo: bool, rate: float | None) -> None:
     checks = {"worker": _ready_by_log("worker", "Ready"), "sink-inapp": _ready_by_log("sink-inapp", "consuming"),
               "api": _api_ready(settings)}
     argv = {"worker": _herald("worker"), "sink-inapp": _herald("sink", "inapp"), "api": _herald("api")}
+    # the demo runs short windows, so batches and digests go out while you watch (unless you chose yours)
+    env = {k: v for k, v in DEMO_WINDOWS.items() if demo and not os.environ.get(k)}
     procs = {}
     for name in PROCESSES:
         if read_pid(name) is None:
             log_path(name).write_text("")
-            procs[name] = start_process(name, argv[name], cwd=REPO_ROOT)
+            procs[name] = start_process(name, argv[name], env=env, cwd=REPO_ROOT)
     for name in PROCESSES:
         t0 = time.monotonic()
         wait_until(checks[name], 90, f"{name}", log_path(name), procs.get(name))

@@ -27,6 +27,12 @@ def _settings() -> Settings:
 
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _quiet_clients()
+
+
+def _quiet_clients() -> None:
+    # the registry client logs every HTTP request at INFO; a cache miss is not news
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _run_until_signal(main_coro_factory) -> None:
@@ -67,6 +73,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     ensure_topics(settings)
     app = build(settings)
     worker = Worker(app, loglevel="INFO", quiet=True)
+    _quiet_clients()
     worker.execute_from_commandline()
     return 0
 

@@ -142,12 +142,14 @@ def show_status(settings: Settings) -> int:
     for col in ("part", "state", "address", "version", "detail"):
         table.add_column(col)
     all_up = True
+    kafka_up = False
     for name, module in SERVERS:
         try:
             s = module.status()
         except Exception as exc:  # noqa: BLE001 - status must always print something
             s = ServiceStatus(name, False, "", "", {"error": str(exc)})
         all_up &= s.up
+        kafka_up |= name == "kafka" and s.up
         detail = {k: v for k, v in s.detail.items() if k not in ("topics", "log", "pid", "managed")}
         if "topics" in s.detail:
             detail["topics"] = len([t for t in s.detail["topics"] if t.startswith(settings.topic_prefix)])
@@ -158,7 +160,7 @@ def show_status(settings: Settings) -> int:
         table.add_row(name, "[green]up[/]" if pid else "[red]down[/]", "", "", f"pid={pid}" if pid else "")
     console.print(table)
     try:
-        lag = consumer_lag(settings)
+        lag = consumer_lag(settings) if kafka_up else {}
     except Exception:  # noqa: BLE001
         lag = {}
     if lag:

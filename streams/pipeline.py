@@ -114,6 +114,8 @@ def build(settings: Settings | None = None) -> faust.App:
         now_s = now_ms // 1000
         last = clock.get(str(partition))
         start = now_s - 1 if last is None else max(last + 1, now_s - MAX_CATCH_UP_S)
+        # move the clock first: a user re-indexed below (due later in this very second) must land after it
+        clock[str(partition)] = now_s
         for second in range(start, now_s + 1):
             slot = f"{partition}:{second}"
             waiting = due.get(slot)
@@ -130,7 +132,6 @@ def build(settings: Settings | None = None) -> faust.App:
                 out = policy.on_tick(state, prefs, is_online, now_ms, config)
                 save(user_id, out.state, partition)
                 await emit(out)
-        clock[str(partition)] = now_s
 
     source = app.topic(settings.topic("events"), f"{settings.app_id}-ticks", key_type=bytes, value_type=bytes)
 

@@ -20,19 +20,16 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import Counter
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from agents.preferences import defaults
 from agents.validate import to_ms
 from schemas.codec import Codec
 from schemas.registry import Registry
-from streams.pipeline import home_partition
 from tests.conftest import free_port
 from tests.integration.harness import Pipeline
 from tests.integration.test_end_to_end import standard_producer
@@ -89,7 +86,7 @@ class Outputs(threading.Thread):
         self.decisions: list[dict] = []
         self.requests: list[dict] = []
         self.errors: list[str] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"obs-{uuid.uuid4()}",
                                   "enable.auto.commit": False})
         self.consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING)
@@ -97,7 +94,7 @@ class Outputs(threading.Thread):
         self.start()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             for msg in self.consumer.consume(1000, 0.1):
                 if msg.error():
                     continue
@@ -112,7 +109,7 @@ class Outputs(threading.Thread):
         self.consumer.close()
 
     def close(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(10)
 
     # -- queries -----------------------------------------------------------------------------------
@@ -223,8 +220,9 @@ class Stage:
             time.sleep(0.2)
 
 
-def wait_for(check, timeout: float, what: str, out: Outputs | None = None, *users: str):
-    """Poll ``check`` until it returns something truthy, and return that; fail with the users' records."""
+def wait_for(check, timeout: float, what: str, out: Outputs | None = None, *users: str, more=None):
+    """Poll ``check`` until it returns something truthy, and return that; fail with the users' records
+    (and ``more()``, some further evidence)."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -233,8 +231,22 @@ def wait_for(check, timeout: float, what: str, out: Outputs | None = None, *user
         if time.monotonic() > deadline:
             detail = f"\n{out.dump(*users)}" if out is not None else ""
             errors = f"\nundecodable: {out.errors}" if out is not None and out.errors else ""
-            pytest.fail(f"timed out after {timeout}s waiting for {what}{detail}{errors}")
+            extra = f"\n{more()}" if more is not None else ""
+            pytest.fail(f"timed out after {timeout}s waiting for {what}{extra}{detail}{errors}")
         time.sleep(0.1)
+
+
+def events_progress(settings) -> str:
+    """The pipeline group's committed offset and the high watermark of each events partition."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.app_id,
+                         "enable.auto.commit": False})
+    try:
+        tps = [TopicPartition(settings.topic("events"), p) for p in range(settings.partitions)]
+        rows = [f"partition {tp.partition}: committed {tp.offset}, high watermark "
+                f"{consumer.get_watermark_offsets(tp, timeout=10)[1]}" for tp in consumer.committed(tps, timeout=10)]
+        return "events consumed by the pipeline group:\n  " + "\n  ".join(rows)
+    finally:
+        consumer.close()
 
 
 def settle(seconds: float = 2.0) -> None:
@@ -257,21 +269,25 @@ def new_pipeline(tmp_path_factory, name: str, **env: str) -> Pipeline:
 @pytest.fixture(scope="module")
 def herald(stack, tmp_path_factory):
     p = new_pipeline(tmp_path_factory, "pol")
-    p.start("worker")
-    stage = Stage(p)
-    yield stage
-    stage.close()
-    p.stop()
+    try:
+        p.start("worker")
+        stage = Stage(p)
+        yield stage
+        stage.close()
+    finally:
+        p.stop()
 
 
 @pytest.fixture(scope="module")
 def throttled(stack, tmp_path_factory):
     p = new_pipeline(tmp_path_factory, "rate", HERALD_RATE_PER_MINUTE="3")
-    p.start("worker")
-    stage = Stage(p)
-    yield stage
-    stage.close()
-    p.stop()
+    try:
+        p.start("worker")
+        stage = Stage(p)
+        yield stage
+        stage.close()
+    finally:
+        p.stop()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -279,14 +295,14 @@ def minute_bound(herald, throttled):
     """Start the two scenarios that end on a minute boundary; their tests check them later.
 
     Quiet hours: a user in Asia/Kolkata whose quiet hours run from the previous local minute to a minute
-    boundary 20-80 s ahead; one HIGH and one NORMAL event arrive inside them.
+    boundary 12-72 s ahead; one HIGH and one NORMAL event arrive inside them.
     Rate limit: 5 HIGH events for one offline user, on the worker limited to 3 sends per channel per minute,
     sent early enough in a minute that all five are decided in that minute."""
     quiet_user = f"{herald.unique}-quiet"
     tz = ZoneInfo(QUIET_ZONE)
     now = now_ms()
     end = (now // 60_000 + 1) * 60_000
-    if end - now < 20_000:
+    if end - now < 12_000:  # time to apply the preferences and send the events inside the window
         end += 60_000
     local_now = datetime.fromtimestamp(now / 1000, tz).replace(second=0, microsecond=0)
     window = {"start": f"{local_now - timedelta(minutes=1):%H:%M}",
@@ -355,8 +371,10 @@ def test_preferences_suppress_and_a_tombstone_resets_them(herald):
     critical = ev(user, "critical", type="COMMENT", priority="CRITICAL")
     high = ev(user, "high", priority="HIGH")
     herald.send(off_type, too_low, lowest, critical, high)
-    wait_for(lambda: all(out.finals(user).get(e["event_id"]) for e in (off_type, too_low, lowest, critical, high)),
-             30, "finals", out, user)
+    wait_for(lambda: all(out.finals(user).get(e["event_id"]) for e in (off_type, too_low, lowest, critical, high))
+             and len(out.sent(user, event_id=critical["event_id"])) >= 4 and len(out.sent(user, event_id=high["event_id"])) >= 3,
+             30, "finals and deliveries", out, user)
+    settle(1)
 
     for e in (off_type, too_low, lowest):
         assert only_final(out, user, e)["outcome"] == "SUPPRESSED_PREFERENCE", out.dump(user)
@@ -485,8 +503,10 @@ def test_low_priority_events_go_in_one_email_digest(herald):
 # -- 7. scheduling and cancellation ----------------------------------------------------------------
 
 def test_scheduled_events_wait_and_a_cancel_withdraws_them(herald):
+    """``deliver_after`` is any millisecond; this one is 900 ms into its second, as a producer's ``now + 4 s``
+    often is (the worker's clock runs in whole seconds, ticking every 0.5 s)."""
     out, user = herald.out, f"{herald.unique}-sched"
-    at = now_ms() + 4000
+    at = (now_ms() // 1000 + 4) * 1000 + 900
     scheduled = ev(user, "later", priority="HIGH", deliver_after=at)
     doomed = ev(user, "doomed", priority="HIGH", deliver_after=at + 1000, cancel_key="task-9")
     herald.send(scheduled, doomed)
@@ -532,6 +552,7 @@ def test_quiet_hours_hold_events_until_they_end(herald, minute_bound):
     early = [r for r in out.sent(user) if r["_ts"] < end]
     assert early == [], f"delivered inside quiet hours:\n{out.dump(user)}"
     assert only_final(out, user, high)["outcome"] == "ROUTED"
+    assert all(only_final(out, user, e)["at"] >= end for e in (high, normal)), "decided when quiet hours ended"
     assert sorted(r["channel"] for r in out.sent(user, event_id=high["event_id"])) == ["EMAIL", "INAPP", "PUSH", "SMS"]
     assert only_final(out, user, normal)["outcome"] == "BATCHED"
     assert sorted(r["channel"] for r in out.sent(user, event_id=normal["event_id"])) == ["EMAIL", "INAPP", "PUSH"]
@@ -563,132 +584,3 @@ def test_the_rate_limit_throttles_then_sends_the_rest_in_the_next_minute(throttl
     for e in events[:3]:
         assert not [d for d in out.of(user, e["event_id"]) if d["outcome"] == "THROTTLED"]
     assert {only_final(out, user, e)["outcome"] for e in events} == {"ROUTED"}
-
-
-# -- 9. kill -9 mid-window -------------------------------------------------------------------------
-
-def test_kill_9_inside_a_batch_window_loses_and_duplicates_nothing(herald):
-    out, user = herald.out, f"{herald.unique}-crash"
-    align(2000, 150)
-    normal = [ev(user, f"n{n}", occurred_at=now_ms() + n) for n in range(3)]
-    low = [ev(user, f"l{n}", type="HABIT_REMINDER", priority="LOW", occurred_at=now_ms() + n) for n in range(2)]
-    herald.send(*normal, *low)
-    wait_for(lambda: all(out.of(user, e["event_id"], final=False) for e in (*normal, *low)), 10,
-             "the interim decisions", out, user)
-    killed_at = now_ms()
-    herald.p.kill("worker")
-    window_end = out.of(user, normal[0]["event_id"], final=False)[0]["release_at"]
-    assert killed_at < window_end, "the worker was killed after the batch window closed: nothing was tested"
-    assert out.sent(user, "PUSH") == [] and out.sent(user, "EMAIL") == []
-
-    herald.p.start("worker")
-    wait_for(lambda: all(out.finals(user).get(e["event_id"]) for e in (*normal, *low)), 90,
-             "every final after the restart", out, user)
-    again = {**normal[0], "occurred_at": now_ms()}  # a producer resending an event it sent before the crash
-    herald.send(again)
-    wait_for(lambda: len(out.finals(user).get(again["event_id"], [])) == 2, 20, "the resent event's final", out, user)
-    settle()
-
-    push = out.sent(user, "PUSH")
-    counts = Counter(r["delivery_id"] for r in push)
-    assert all(n == 1 for n in counts.values()), f"a delivery_id twice on the push topic:\n{out.dump(user)}"
-    ids = sorted(e["event_id"] for e in normal)
-    for channel in ("PUSH", "EMAIL"):
-        batches = out.sent(user, channel, kind="BATCH")
-        assert len(batches) == 1 and sorted(batches[0]["event_ids"]) == ids, f"{channel}:\n{out.dump(user)}"
-    digests = out.sent(user, "EMAIL", kind="DIGEST")
-    assert len(digests) == 1 and sorted(digests[0]["event_ids"]) == sorted(e["event_id"] for e in low), out.dump(user)
-    finals = out.finals(user)
-    assert sorted(d["outcome"] for d in finals[normal[0]["event_id"]]) == ["BATCHED", "DEDUPLICATED"], out.dump(user)
-    for e in normal[1:]:
-        assert [d["outcome"] for d in finals[e["event_id"]]] == ["BATCHED"], out.dump(user)
-    for e in low:
-        assert [d["outcome"] for d in finals[e["event_id"]]] == ["DIGESTED"], out.dump(user)
-    assert set(finals) == {e["event_id"] for e in (*normal, *low)}
-
-
-# -- 10. a second worker joins and leaves ----------------------------------------------------------
-
-def _members(settings) -> dict[str, set[int]]:
-    """The consumer group's members and the events partitions each holds."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    group = admin.describe_consumer_groups([settings.app_id])[settings.app_id].result(10)
-    topic = settings.topic("events")
-    return {m.member_id: {tp.partition for tp in m.assignment.topic_partitions if tp.topic == topic}
-            for m in group.members}
-
-
-def test_a_second_worker_joining_and_leaving_keeps_every_users_state(herald, tmp_path_factory):
-    out, s = herald.out, herald.settings
-    users: list[str] = []
-    per_partition = Counter()
-    n = 0
-    while min(per_partition[p] for p in range(s.partitions)) < 2:
-        name = f"{herald.unique}-w{n}"
-        n += 1
-        p = home_partition(name.encode(), s.partitions)
-        if per_partition[p] < 2:
-            per_partition[p] += 1
-            users.append(name)
-
-    # before: one worker holds every partition
-    first = {u: ev(u, "a", priority="HIGH") for u in users}
-    herald.send(*first.values())
-    wait_for(lambda: all(out.finals(u).get(e["event_id"]) for u, e in first.items()), 90, "the first finals", out, *users)
-    before = wait_for(lambda: (m := _members(s)) and len(m) == 1 and m, 30, "one member")
-    (old_member,) = before
-
-    second = Pipeline(herald.unique, tmp_path_factory.mktemp("second-worker"), free_port())
-    second.env["HERALD_HOME"] = str(tmp_path_factory.mktemp("second-home"))  # its own RocksDB: another machine
-    try:
-        second.start("worker")
-        split = wait_for(lambda: (m := _members(s)) and len(m) == 2 and all(m.values()) and m, 60,
-                         "the partitions to be shared by two workers")
-        moved = split[next(m for m in split if m != old_member)]
-        assert moved and len(moved) < s.partitions
-        on_second = [u for u in users if home_partition(u.encode(), s.partitions) in moved]
-
-        # state moved with the partitions: an event id seen before is still a duplicate
-        herald.send(*({**e, "occurred_at": now_ms()} for e in first.values()))
-        wait_for(lambda: all(len(out.finals(u).get(e["event_id"], [])) == 2 for u, e in first.items()), 90,
-                 "the resent events' finals", out, *users)
-        for u, e in first.items():
-            assert sorted(d["outcome"] for d in out.finals(u)[e["event_id"]]) == ["DEDUPLICATED", "ROUTED"], out.dump(u)
-
-        # pending work on both workers, then the second one leaves
-        align(2000, 300)
-        pending = {u: [ev(u, "b0", occurred_at=now_ms()), ev(u, "b1", occurred_at=now_ms() + 1),
-                       ev(u, "d", type="HABIT_REMINDER", priority="LOW"),
-                       ev(u, "s", priority="HIGH", deliver_after=now_ms() + 8000)] for u in users}
-        herald.send(*(e for es in pending.values() for e in es))
-        wait_for(lambda: all(out.of(u, e["event_id"]) for u, es in pending.items() for e in es), 30,
-                 "every pending event's first decision", out, *users)
-        assert all(not out.of(u, e["event_id"])[0]["final"] for u, es in pending.items() for e in es), \
-            "each of them waits for something"
-    finally:
-        second.stop()
-    after = wait_for(lambda: (m := _members(s)) and len(m) == 1 and m, 60, "the survivor to hold every partition")
-    assert after == {old_member: set(range(s.partitions))}
-
-    herald.send(*({**es[0], "occurred_at": now_ms()} for es in pending.values()))
-    wait_for(lambda: all(out.finals(u).get(e["event_id"]) for u, es in pending.items() for e in es)
-             and all(len(out.finals(u).get(es[0]["event_id"], [])) == 2 for u, es in pending.items()), 90,
-             "every final on the survivor", out, *users)
-    settle()
-
-    for u, (b0, b1, d, sched) in pending.items():
-        where = f"{u} (partition {home_partition(u.encode(), s.partitions)}, {'moved' if u in on_second else 'stayed'})"
-        finals = out.finals(u)
-        assert sorted(x["outcome"] for x in finals[b0["event_id"]]) == ["BATCHED", "DEDUPLICATED"], \
-            f"{where}: dedup after the change\n{out.dump(u)}"
-        assert [x["outcome"] for x in finals[b1["event_id"]]] == ["BATCHED"], f"{where}\n{out.dump(u)}"
-        assert [x["outcome"] for x in finals[d["event_id"]]] == ["DIGESTED"], f"{where}\n{out.dump(u)}"
-        assert [x["outcome"] for x in finals[sched["event_id"]]] == ["ROUTED"], f"{where}\n{out.dump(u)}"
-        for channel in ("PUSH", "EMAIL"):
-            batches = out.sent(u, channel, kind="BATCH")
-            assert len(batches) == 1 and sorted(batches[0]["event_ids"]) == sorted([b0["event_id"], b1["event_id"]]), \
-                f"{where}: one batch on {channel}\n{out.dump(u)}"
-        assert [r["event_ids"] for r in out.sent(u, "EMAIL", kind="DIGEST")] == [[d["event_id"]]], f"{where}\n{out.dump(u)}"
-        for channel in ("PUSH", "SMS", "EMAIL"):
-            singles = out.sent(u, channel, kind="SINGLE", event_id=sched["event_id"])
-            assert len(singles) == 1 and singles[0]["_ts"] >= sched["deliver_after"], f"{where}\n{out.dump(u)}"

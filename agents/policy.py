@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from agents import batching, digest, digest_period, quiet_hours, rate_limit, routing
-from agents.dedup import dedup_key, is_duplicate
+from agents.dedup import dedup_key, expired, is_duplicate
+from agents.ids import delivery_id as make_delivery_id
 from agents.preferences import allows_type, meets_minimum
 from agents.route import make_decision, single_request
 from agents.validate import to_ms

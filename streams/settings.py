@@ -40,6 +40,8 @@ class Settings:
     rate_per_day: int = _setting(500, "HERALD_RATE_PER_DAY", "Sends per user and channel per day.")
     tick_interval_s: float = _setting(1.0, "HERALD_TICK_INTERVAL_S",
                                       "How often held events, batches and digests are checked for release.")
+    presence_ttl_s: int = _setting(120, "HERALD_PRESENCE_TTL_S",
+                                   "A connection not renewed within this many seconds counts as offline.")
     demo_rate: float = _setting(20.0, "HERALD_DEMO_RATE", "Events per second of the demo stream `herald up` starts.")
 
     @classmethod

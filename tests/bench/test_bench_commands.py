@@ -1,0 +1,53 @@
+"""The benchmark commands' help and the peer venv's reuse rule, with no server."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from bench import passthrough, workload
+from bench.peers import quix_peer, venv
+
+
+@pytest.mark.parametrize("module, words", [
+    (workload, ["--events", "--users", "--seed", "--duplicate-share", "--preferences-share"]),
+    (passthrough, ["--events", "--source", "raw ceiling"]),
+    (quix_peer, ["--events", "--source", "--window-s", "Quix Streams"]),
+])
+def test_help_documents_the_options(module, words, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for word in words:
+        assert word in text
+
+
+def test_peer_module_imports_no_herald_code_at_top_level():
+    source = quix_peer.PEER_SCRIPT.read_text()
+    top = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
+    assert all(line.split()[1] in ("__future__", "argparse", "json", "sys", "time", "pathlib", "typing") for line in top), top
+
+
+def test_ensure_venv_reuses_a_venv_made_for_the_same_requirements(tmp_path, monkeypatch):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# nothing\n")
+    made = tmp_path / "quix-venv"
+    (made / "bin").mkdir(parents=True)
+    (made / "bin" / "python").symlink_to(sys.executable)
+    (made / venv.MARKER).write_text(venv._fingerprint(requirements))
+    monkeypatch.setattr(venv, "_run", lambda *a: pytest.fail(f"ran {a[0]} for an up-to-date venv"))
+    assert venv.ensure_venv(requirements, made, progress=False) == made
+
+    requirements.write_text("# changed\n")
+    ran = []
+    monkeypatch.setattr(venv, "_run", lambda cmd, step, hint: ran.append(step))
+    assert venv.ensure_venv(requirements, made, progress=False) == made
+    assert ran == ["pip install"]
+    assert (made / venv.MARKER).read_text() == venv._fingerprint(requirements)
+
+
+def test_requirements_pin_every_package_exactly():
+    lines = [line.strip() for line in venv.REQUIREMENTS.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert lines and all("==" in line and not any(c in line for c in "<>~!") for line in lines), lines
+    assert any(line.startswith("quixstreams==") for line in lines)

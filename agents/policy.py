@@ -15,9 +15,10 @@ decisions and delivery requests to publish. Nothing is ever dropped silently:
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+
+import orjson
 
 from agents import batching, digest, digest_period, quiet_hours, rate_limit, routing
 from agents.dedup import dedup_key, expired, is_duplicate
@@ -57,6 +58,11 @@ def new_state() -> dict:
     return {"dedup": {}, "held": [], "groups": {}, "plans": {}, "rates": {}}
 
 
+def _copy(state: dict) -> dict:
+    """A deep copy of JSON-able state (what the table stores), several times faster than ``copy.deepcopy``."""
+    return orjson.loads(orjson.dumps(state))
+
+
 def is_empty(state: dict) -> bool:
     return not any(state.get(k) for k in ("dedup", "held", "groups", "plans", "rates"))
 
@@ -83,7 +89,7 @@ def _fmt(ms: int, prefs: dict) -> str:
 def on_event(state: dict | None, event: dict, prefs: dict, online: bool, now_ms: int, source: str,
              config: PolicyConfig) -> Outcome:
     """Decide what happens to a validated ``event`` read from ``source`` (topic:partition:offset)."""
-    state = copy.deepcopy(state) if state else new_state()
+    state = _copy(state) if state else new_state()
     event = normalize(event)
     out = Outcome(state)
     event_id = event["event_id"]
@@ -369,7 +375,7 @@ def _cancel(out: Outcome, cancel: dict, now_ms: int) -> Outcome:
 
 def on_tick(state: dict | None, prefs: dict, online: bool, now_ms: int, config: PolicyConfig) -> Outcome:
     """Release what is due at ``now_ms``: held events, closed batches and digests, expired dedup keys."""
-    state = copy.deepcopy(state) if state else new_state()
+    state = _copy(state) if state else new_state()
     out = Outcome(state)
     for gkey in sorted((k for k, g in state["groups"].items() if g["end"] <= now_ms), key=lambda k: state["groups"][k]["end"]):
         if gkey in state["groups"]:

@@ -1,24 +1,34 @@
 """The Faust shell of the pipeline: read events, call the policy in ``agents/``, write what it decides.
 
 Nothing here decides anything. The shell:
+- takes records in batches (``take_events``): each user's state is read once per batch, changed by
+  every record of the batch in order, and written back once, and all outputs are queued on the
+  producer without waiting; Faust acks a batch's records after the batch, and flushes the producer
+  before it commits their offsets, so nothing decided is lost and a crash only means records read
+  again (at least once);
 - decodes and validates each record before any state is touched; a record that fails goes to the
   dead-letter topic with its reason and the stream goes on;
 - keeps every user's state on the partition their events are on (a record that a producer's
   partitioner put elsewhere is moved to ``murmur2(user_id)``, Kafka's default, first);
+- decides on the record's own timestamp, not the wall clock, so a record read again after a crash is
+  decided again the same way (same windows, same delivery ids, same decision times);
 - runs the clock: a timer puts a tick on every partition of an internal topic co-partitioned with the
   events, and the agent, in stream context for that partition, releases what is due (Faust tables can
-  only be written from a stream, and ``on_window_close`` is not to be trusted);
-- writes requests to the delivery topics and decisions to the decisions topic.
+  only be written from a stream, and ``on_window_close`` is not to be trusted). The clock of a
+  partition never runs ahead of the events still waiting to be read on it.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+import weakref
 from functools import lru_cache
 
 import faust
 from aiokafka.partitioner import murmur2
+from faust.streams import _current_event
 
 from agents import policy
 from agents.preferences import effective
@@ -28,10 +38,13 @@ from schemas.codec import Codec, DecodeError
 from schemas.registry import Registry
 from streams import dlq
 from streams.app import create_app
+from streams.mirror import Mirrored
+from streams.outbox import Outbox
 from streams.settings import Settings
 
 log = logging.getLogger("herald.pipeline")
 MAX_CATCH_UP_S = 7 * 86_400
+BEHIND = 1_000  # records still unread on a partition that make its clock wait for them
 
 
 def policy_config(settings: Settings) -> policy.PolicyConfig:
@@ -53,6 +66,16 @@ def online(entry: dict | None, now_ms: int) -> bool:
     return bool(entry) and entry.get("online", False) and entry.get("expires_at", 0) > now_ms
 
 
+def record_time_ms(message: faust.types.tuples.Message) -> int:
+    """The record's timestamp in ms: the decision clock. The wall clock only for a record without one,
+    or one from a producer whose clock is ahead (it must not release the future early)."""
+    wall = int(time.time() * 1000)
+    ts = message.timestamp
+    if not ts or ts <= 0:
+        return wall
+    return min(int(round(ts * 1000)), wall)
+
+
 def build(settings: Settings | None = None) -> faust.App:
     settings = settings or Settings.from_env()
     codec = Codec(Registry(settings.schema_registry_url), max_bytes=settings.max_event_bytes)
@@ -60,37 +83,91 @@ def build(settings: Settings | None = None) -> faust.App:
     topics = app.herald_topics  # type: ignore[attr-defined]
     config = policy_config(settings)
     parts = settings.partitions
+    events_topic = settings.topic("events")
+    decisions_topic = settings.topic("decisions")
     ticks = app.topic(f"{settings.app_id}-ticks", key_type=bytes, value_type=bytes)
-    users = app.Table("users", default=None, partitions=parts)
+    # the tables the pipeline agent alone writes are read through caches, cleared at every rebalance
+    users = Mirrored(app.Table("users", default=None, partitions=parts))
     prefs_table = app.Table("preferences", default=None, partitions=parts)
     presence = app.Table("presence", default=None, partitions=parts)
-    due = app.Table("due", default=None, partitions=parts)  # "<partition>:<second>" -> [user ids]
-    clock = app.Table("clock", default=None, partitions=parts)  # "<partition>" -> last second released
+    due = Mirrored(app.Table("due", default=None, partitions=parts))  # "<partition>:<second>" -> [user ids]
+    clock = Mirrored(app.Table("clock", default=None, partitions=parts))  # "<partition>" -> last second released
+    mirrors = (users, due, clock)
+
+    @app.on_partitions_revoked.connect
+    async def forget_on_revoke(app: faust.App, revoked: set, **kwargs: object) -> None:  # noqa: ARG001
+        for mirror in mirrors:
+            mirror.clear()
+
+    @app.on_partitions_assigned.connect
+    async def forget_on_assign(app: faust.App, assigned: set, **kwargs: object) -> None:  # noqa: ARG001
+        for mirror in mirrors:
+            mirror.clear()
+    last_event: dict[int, tuple[int, int]] = {}  # partition -> (offset, timestamp) of the last event read on it
+
+    outbox = Outbox(settings.kafka_bootstrap)
+
+    async def send(topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+                   headers: list | None = None) -> None:
+        """Queue an output; the agents flush the outbox before their records are acked."""
+        outbox.send(topic, key, value, partition, headers)
 
     async def dead_letter(event: faust.types.EventT, reason: str, message: str, stage: str = "ingest") -> None:
         msg = event.message
-        await topics["dlq"].send(key=msg.key, value=msg.value, headers=dlq.headers(
+        await send(topics["dlq"].get_topic_name(), msg.key, msg.value, None, dlq.headers(
             reason, message, stage, msg.topic, msg.partition, msg.offset, list(msg.headers or [])))
 
-    async def misrouted(event: faust.types.EventT, key: bytes, topic: faust.TopicT) -> bool:
+    async def misrouted(event: faust.types.EventT, key: bytes) -> bool:
         """Move a record to its user's home partition; True if it was moved."""
         msg = event.message
         home = home_partition(key, parts)
         if msg.partition == home:
             return False
-        await topic.send(key=key, value=msg.value, partition=home, headers=list(msg.headers or []))
+        await send(msg.topic, key, msg.value, home, list(msg.headers or []))
         return True
 
-    async def emit(out: policy.Outcome) -> None:
-        for request in out.requests:
-            await topics[f"delivery.{request['channel'].lower()}"].send(key=request["user_id"].encode(), value=request)
-        for decision in out.decisions:
-            await topics["decisions"].send(key=decision["user_id"].encode(), value=decision)
+    class Step:
+        """One batch of records: users' states read once, written back once at the end."""
 
-    def save(user_id: str, state: dict, partition: int) -> None:
-        if policy.is_empty(state):
-            if users.get(user_id) is not None:
-                del users[user_id]
+        def __init__(self) -> None:
+            self.states: dict[str, dict | None] = {}
+            self.home: dict[str, int] = {}
+            self.anchor: dict[int, faust.types.EventT] = {}  # partition -> a record of this batch read on it
+
+        def enter(self, event: faust.types.EventT) -> None:
+            """Make ``event`` the current one: Faust logs a table write to the current record's partition."""
+            self.anchor[event.message.partition] = event
+            _current_event.set(weakref.ref(event))
+
+        def state(self, user_id: str) -> dict | None:
+            if user_id not in self.states:
+                self.states[user_id] = users.get(user_id)
+            return self.states[user_id]
+
+        def put(self, user_id: str, state: dict, partition: int) -> None:
+            self.states[user_id] = state
+            self.home[user_id] = partition
+
+        async def emit(self, out: policy.Outcome) -> None:
+            for request in out.requests:
+                topic = topics[f"delivery.{request['channel'].lower()}"]
+                await send(topic.get_topic_name(), request["user_id"].encode(),
+                           codec.encode(f"{topic.get_topic_name()}-value", "DeliveryRequest", request))
+            for decision in out.decisions:
+                await send(decisions_topic, decision["user_id"].encode(),
+                           codec.encode(f"{decisions_topic}-value", "Decision", decision))
+
+        def save(self) -> None:
+            current = _current_event.get(None)
+            for user_id, partition in sorted(self.home.items(), key=lambda item: item[1]):
+                _current_event.set(weakref.ref(self.anchor[partition]))
+                save(user_id, self.states[user_id], partition)
+            self.home.clear()
+            _current_event.set(current)
+
+    def save(user_id: str, state: dict | None, partition: int) -> None:
+        if state is None or policy.is_empty(state):
+            del users[user_id]
             return
         users[user_id] = state
         when = policy.next_due(state)
@@ -109,10 +186,26 @@ def build(settings: Settings | None = None) -> faust.App:
     def user_context(user_id: str, now_ms: int) -> tuple[dict, bool]:
         return effective(prefs_table.get(user_id), user_id), online(presence.get(user_id), now_ms)
 
-    async def release(partition: int) -> None:
-        now_ms = int(time.time() * 1000)
+    def tick_time(partition: int, tick_ms: int) -> int:
+        """A tick's clock: its own time, unless many events of the partition are still unread (after a
+        restart): then the time of the last event read, so nothing is released before they are."""
+        if partition not in last_event:
+            return tick_ms
+        offset, event_ms = last_event[partition]
+        try:
+            highwater = app.consumer.highwater(faust.types.TP(events_topic, partition))
+        except Exception:  # noqa: BLE001 - not known yet: the tick's own time
+            return tick_ms
+        if highwater is not None and highwater - offset > BEHIND:
+            return min(tick_ms, event_ms)
+        return tick_ms
+
+    async def release(step: Step, partition: int, now_ms: int) -> None:
         now_s = now_ms // 1000
         last = clock.get(str(partition))
+        if last is not None and now_s <= last:
+            return
+        step.save()  # the due index must hold every user changed so far in this batch
         start = now_s - 1 if last is None else max(last + 1, now_s - MAX_CATCH_UP_S)
         # move the clock first: a user re-indexed below (due later in this very second) must land after it
         clock[str(partition)] = now_s
@@ -123,53 +216,69 @@ def build(settings: Settings | None = None) -> faust.App:
                 continue
             del due[slot]
             for user_id in waiting:
-                state = users.get(user_id)
+                state = step.state(user_id)
                 if state is None or (policy.next_due(state) or now_ms + 1) > now_ms:
                     if state is not None:
-                        save(user_id, state, partition)  # re-index: its due time moved
+                        step.put(user_id, state, partition)  # re-index: its due time moved
                     continue
                 prefs, is_online = user_context(user_id, now_ms)
                 out = policy.on_tick(state, prefs, is_online, now_ms, config)
-                save(user_id, out.state, partition)
-                await emit(out)
+                step.put(user_id, out.state, partition)
+                await step.emit(out)
+        step.save()
 
-    source = app.topic(settings.topic("events"), f"{settings.app_id}-ticks", key_type=bytes, value_type=bytes)
+    async def on_record(step: Step, event: faust.types.EventT) -> None:
+        msg = event.message
+        now_ms = record_time_ms(msg)
+        if msg.topic != events_topic:
+            await release(step, msg.partition, tick_time(msg.partition, now_ms))
+            return
+        last_event[msg.partition] = (msg.offset, now_ms)
+        schema_id = codec.schema_id_of(msg.value)
+        if schema_id is not None and not codec.registry.cached(schema_id):
+            # a new or unknown id: ask the registry in a thread, so its retries never stall the loop
+            await asyncio.get_running_loop().run_in_executor(None, codec.registry.prefetch, schema_id)
+        try:
+            record = codec.decode(msg.value, "NotificationEvent")
+            validate_event(record, msg.key, now_ms)
+        except (DecodeError, ValidationError) as exc:
+            await dead_letter(event, exc.reason, exc.message)
+            return
+        user_id = record["user_id"]
+        if await misrouted(event, user_id.encode()):
+            return
+        prefs, is_online = user_context(user_id, now_ms)
+        out = policy.on_event(step.state(user_id), record, prefs, is_online, now_ms,
+                              f"{msg.topic}:{msg.partition}:{msg.offset}", config)
+        step.put(user_id, out.state, msg.partition)
+        await step.emit(out)
+
+    source = app.topic(events_topic, f"{settings.app_id}-ticks", key_type=bytes, value_type=bytes)
 
     @app.agent(source, concurrency=1)
     async def pipeline(stream):  # noqa: ANN001
-        async for event in stream.events():
-            msg = event.message
-            if msg.topic != settings.topic("events"):
-                await release(msg.partition)
-                continue
-            now_ms = int(time.time() * 1000)
-            schema_id = codec.schema_id_of(msg.value)
-            if schema_id is not None and not codec.registry.cached(schema_id):
-                # a new or unknown id: ask the registry in a thread, so its retries never stall the loop
-                await asyncio.get_running_loop().run_in_executor(None, codec.registry.prefetch, schema_id)
-            try:
-                record = codec.decode(msg.value, "NotificationEvent")
-                validate_event(record, msg.key, now_ms)
-            except (DecodeError, ValidationError) as exc:
-                await dead_letter(event, exc.reason, exc.message)
-                continue
-            except Exception as exc:  # noqa: BLE001 - a bug must not stop the stream; the record is kept
-                log.exception("unexpected error decoding %s:%s@%s", msg.topic, msg.partition, msg.offset)
-                await dead_letter(event, "INTERNAL", f"{type(exc).__name__}: {exc}")
-                continue
-            user_id = record["user_id"]
-            if await misrouted(event, user_id.encode(), topics["events"]):
-                continue
-            try:
-                prefs, is_online = user_context(user_id, now_ms)
-                out = policy.on_event(users.get(user_id), record, prefs, is_online, now_ms,
-                                      f"{msg.topic}:{msg.partition}:{msg.offset}", config)
-            except Exception as exc:  # noqa: BLE001
-                log.exception("policy failed for %s:%s@%s", msg.topic, msg.partition, msg.offset)
-                await dead_letter(event, "INTERNAL", f"{type(exc).__name__}: {exc}", stage="pipeline")
-                continue
-            save(user_id, out.state, msg.partition)
-            await emit(out)
+        async for batch in stream.take_events(settings.take_max, within=settings.take_within_s):
+            step = Step()
+            for event in batch:
+                step.enter(event)
+                try:
+                    await on_record(step, event)
+                except Exception as exc:  # noqa: BLE001 - a bug must not stop the stream; the record is kept
+                    msg = event.message
+                    log.exception("failed on %s:%s@%s", msg.topic, msg.partition, msg.offset)
+                    if msg.topic == events_topic:
+                        await dead_letter(event, "INTERNAL", f"{type(exc).__name__}: {exc}", stage="pipeline")
+            step.save()
+            await flushed()
+
+    async def flushed() -> None:
+        """Flush the outbox; if it cannot be, stop the worker rather than ack records whose outputs are not
+        in Kafka (``take_events`` acks a batch even when the loop raises): they are read again on restart."""
+        try:
+            await outbox.flush()
+        except Exception:  # noqa: BLE001
+            log.critical("outputs could not be written to Kafka; stopping so that nothing is lost", exc_info=True)
+            os._exit(70)
 
     @app.agent(topics["preferences"], concurrency=1)
     async def preferences(stream):  # noqa: ANN001
@@ -178,8 +287,10 @@ def build(settings: Settings | None = None) -> faust.App:
             user_id = (msg.key or b"").decode("utf-8", errors="replace")
             if not user_id:
                 await dead_letter(event, "VALIDATION", "a preferences record needs the user_id as its key", "preferences")
+                await flushed()
                 continue
-            if await misrouted(event, msg.key, topics["preferences"]):
+            if await misrouted(event, msg.key):
+                await flushed()
                 continue
             if msg.value is None:
                 if prefs_table.get(user_id) is not None:
@@ -189,6 +300,7 @@ def build(settings: Settings | None = None) -> faust.App:
                 record = codec.decode(msg.value, "Preferences")
             except DecodeError as exc:
                 await dead_letter(event, exc.reason, exc.message, "preferences")
+                await flushed()
                 continue
             record["updated_at"] = to_ms(record.get("updated_at") or 0)
             prefs_table[user_id] = record
@@ -199,12 +311,14 @@ def build(settings: Settings | None = None) -> faust.App:
             msg = event.message
             if msg.key is None or msg.value is None:
                 continue
-            if await misrouted(event, msg.key, topics["presence"]):
+            if await misrouted(event, msg.key):
+                await flushed()
                 continue
             try:
                 record = codec.decode(msg.value, "Presence")
             except DecodeError as exc:
                 await dead_letter(event, exc.reason, exc.message, "presence")
+                await flushed()
                 continue
             user_id = record["user_id"]
             if record["online"]:

@@ -1,0 +1,43 @@
+"""A read cache in front of a Faust table that only this worker writes while it owns the partitions.
+
+Every write still goes to the table (so to RocksDB and the changelog); reads of keys this worker has
+already seen skip the table's decoding. The cache is only right while the worker owns the keys'
+partitions, so the pipeline clears it at every rebalance; it is also cleared when it holds more than
+``max_keys`` (crude, but it keeps memory bounded and costs one re-read per key).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+_MISSING = object()
+
+
+class Mirrored:
+    def __init__(self, table: Any, max_keys: int = 200_000) -> None:
+        self.table = table
+        self.max_keys = max_keys
+        self._cache: dict[str, Any] = {}
+
+    def get(self, key: str) -> Any:
+        value = self._cache.get(key, _MISSING)
+        if value is _MISSING:
+            value = self.table.get(key)
+            self._remember(key, value)
+        return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.table[key] = value
+        self._remember(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        if self.get(key) is not None:
+            del self.table[key]
+        self._remember(key, None)
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def _remember(self, key: str, value: Any) -> None:
+        if len(self._cache) >= self.max_keys:
+            self._cache.clear()
+        self._cache[key] = value

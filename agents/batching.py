@@ -8,7 +8,11 @@ the caller applies it.
 
 Output is deterministic whatever the arrival order: events are put in canonical order
 (``occurred_at``, then ``event_id``), and an ``event_id`` seen twice (a redelivered record appended to
-the window again after a crash) counts once. The ``delivery_id`` therefore survives replays.
+the window again after a crash) counts once. The ``delivery_id`` of a window's batch names the user,
+channel, type, window and chunk, not the events in it: a window released again after a crash, even
+with an event more or less, is recognised by the sinks' ledgers as the batch already sent. Only a
+batch cut early because it was full is named by its events (``by_content``), since one window may
+then hold several.
 """
 from __future__ import annotations
 
@@ -114,7 +118,7 @@ def _joined_ids(ids: list[str]) -> tuple[str, int]:
 
 
 def batch_request(user_id: str, channel: str, type_: str, events: list[dict], window_start: int,
-                  window_end: int, *, chunk: int = 0, chunks: int = 1) -> dict:
+                  window_end: int, *, chunk: int = 0, chunks: int = 1, by_content: bool = False) -> dict:
     """One BATCH DeliveryRequest for the events of one user, type and channel in one window.
 
     Raises ValueError if ``events`` is empty, holds another user or type, or an event whose explicit
@@ -147,7 +151,7 @@ def batch_request(user_id: str, channel: str, type_: str, events: list[dict], wi
         label = f"{window_start}#{chunk}"
         data["part"] = f"{chunk + 1}/{chunks}"
     return {
-        "delivery_id": delivery_id("BATCH", channel, user_id, ids, window=label),
+        "delivery_id": delivery_id("BATCH", channel, user_id, ids if by_content else [f"type:{type_}"], window=label),
         "user_id": user_id,
         "channel": channel,
         "kind": "BATCH",

@@ -61,7 +61,9 @@ def digest_request(user_id: str, channel: str, events: list[dict], period_start:
     data = {f"count.{t}": str(len(groups[t])) for t in order}
     data.update(total=str(n), period_start=str(period_start), period_end=str(period_end))
     return {
-        "delivery_id": delivery_id("DIGEST", channel, user_id, ids, window=f"{period_start}-{period_end}"),
+        # one digest per user, channel and period: named by the period, not by what it holds, so a
+        # period released again after a crash is the digest already sent
+        "delivery_id": delivery_id("DIGEST", channel, user_id, [], window=f"{period_start}-{period_end}"),
         "user_id": user_id,
         "channel": channel,
         "kind": "DIGEST",

@@ -18,6 +18,8 @@ from bisect import bisect_right
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from functools import lru_cache
+
 from agents.preferences import local_ms, parse_hhmm, to_local, zone
 from agents.quiet_hours import MONTHS, WEEKDAYS
 
@@ -41,7 +43,10 @@ def period(prefs: dict, at_ms: int, period_override_s: int | None = None) -> tup
         start = at_ms - at_ms % length
         return start, start + length
     tz = zone(prefs)
-    bounds = _boundaries(prefs, mode, tz, to_local(tz, at_ms).date())
+    weekday = prefs.get("digest_day")
+    if isinstance(weekday, bool) or weekday not in range(7):
+        weekday = DEFAULT_DAY
+    bounds = _boundaries(mode, tz, prefs.get("digest_time"), weekday, to_local(tz, at_ms).date())
     i = bisect_right(bounds, at_ms)
     return bounds[i - 1], bounds[i]
 
@@ -69,21 +74,19 @@ def label(prefs: dict, period_: tuple[int, int]) -> str:
     return f"digest {_date(s)} {s:%H:%M:%S}–{until}"
 
 
-def _boundaries(prefs: dict, mode: str, tz: ZoneInfo, today: date) -> list[int]:
+@lru_cache(maxsize=4096)
+def _boundaries(mode: str, tz: ZoneInfo, digest_time: str | None, weekday: int, today: date) -> list[int]:
     """Sorted period starts near ``today``, enough for one on each side of any instant of that date.
 
     They depend only on the date they fall on, never on the instant asked about, which is what makes
-    periods computed from different instants tile.
+    periods computed from different instants tile (and lets them be cached per date).
     """
     if mode == "HOURLY":
         days, minutes, folds = range(-1, 2), range(0, 24 * 60, 60), (0, 1)
     else:
-        minute = parse_hhmm(prefs.get("digest_time"))
+        minute = parse_hhmm(digest_time)
         minutes, folds = (DEFAULT_TIME if minute is None else minute,), (0,)
         days = range(-2, 3) if mode == "DAILY" else range(-8, 9)
-    weekday = prefs.get("digest_day")
-    if isinstance(weekday, bool) or weekday not in range(7):
-        weekday = DEFAULT_DAY
     found = set()
     for offset in days:
         day = today + timedelta(offset)

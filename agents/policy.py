@@ -11,7 +11,11 @@ decisions and delivery requests to publish. Nothing is ever dropped silently:
   arrived; its *parts* (one per channel) go out at once, in a batch or in a digest, and its final
   decision is written when its last part has gone;
 - CRITICAL skips preferences, quiet hours, batching, digests and rate limits (never a schedule: that is
-  the producer's explicit wish).
+  the producer's explicit wish);
+- a record read again (its offset at or below the last one this user's state has taken in, ``upto``)
+  changes nothing and emits nothing: the shell writes a user's state only after the outputs it caused
+  are in Kafka, so a state that has taken a record in means that record's outputs exist. A record
+  whose state was lost is decided again from scratch, on its own timestamp, so the same way.
 """
 from __future__ import annotations
 
@@ -21,8 +25,7 @@ from datetime import datetime, timezone
 import orjson
 
 from agents import batching, digest, digest_period, quiet_hours, rate_limit, routing
-from agents.dedup import dedup_key, expired, is_duplicate
-from agents.ids import delivery_id as make_delivery_id
+from agents.dedup import dedup_key, is_duplicate
 from agents.preferences import allows_type, meets_minimum
 from agents.route import make_decision, single_request
 from agents.validate import to_ms
@@ -64,6 +67,7 @@ def _copy(state: dict) -> dict:
 
 
 def is_empty(state: dict) -> bool:
+    """Nothing pending and nothing remembered (``upto`` alone is not worth keeping)."""
     return not any(state.get(k) for k in ("dedup", "held", "groups", "plans", "rates"))
 
 
@@ -87,14 +91,17 @@ def _fmt(ms: int, prefs: dict) -> str:
 # -- arrival ---------------------------------------------------------------------------------------
 
 def on_event(state: dict | None, event: dict, prefs: dict, online: bool, now_ms: int, source: str,
-             config: PolicyConfig) -> Outcome:
-    """Decide what happens to a validated ``event`` read from ``source`` (topic:partition:offset)."""
+             config: PolicyConfig, offset: int | None = None) -> Outcome:
+    """Decide what happens to a validated ``event`` read from ``source`` (topic:partition:offset) at
+    ``offset`` of the user's partition (None: no re-read check, e.g. in tests of one decision)."""
+    if state and offset is not None and state.get("upto") is not None and offset <= state["upto"]:
+        return Outcome(state)  # read again: this state already holds what the record did
     state = _copy(state) if state else new_state()
+    if offset is not None:
+        state["upto"] = offset
     event = normalize(event)
     out = Outcome(state)
     event_id = event["event_id"]
-    if _known(state, event_id) and _seen_from(state, event, source):
-        return _redelivered(out, event_id, now_ms)
     key = dedup_key(event)
     previous = state["dedup"].get(key)
     window_ms = config.dedup_window_ms(event["type"])
@@ -124,26 +131,6 @@ def on_event(state: dict | None, event: dict, prefs: dict, online: bool, now_ms:
     return _route(out, event, prefs, online, now_ms, config)
 
 
-def _redelivered(out: Outcome, event_id: str, now_ms: int) -> Outcome:
-    """The same record again, after a crash before its offset was committed. Its state survived, but the
-    outputs written with it may not have: send its immediate parts again (same delivery ids, so the
-    sinks' ledgers drop a copy that did arrive) and its interim decision; waiting parts are already kept."""
-    plan = out.state["plans"].get(event_id)
-    if plan is not None:
-        out.requests += [single_request(plan["event"], channel, now_ms) for channel in plan.get("sent_now", [])]
-        _interim_or_final(out, event_id, now_ms)
-    return out
-
-
-def _known(state: dict, event_id: str) -> bool:
-    return event_id in state["plans"] or any(h["event"]["event_id"] == event_id for h in state["held"])
-
-
-def _seen_from(state: dict, event: dict, source: str) -> bool:
-    entry = state["dedup"].get(dedup_key(event))
-    return entry is not None and entry["source"] == source
-
-
 def _hold(out: Outcome, event: dict, release_at: int, why: str, reason: str, now_ms: int) -> Outcome:
     out.state["held"].append({"event": event, "release_at": release_at, "why": why})
     outcome = "SCHEDULED" if why == "SCHEDULED" else "DEFERRED_QUIET_HOURS"
@@ -163,8 +150,7 @@ def _route(out: Outcome, event: dict, prefs: dict, online: bool, now_ms: int, co
         out.decisions.append(make_decision(event, "SUPPRESSED_PREFERENCE", now_ms,
                                            reason="the user turned off every channel this event would use"))
         return out
-    plan = {"event": event, "pending": 0, "outcome": "ROUTED", "channels": chosen, "delivery_ids": [], "notes": [],
-            "sent_now": []}
+    plan = {"event": event, "pending": 0, "outcome": "ROUTED", "channels": chosen, "delivery_ids": [], "notes": []}
     out.state["plans"][event["event_id"]] = plan
     for channel in chosen:
         where = _placement(event, channel, prefs, config)
@@ -251,9 +237,6 @@ def _send_now(out: Outcome, event: dict, channel: str, prefs: dict, now_ms: int,
     out.requests.append(request)
     _count(out.state, channel, now_ms)
     _part_sent(out, event["event_id"], request["delivery_id"])
-    plan = out.state["plans"].get(event["event_id"])
-    if plan is not None:
-        plan["sent_now"].append(channel)
 
 
 def _throttle(out: Outcome, events: list[dict], channel: str, until: int, prefs: dict, now_ms: int) -> None:
@@ -285,9 +268,10 @@ def _join_digest(state: dict, event: dict, channel: str, prefs: dict, now_ms: in
     mode_prefs = prefs if mode in ("HOURLY", "DAILY", "WEEKLY") else {**prefs, "digest_mode": config.low_digest_mode}
     start, end = digest_period.period(mode_prefs, now_ms, config.digest_period_s) or (now_ms, now_ms)
     key = f"D|{channel}|{start}"
-    group = state["groups"].setdefault(key, {"kind": "DIGEST", "type": None, "channel": channel, "start": start,
-                                             "end": end, "label": digest_period.label(mode_prefs, (start, end)),
-                                             "events": {}})
+    group = state["groups"].get(key)
+    if group is None:
+        group = state["groups"][key] = {"kind": "DIGEST", "type": None, "channel": channel, "start": start, "end": end,
+                                        "label": digest_period.label(mode_prefs, (start, end)), "events": {}}
     group["events"][event["event_id"]] = event
 
 
@@ -318,7 +302,7 @@ def _close_group(out: Outcome, key: str, prefs: dict, now_ms: int, config: Polic
             else:
                 label_end = group["end"] if not early else now_ms
                 req = batching.batch_request(chunk[0]["user_id"], channel, group["type"], chunk,
-                                             group["start"], label_end, chunk=i, chunks=len(chunks))
+                                             group["start"], label_end, chunk=i, chunks=len(chunks), by_content=early)
                 requests.append(req)
         note = f"in a batch on {channel.lower()}"
     for chunk, request in zip(chunks, requests):

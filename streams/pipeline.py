@@ -1,11 +1,12 @@
 """The Faust shell of the pipeline: read events, call the policy in ``agents/``, write what it decides.
 
 Nothing here decides anything. The shell:
-- takes records in batches (``take_events``): each user's state is read once per batch, changed by
-  every record of the batch in order, and written back once, and all outputs are queued on the
-  producer without waiting; Faust acks a batch's records after the batch, and flushes the producer
-  before it commits their offsets, so nothing decided is lost and a crash only means records read
-  again (at least once);
+- takes records in batches (``take_events``): each user's state is read once per batch and changed
+  by every record of the batch in order; the batch's outputs are flushed to Kafka (``Outbox``), then
+  the states are written, then Faust acks the records and later commits their offsets. A crash
+  therefore never loses an output, and a state that survived it has its outputs in Kafka: a record
+  read again is ignored by the policy (its offset is not above the user's ``upto``), and a record
+  whose state was lost is decided again the same way (below);
 - decodes and validates each record before any state is touched; a record that fails goes to the
   dead-letter topic with its reason and the stream goes on;
 - keeps every user's state on the partition their events are on (a record that a producer's
@@ -13,8 +14,9 @@ Nothing here decides anything. The shell:
 - decides on the record's own timestamp, not the wall clock, so a record read again after a crash is
   decided again the same way (same windows, same delivery ids, same decision times);
 - runs the clock: a timer puts a tick on every partition of an internal topic co-partitioned with the
-  events, and the agent, in stream context for that partition, releases what is due (Faust tables can
-  only be written from a stream, and ``on_window_close`` is not to be trusted). The clock of a
+  events, and the agent, in stream context for that partition, releases the users due (Faust tables can
+  only be written from a stream, and ``on_window_close`` is not to be trusted). Who is due when is an
+  in-memory index (``DueIndex``) rebuilt from the users table after every rebalance. The clock of a
   partition never runs ahead of the events still waiting to be read on it.
 """
 from __future__ import annotations
@@ -38,12 +40,12 @@ from schemas.codec import Codec, DecodeError
 from schemas.registry import Registry
 from streams import dlq
 from streams.app import create_app
+from streams.due import DueIndex
 from streams.mirror import Mirrored
 from streams.outbox import Outbox
 from streams.settings import Settings
 
 log = logging.getLogger("herald.pipeline")
-MAX_CATCH_UP_S = 7 * 86_400
 BEHIND = 1_000  # records still unread on a partition that make its clock wait for them
 
 
@@ -86,24 +88,24 @@ def build(settings: Settings | None = None) -> faust.App:
     events_topic = settings.topic("events")
     decisions_topic = settings.topic("decisions")
     ticks = app.topic(f"{settings.app_id}-ticks", key_type=bytes, value_type=bytes)
-    # the tables the pipeline agent alone writes are read through caches, cleared at every rebalance
-    users = Mirrored(app.Table("users", default=None, partitions=parts))
+    users_table = app.Table("users", default=None, partitions=parts)
+    users = Mirrored(users_table)  # only this agent writes it: reads go through a cache, cleared at rebalances
     prefs_table = app.Table("preferences", default=None, partitions=parts)
     presence = app.Table("presence", default=None, partitions=parts)
-    due = Mirrored(app.Table("due", default=None, partitions=parts))  # "<partition>:<second>" -> [user ids]
-    clock = Mirrored(app.Table("clock", default=None, partitions=parts))  # "<partition>" -> last second released
-    mirrors = (users, due, clock)
+    indexes: dict[int, DueIndex] = {}  # partition -> who is due when; rebuilt from the users after a rebalance
+    last_event: dict[int, tuple[int, int]] = {}  # partition -> (offset, timestamp) of the last event read on it
 
     @app.on_partitions_revoked.connect
     async def forget_on_revoke(app: faust.App, revoked: set, **kwargs: object) -> None:  # noqa: ARG001
-        for mirror in mirrors:
-            mirror.clear()
+        users.clear()
+        indexes.clear()
+        last_event.clear()
 
     @app.on_partitions_assigned.connect
     async def forget_on_assign(app: faust.App, assigned: set, **kwargs: object) -> None:  # noqa: ARG001
-        for mirror in mirrors:
-            mirror.clear()
-    last_event: dict[int, tuple[int, int]] = {}  # partition -> (offset, timestamp) of the last event read on it
+        users.clear()
+        indexes.clear()
+        last_event.clear()
 
     outbox = Outbox(settings.kafka_bootstrap)
 
@@ -126,16 +128,40 @@ def build(settings: Settings | None = None) -> faust.App:
         await send(msg.topic, key, msg.value, home, list(msg.headers or []))
         return True
 
+    def index_of(partition: int) -> DueIndex:
+        if partition not in indexes:
+            rebuild_indexes(partition)
+        return indexes[partition]
+
+    def rebuild_indexes(partition: int) -> None:
+        """Index every user of the partitions held but not yet indexed, from the users table."""
+        started = time.monotonic()
+        fresh = {tp.partition for tp in app.consumer.assignment() if tp.topic == events_topic} - set(indexes)
+        fresh.add(partition)
+        for p in fresh:
+            indexes[p] = DueIndex()
+        count = 0
+        for user_id, state in users_table.items():
+            home = home_partition(user_id.encode(), parts)
+            if home in fresh and state:
+                indexes[home].set(user_id, policy.next_due(state))
+                count += 1
+        log.info("indexed %d users of partitions %s in %.2f s", count, sorted(fresh), time.monotonic() - started)
+
+    def user_context(user_id: str, now_ms: int) -> tuple[dict, bool]:
+        return effective(prefs_table.get(user_id), user_id), online(presence.get(user_id), now_ms)
+
     class Step:
-        """One batch of records: users' states read once, written back once at the end."""
+        """One batch of records. Users' states are read once and changed in memory; at the end the outputs
+        are flushed to Kafka first and only then are the states written, so a state that survives a crash
+        always has its outputs in Kafka (which is what lets the policy ignore a record read again)."""
 
         def __init__(self) -> None:
             self.states: dict[str, dict | None] = {}
-            self.home: dict[str, int] = {}
+            self.home: dict[str, int] = {}  # users changed in this batch -> their partition
             self.anchor: dict[int, faust.types.EventT] = {}  # partition -> a record of this batch read on it
 
         def enter(self, event: faust.types.EventT) -> None:
-            """Make ``event`` the current one: Faust logs a table write to the current record's partition."""
             self.anchor[event.message.partition] = event
             _current_event.set(weakref.ref(event))
 
@@ -147,44 +173,29 @@ def build(settings: Settings | None = None) -> faust.App:
         def put(self, user_id: str, state: dict, partition: int) -> None:
             self.states[user_id] = state
             self.home[user_id] = partition
+            index_of(partition).set(user_id, None if policy.is_empty(state) else policy.next_due(state))
 
         async def emit(self, out: policy.Outcome) -> None:
             for request in out.requests:
-                topic = topics[f"delivery.{request['channel'].lower()}"]
-                await send(topic.get_topic_name(), request["user_id"].encode(),
-                           codec.encode(f"{topic.get_topic_name()}-value", "DeliveryRequest", request))
+                topic = topics[f"delivery.{request['channel'].lower()}"].get_topic_name()
+                await send(topic, request["user_id"].encode(), codec.encode(f"{topic}-value", "DeliveryRequest", request))
             for decision in out.decisions:
                 await send(decisions_topic, decision["user_id"].encode(),
                            codec.encode(f"{decisions_topic}-value", "Decision", decision))
 
-        def save(self) -> None:
+        async def commit(self) -> None:
+            await flushed()
             current = _current_event.get(None)
             for user_id, partition in sorted(self.home.items(), key=lambda item: item[1]):
+                # Faust logs a table write to the partition of the current record: make it one of this user's
                 _current_event.set(weakref.ref(self.anchor[partition]))
-                save(user_id, self.states[user_id], partition)
+                state = self.states[user_id]
+                if state is None or policy.is_empty(state):
+                    del users[user_id]
+                else:
+                    users[user_id] = state
             self.home.clear()
             _current_event.set(current)
-
-    def save(user_id: str, state: dict | None, partition: int) -> None:
-        if state is None or policy.is_empty(state):
-            del users[user_id]
-            return
-        users[user_id] = state
-        when = policy.next_due(state)
-        if when is not None:
-            # never index behind the partition's clock: a second it has passed is not visited again
-            passed = clock.get(str(partition))
-            if passed is None:  # the partition's clock starts here, so its first tick looks back to now
-                passed = int(time.time()) - 1
-                clock[str(partition)] = passed
-            second = max(when // 1000, passed + 1)
-            slot = f"{partition}:{second}"
-            waiting = due.get(slot) or []
-            if user_id not in waiting:
-                due[slot] = [*waiting, user_id]
-
-    def user_context(user_id: str, now_ms: int) -> tuple[dict, bool]:
-        return effective(prefs_table.get(user_id), user_id), online(presence.get(user_id), now_ms)
 
     def tick_time(partition: int, tick_ms: int) -> int:
         """A tick's clock: its own time, unless many events of the partition are still unread (after a
@@ -201,31 +212,19 @@ def build(settings: Settings | None = None) -> faust.App:
         return tick_ms
 
     async def release(step: Step, partition: int, now_ms: int) -> None:
-        now_s = now_ms // 1000
-        last = clock.get(str(partition))
-        if last is not None and now_s <= last:
-            return
-        step.save()  # the due index must hold every user changed so far in this batch
-        start = now_s - 1 if last is None else max(last + 1, now_s - MAX_CATCH_UP_S)
-        # move the clock first: a user re-indexed below (due later in this very second) must land after it
-        clock[str(partition)] = now_s
-        for second in range(start, now_s + 1):
-            slot = f"{partition}:{second}"
-            waiting = due.get(slot)
-            if not waiting:
+        index = index_of(partition)
+        for user_id in index.pop_due(now_ms):
+            state = step.state(user_id)
+            when = policy.next_due(state) if state else None
+            if when is None:
                 continue
-            del due[slot]
-            for user_id in waiting:
-                state = step.state(user_id)
-                if state is None or (policy.next_due(state) or now_ms + 1) > now_ms:
-                    if state is not None:
-                        step.put(user_id, state, partition)  # re-index: its due time moved
-                    continue
-                prefs, is_online = user_context(user_id, now_ms)
-                out = policy.on_tick(state, prefs, is_online, now_ms, config)
-                step.put(user_id, out.state, partition)
-                await step.emit(out)
-        step.save()
+            if when > now_ms:  # its due time moved
+                index.set(user_id, when)
+                continue
+            prefs, is_online = user_context(user_id, now_ms)
+            out = policy.on_tick(state, prefs, is_online, now_ms, config)
+            step.put(user_id, out.state, partition)
+            await step.emit(out)
 
     async def on_record(step: Step, event: faust.types.EventT) -> None:
         msg = event.message
@@ -249,7 +248,7 @@ def build(settings: Settings | None = None) -> faust.App:
             return
         prefs, is_online = user_context(user_id, now_ms)
         out = policy.on_event(step.state(user_id), record, prefs, is_online, now_ms,
-                              f"{msg.topic}:{msg.partition}:{msg.offset}", config)
+                              f"{msg.topic}:{msg.partition}:{msg.offset}", config, offset=msg.offset)
         step.put(user_id, out.state, msg.partition)
         await step.emit(out)
 
@@ -268,8 +267,7 @@ def build(settings: Settings | None = None) -> faust.App:
                     log.exception("failed on %s:%s@%s", msg.topic, msg.partition, msg.offset)
                     if msg.topic == events_topic:
                         await dead_letter(event, "INTERNAL", f"{type(exc).__name__}: {exc}", stage="pipeline")
-            step.save()
-            await flushed()
+            await step.commit()
 
     async def flushed() -> None:
         """Flush the outbox; if it cannot be, stop the worker rather than ack records whose outputs are not

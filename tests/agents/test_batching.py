@@ -54,7 +54,7 @@ def test_a_batch_request():
     events = [ev(3, priority="LOW"), ev(1), ev(2, priority="HIGH")]
     req = batch_request("u1", "PUSH", "COMMENT", events, T0, T0 + 60_000)
     assert req == {
-        "delivery_id": delivery_id("BATCH", "PUSH", "u1", ["e001", "e002", "e003"], window=str(T0)),
+        "delivery_id": delivery_id("BATCH", "PUSH", "u1", ["type:COMMENT"], window=str(T0)),
         "user_id": "u1", "channel": "PUSH", "kind": "BATCH", "event_ids": ["e001", "e002", "e003"],
         "type": "COMMENT", "priority": "HIGH", "title": "3 new comments", "body": "title 1\ntitle 2\ntitle 3",
         "data": {"count": "3", "event_ids": "e001,e002,e003", "window_start": str(T0), "window_end": str(T0 + 60_000)},
@@ -107,7 +107,7 @@ def test_a_full_window_becomes_several_batches_in_order():
     reqs = batch_requests("u1", "PUSH", "COMMENT", [ev(i) for i in reversed(range(5))], T0, T0 + 60_000, max_size=2)
     assert [r["event_ids"] for r in reqs] == [["e000", "e001"], ["e002", "e003"], ["e004"]]
     assert [r["data"]["part"] for r in reqs] == ["1/3", "2/3", "3/3"]
-    assert reqs[1]["delivery_id"] == delivery_id("BATCH", "PUSH", "u1", ["e002", "e003"], window=f"{T0}#1")
+    assert reqs[1]["delivery_id"] == delivery_id("BATCH", "PUSH", "u1", ["type:COMMENT"], window=f"{T0}#1")
     assert [r["title"] for r in reqs] == ["2 new comments", "2 new comments", "1 new comment"]
     assert "part" not in batch_requests("u1", "PUSH", "COMMENT", [ev(1)], T0, T0 + 60_000, max_size=2)[0]["data"]
     with pytest.raises(ValueError):
@@ -156,3 +156,17 @@ def test_a_batch_holds_only_its_own_user_and_type(events, user, type_):
 def test_whether_to_batch_is_the_callers_call_so_a_released_throttled_send_may_be_merged():
     req = batch_request("u1", "PUSH", "COMMENT", [ev(1), ev(2, batchable=False, priority="HIGH")], T0, T0 + 60_000)
     assert req["event_ids"] == ["e001", "e002"] and req["priority"] == "HIGH"
+
+
+def test_a_window_released_again_with_other_events_is_the_same_delivery_but_an_early_cut_is_not():
+    """After a crash a window may be released again holding an event more or less: the sinks must see the
+    batch they already sent. Batches cut early (full) share a window, so they are named by their events."""
+    first = batch_request("u1", "PUSH", "COMMENT", [ev(1), ev(2)], T0, T0 + 60_000)
+    again = batch_request("u1", "PUSH", "COMMENT", [ev(1), ev(2), ev(3)], T0, T0 + 60_000)
+    assert first["delivery_id"] == again["delivery_id"]
+    assert batch_request("u1", "PUSH", "TASK_DEADLINE", [ev(1, type="TASK_DEADLINE")], T0, T0 + 60_000)["delivery_id"] \
+        != first["delivery_id"], "another type is another batch"
+    assert batch_request("u1", "PUSH", "COMMENT", [ev(1)], T0 + 60_000, T0 + 120_000)["delivery_id"] != first["delivery_id"]
+    cut = [batch_request("u1", "PUSH", "COMMENT", events, T0, T0 + 60_000, by_content=True)["delivery_id"]
+           for events in ([ev(1), ev(2)], [ev(3), ev(4)])]
+    assert len(set(cut)) == 2 and first["delivery_id"] not in cut

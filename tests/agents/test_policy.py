@@ -39,8 +39,9 @@ class Driver:
 
     def send(self, event: dict, now: int, source: str | None = None) -> None:
         self.offset += 1
-        self._take(policy.on_event(self.state, event, self.prefs, self.online, now, source or f"t:0:{self.offset}",
-                                   self.config), now)
+        source = source or f"t:0:{self.offset}"
+        self._take(policy.on_event(self.state, event, self.prefs, self.online, now, source, self.config,
+                                   offset=int(source.rsplit(":", 1)[1])), now)
 
     def tick(self, now: int) -> None:
         self._take(policy.on_tick(self.state, self.prefs, self.online, now, self.config), now)
@@ -158,25 +159,29 @@ def test_critical_bypasses_the_rate_limit():
     assert len([r for _, r in d.requests if r["channel"] == "SMS"]) == 3
 
 
-def test_dedup_key_and_redelivery():
+def test_dedup_key_and_a_record_read_again():
     d = Driver(online=True)
     d.send(ev(1, "HIGH", dedup_key="k"), T0, source="t:0:1")
     d.send(ev(2, "HIGH", dedup_key="k"), T0 + 1000, source="t:0:2")
     assert d.finals()["e2"]["outcome"] == "DEDUPLICATED"
-    # the same record read again after a crash: routed parts go again with the same ids (the sinks'
-    # ledgers refuse the copy), which is safe whether or not the first attempt's outputs were written
-    before = {r["delivery_id"] for _, r in d.requests}
-    d.send(ev(1, "HIGH", dedup_key="k"), T0 + 2000, source="t:0:1")
-    assert {r["delivery_id"] for _, r in d.requests} == before
-    # a part waiting in a batch is not added twice
+    # read again after a crash (offset at or below what the state took in): nothing changes, nothing is emitted
+    state, decisions, requests = d.state, len(d.decisions), len(d.requests)
+    for offset, n in ((1, 1), (2, 2)):
+        out = policy.on_event(state, ev(n, "HIGH", dedup_key="k"), d.prefs, True, T0 + 5000, f"t:0:{offset}", CONFIG,
+                              offset=offset)
+        assert out.state == state and not out.decisions and not out.requests
+    assert len(d.decisions) == decisions and len(d.requests) == requests
+    # a state that was lost decides the record again the same way (same clock: the record's timestamp)
+    first = policy.on_event(None, ev(3, "HIGH"), d.prefs, False, T0, "t:0:3", CONFIG, offset=3)
+    again = policy.on_event(None, ev(3, "HIGH"), d.prefs, False, T0, "t:0:3", CONFIG, offset=3)
+    assert first.decisions == again.decisions and first.requests == again.requests and first.state == again.state
+    # a part waiting in a batch is not added twice, and a later record is taken in
     offline = Driver()
-    offline.send(ev(3), T0, source="t:0:3")
-    inapp_before = [r["delivery_id"] for _, r in offline.requests if r["channel"] == "INAPP"]
-    offline.send(ev(3), T0 + 500, source="t:0:3")
-    inapp_after = [r["delivery_id"] for _, r in offline.requests if r["channel"] == "INAPP"]
-    assert inapp_after == inapp_before * 2, "its in-app part is sent again, with the same id"
+    offline.state = policy.on_event(None, ev(4), offline.prefs, False, T0, "t:0:4", CONFIG, offset=4).state
+    assert policy.on_event(offline.state, ev(4), offline.prefs, False, T0 + 500, "t:0:4", CONFIG, offset=4).state \
+        == offline.state
     offline.run_until(T0 + 40_000)
-    assert [r["event_ids"] for _, r in offline.requests if r["channel"] == "PUSH"] == [["e3"]]
+    assert [r["event_ids"] for _, r in offline.requests if r["channel"] == "PUSH"] == [["e4"]]
 
 
 def test_preferences_suppress_by_type_and_minimum_priority():

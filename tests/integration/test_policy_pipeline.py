@@ -20,11 +20,13 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from agents.preferences import defaults
 from agents.validate import to_ms
@@ -32,6 +34,7 @@ from schemas.codec import Codec
 from schemas.registry import Registry
 from tests.conftest import free_port
 from tests.integration.harness import Pipeline
+from streams.pipeline import home_partition
 from tests.integration.test_end_to_end import standard_producer
 
 pytestmark = pytest.mark.integration
@@ -72,6 +75,17 @@ def _plain(value: dict) -> dict:
         if value.get(name) is not None:
             value[name] = to_ms(value[name])
     return value
+
+
+def _distinct(records: list[dict]) -> list[dict]:
+    """Records with the same content (apart from where and when they were written) once each."""
+    seen, out = set(), []
+    for r in records:
+        key = repr(sorted((k, v) for k, v in r.items() if k not in ("_ts", "_where")))
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
 
 
 class Outputs(threading.Thread):
@@ -120,14 +134,17 @@ class Outputs(threading.Thread):
 
     def finals(self, user: str) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = {}
-        for d in self.of(user, final=True):
+        for d in _distinct(self.of(user, final=True)):
             out.setdefault(d["event_id"], []).append(d)
         return out
 
     def sent(self, user: str, channel: str | None = None, kind: str | None = None,
              event_id: str | None = None) -> list[dict]:
-        return [r for r in list(self.requests) if r["user_id"] == user and (channel is None or r["channel"] == channel)
-                and (kind is None or r["kind"] == kind) and (event_id is None or event_id in r["event_ids"])]
+        """The requests, a record written again identically (at least once, e.g. after a crash) counted once:
+        the sinks' ledgers drop such a copy by its ``delivery_id``."""
+        return _distinct([r for r in list(self.requests) if r["user_id"] == user
+                          and (channel is None or r["channel"] == channel) and (kind is None or r["kind"] == kind)
+                          and (event_id is None or event_id in r["event_ids"])])
 
     def dump(self, *users: str) -> str:
         lines = []
@@ -584,3 +601,164 @@ def test_the_rate_limit_throttles_then_sends_the_rest_in_the_next_minute(throttl
     for e in events[:3]:
         assert not [d for d in out.of(user, e["event_id"]) if d["outcome"] == "THROTTLED"]
     assert {only_final(out, user, e)["outcome"] for e in events} == {"ROUTED"}
+
+
+
+
+# -- 9. kill -9 mid-window -------------------------------------------------------------------------
+
+def test_kill_9_inside_a_batch_window_loses_and_duplicates_nothing(herald):
+    """Killed a moment after deciding (before Faust commits the offsets, every second), the worker reads
+    those records again after its restart: that must neither lose nor repeat anything. ``user`` has NORMAL
+    events in an open 2 s batch window and LOW ones in an open 6 s digest; ``routed_user`` has a HIGH event
+    that was already routed (final) when the worker died."""
+    out, user, routed_user = herald.out, f"{herald.unique}-crash", f"{herald.unique}-crash-routed"
+    align(2000, 150)
+    normal = [ev(user, f"n{n}", occurred_at=now_ms() + n) for n in range(3)]
+    low = [ev(user, f"l{n}", type="HABIT_REMINDER", priority="LOW", occurred_at=now_ms() + n) for n in range(2)]
+    routed = ev(routed_user, "h", priority="HIGH")
+    herald.send(*normal, *low, routed)
+    wait_for(lambda: all(out.of(user, e["event_id"], final=False) for e in (*normal, *low))
+             and out.finals(routed_user).get(routed["event_id"]), 10, "the first decisions", out, user, routed_user)
+    killed_at = now_ms()
+    herald.p.kill("worker")
+    window_end = out.of(user, normal[0]["event_id"], final=False)[0]["release_at"]
+    assert killed_at < window_end, "the worker was killed after the batch window closed: nothing was tested"
+    assert out.sent(user, "PUSH") == [] and out.sent(user, "EMAIL") == []
+
+    herald.p.start("worker")
+    wait_for(lambda: all(out.finals(user).get(e["event_id"]) for e in (*normal, *low)), 60,
+             "every final after the restart", out, user, more=lambda: events_progress(herald.settings))
+    again = {**normal[0], "occurred_at": now_ms()}  # a producer resending an event it sent before the crash
+    herald.send(again)
+    wait_for(lambda: len(out.finals(user).get(again["event_id"], [])) == 2, 20, "the resent event's final", out, user)
+    # whatever is still announced as waiting (a batch or digest opened again) goes out before we look
+    sleep_until(max(d["release_at"] for d in out.of(user, final=False) if d["release_at"]) + 1000)
+    settle()
+
+    problems = []
+    finals = out.finals(user)
+    expected = {**{e["event_id"]: ["BATCHED"] for e in normal}, **{e["event_id"]: ["DIGESTED"] for e in low}}
+    expected[normal[0]["event_id"]] = ["BATCHED", "DEDUPLICATED"]  # the resend after the restart
+    for event_id, outcomes in expected.items():
+        got = sorted(d["outcome"] for d in finals.get(event_id, []))
+        if got != outcomes:
+            problems.append(f"{event_id}: final decisions {got}, expected {outcomes}")
+    got = [d["outcome"] for d in out.finals(routed_user).get(routed["event_id"], [])]
+    if got != ["ROUTED"]:
+        problems.append(f"{routed['event_id']} (HIGH, routed before the kill): final decisions {got}, expected ['ROUTED']")
+    counts = Counter(r["delivery_id"] for r in out.sent(user, "PUSH"))
+    if any(n > 1 for n in counts.values()):
+        problems.append(f"a delivery_id more than once on the push topic: {counts}")
+    ids = sorted(e["event_id"] for e in normal)
+    for channel in ("PUSH", "EMAIL"):
+        batches = out.sent(user, channel, kind="BATCH")
+        if len(batches) != 1 or sorted(batches[0]["event_ids"]) != ids:
+            problems.append(f"{channel}: {len(batches)} batches, expected one with the three events")
+        for e in normal:
+            carried = out.sent(user, channel, event_id=e["event_id"])
+            if len({r["delivery_id"] for r in carried}) != 1:
+                problems.append(f"{e['event_id']} in {len({r['delivery_id'] for r in carried})} different {channel} "
+                                "deliveries, expected 1")
+    digests = out.sent(user, "EMAIL", kind="DIGEST")
+    if len(digests) != 1 or sorted(digests[0]["event_ids"]) != sorted(e["event_id"] for e in low):
+        problems.append(f"{len(digests)} digests, expected one with the two LOW events")
+    assert not problems, "\n".join(problems) + f"\nkilled at {killed_at}\n{out.dump(user, routed_user)}"
+
+
+# -- 10. a second worker joins and leaves ----------------------------------------------------------
+
+def _members(settings) -> dict[str, set[int]]:
+    """The consumer group's members and the events partitions each holds."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    group = admin.describe_consumer_groups([settings.app_id])[settings.app_id].result(10)
+    topic = settings.topic("events")
+    return {m.member_id: {tp.partition for tp in m.assignment.topic_partitions if tp.topic == topic}
+            for m in group.members}
+
+
+def test_a_second_worker_joining_and_leaving_keeps_every_users_state(herald, tmp_path_factory):
+    out, s = herald.out, herald.settings
+    users: list[str] = []
+    per_partition = Counter()
+    n = 0
+    while min(per_partition[p] for p in range(s.partitions)) < 2:
+        name = f"{herald.unique}-w{n}"
+        n += 1
+        p = home_partition(name.encode(), s.partitions)
+        if per_partition[p] < 2:
+            per_partition[p] += 1
+            users.append(name)
+
+    # before: one worker holds every partition
+    first = {u: ev(u, "a", priority="HIGH") for u in users}
+    herald.send(*first.values())
+    wait_for(lambda: all(out.finals(u).get(e["event_id"]) for u, e in first.items()), 90, "the first finals", out, *users)
+    before = wait_for(lambda: (m := _members(s)) and len(m) == 1 and m, 30, "one member")
+    (old_member,) = before
+
+    second = Pipeline(herald.unique, tmp_path_factory.mktemp("second-worker"), free_port())
+    second.env["HERALD_HOME"] = str(tmp_path_factory.mktemp("second-home"))  # its own RocksDB: another machine
+    try:
+        second.start("worker")
+        split = wait_for(lambda: (m := _members(s)) and len(m) == 2 and all(m.values()) and m, 60,
+                         "the partitions to be shared by two workers")
+        moved = split[next(m for m in split if m != old_member)]
+        assert moved and len(moved) < s.partitions
+        on_second = [u for u in users if home_partition(u.encode(), s.partitions) in moved]
+
+        # state moved with the partitions: an event id seen before is still a duplicate
+        herald.send(*({**e, "occurred_at": now_ms()} for e in first.values()))
+        wait_for(lambda: all(len(out.finals(u).get(e["event_id"], [])) >= 2 for u, e in first.items()), 90,
+                 "the resent events' finals", out, *users)
+        for u, e in first.items():
+            assert "DEDUPLICATED" in [d["outcome"] for d in out.finals(u)[e["event_id"]]], out.dump(u)
+
+        # pending work on both workers, then the second one leaves (the scheduled part is due on a whole
+        # second: a due time inside a second is test_scheduled_events_wait_and_a_cancel_withdraws_them's matter)
+        align(2000, 300)
+        pending = {u: [ev(u, "b0", occurred_at=now_ms()), ev(u, "b1", occurred_at=now_ms() + 1),
+                       ev(u, "d", type="HABIT_REMINDER", priority="LOW"),
+                       ev(u, "s", priority="HIGH", deliver_after=(now_ms() // 1000 + 8) * 1000)] for u in users}
+        herald.send(*(e for es in pending.values() for e in es))
+        wait_for(lambda: all(out.of(u, e["event_id"]) for u, es in pending.items() for e in es), 30,
+                 "every pending event's first decision", out, *users)
+        assert all(not out.of(u, e["event_id"])[0]["final"] for u, es in pending.items() for e in es), \
+            "each of them waits for something"
+    finally:
+        second.stop()
+    after = wait_for(lambda: (m := _members(s)) and len(m) == 1 and set().union(*m.values()) == set(range(s.partitions))
+                     and m, 60, "the survivor to hold every partition")
+    assert list(after) == [old_member], "the first worker is the survivor"
+
+    herald.send(*({**es[0], "occurred_at": now_ms()} for es in pending.values()))
+    wait_for(lambda: all(out.finals(u).get(e["event_id"]) for u, es in pending.items() for e in es)
+             and all(len(out.finals(u).get(es[0]["event_id"], [])) >= 2 for u, es in pending.items()), 45,
+             "every final on the survivor", out, *users, more=lambda: events_progress(s))
+    # whatever is still announced as waiting (a batch or digest opened again) goes out before we look
+    sleep_until(max(d["release_at"] for u in users for d in out.of(u, final=False) if d["release_at"]) + 1000)
+    settle()
+
+    problems = []
+    for u, (b0, b1, d, sched) in pending.items():
+        where = f"{u} (partition {home_partition(u.encode(), s.partitions)}, {'moved' if u in on_second else 'stayed'})"
+        finals = out.finals(u)
+        expected = {first[u]["event_id"]: ["DEDUPLICATED", "ROUTED"], b0["event_id"]: ["BATCHED", "DEDUPLICATED"],
+                    b1["event_id"]: ["BATCHED"], d["event_id"]: ["DIGESTED"], sched["event_id"]: ["ROUTED"]}
+        for event_id, outcomes in expected.items():
+            got = sorted(x["outcome"] for x in finals.get(event_id, []))
+            if got != outcomes:
+                problems.append(f"{where}: {event_id} final decisions {got}, expected {outcomes}")
+        for channel in ("PUSH", "EMAIL"):
+            batches = out.sent(u, channel, kind="BATCH")
+            if len(batches) != 1 or sorted(batches[0]["event_ids"]) != sorted([b0["event_id"], b1["event_id"]]):
+                problems.append(f"{where}: {len(batches)} batches on {channel}, expected one with b0 and b1")
+        digests = [r["event_ids"] for r in out.sent(u, "EMAIL", kind="DIGEST")]
+        if digests != [[d["event_id"]]]:
+            problems.append(f"{where}: digests {digests}, expected one with {d['event_id']}")
+        for channel in ("PUSH", "SMS", "EMAIL"):
+            singles = out.sent(u, channel, event_id=sched["event_id"])
+            if len({r["delivery_id"] for r in singles}) != 1 or min(r["_ts"] for r in singles) < sched["deliver_after"]:
+                problems.append(f"{where}: the scheduled event on {channel}: {len(singles)} requests, "
+                                f"{len({r['delivery_id'] for r in singles})} delivery ids, expected 1 after deliver_after")
+    assert not problems, "\n".join(problems) + "\n" + out.dump(*users)

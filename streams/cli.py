@@ -107,11 +107,31 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--since", default=None, help="ISO-8601 time or epoch ms to start from (default: the beginning)")
     replay.add_argument("--until", default=None, help="ISO-8601 time or epoch ms to stop at (default: now)")
     replay.add_argument("--max", type=int, default=0, help="stop after this many records")
+
+    # its options and help live in bench/run.py (`herald bench --help`); main() hands them over
+    sub.add_parser("bench", add_help=False,
+                   help="measure every benchmark figure on one broker in one run; writes bench/results/ and BENCHMARKS.md")
     return p
 
 
+def _bench(argv: list[str]) -> int:
+    """``herald bench``: bench/ is not an installed package, so it is imported from the checkout."""
+    from infra.common import REPO_ROOT
+
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from bench.run import main as bench_main
+
+    return bench_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        return _bench(extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from streams import commands
 
     try:

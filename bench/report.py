@@ -1,0 +1,363 @@
+"""BENCHMARKS.md and the chart, made from one ``herald bench`` results file.
+
+``herald bench`` calls ``write(results, markdown_path, chart_path)`` at the end of a run; to render an
+older run again (after changing this file, say):
+
+    python -m bench.report bench/results/latest.json            # BENCHMARKS.md + bench/results/chart.png
+    python -m bench.report run.json --markdown /tmp/B.md --chart /tmp/c.png
+
+Every row of the table is one figure of the results' ``figures`` with the target ``../shared/DESIGN.md``
+sets for it, if any, and whether this run met it: ``yes``, ``no``, ``—`` (no target) or ``n/a`` (not
+comparable: measured at a smaller scale or lower request rate than the target names). A figure the run
+did not measure says so, with the reason from the results' ``skipped``. The chart needs matplotlib (the
+``bench`` extra: ``pip install -e '.[bench]'``); without it the markdown is written all the same and
+``chart`` returns None.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+CHART_HINT = "the chart needs matplotlib: .venv/bin/pip install -e '.[bench]' (or pip install matplotlib)"
+FULL_DIGEST_USERS = 1_000_000
+TARGET_EVENTS_PER_S = 20_000
+TARGET_CRITICAL_P99_MS = 50.0
+TARGET_DIGEST_S = 60.0
+TARGET_UNREAD_P99_MS = 5.0
+TARGET_UNREAD_RATE = 5_000
+
+
+def _num(figures: dict, key: str) -> float | None:
+    value = figures.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _at_most(key: str, limit: float) -> Callable[[dict], bool | None]:
+    return lambda f: None if _num(f, key) is None else _num(f, key) <= limit
+
+
+def _at_least(key: str, floor: float) -> Callable[[dict], bool | None]:
+    return lambda f: None if _num(f, key) is None else _num(f, key) >= floor
+
+
+def _digest_s_met(f: dict) -> bool | None:
+    users, seconds = _num(f, "digest_users"), _num(f, "digest_s")
+    if users is None or seconds is None or users < FULL_DIGEST_USERS:
+        return None  # the target is for a million users; a smaller run is judged by its rate below
+    return seconds <= TARGET_DIGEST_S
+
+
+def _digest_users_met(f: dict) -> bool | None:
+    users, asked = _num(f, "digest_users"), _num(f, "digest_users_requested")
+    if users is None:
+        return None
+    if users >= FULL_DIGEST_USERS:
+        return True
+    # a run asked for fewer (--digest-users) is not comparable; one cut down to fit the budget did not make it
+    return None if asked is not None and asked < FULL_DIGEST_USERS else False
+
+
+def _unread_met(f: dict) -> bool | None:
+    p99, rate = _num(f, "unread_p99_ms"), _num(f, "unread_target_requests_per_s")
+    if p99 is None or rate is None or rate < TARGET_UNREAD_RATE:
+        return None
+    return p99 <= TARGET_UNREAD_P99_MS
+
+
+@dataclass(frozen=True)
+class Row:
+    """One figure of the table: its key in ``figures``, what it is, its unit, and its target, if any."""
+
+    key: str
+    label: str
+    unit: str
+    target: str | None = None
+    met: Callable[[dict], bool | None] | None = None
+
+
+ROWS: tuple[Row, ...] = (
+    Row("pipeline_events_per_s", "Herald, full stateful pipeline: steady state (10% → 90% of events decided)",
+        "events/s", "≥ 20,000 events/s", _at_least("pipeline_events_per_s", TARGET_EVENTS_PER_S)),
+    Row("pipeline_overall_events_per_s", "Herald, full pipeline: first to last decision", "events/s"),
+    Row("passthrough_events_per_s", "Raw ceiling: confluent-kafka consume → produce of the same bytes", "events/s"),
+    Row("quix_events_per_s", "Peer: the same dedup + rate count + tumbling batch in Quix Streams", "events/s"),
+    Row("pipeline_vs_passthrough_ratio", "Herald / ceiling", "×"),
+    Row("pipeline_vs_quix_ratio", "Herald / Quix Streams peer", "×", "≥ 1 (at least the peer)",
+        _at_least("pipeline_vs_quix_ratio", 1.0)),
+    Row("critical_p50_ms", "CRITICAL produce → delivery topic, p50 (at half Herald's rate)", "ms"),
+    Row("critical_p95_ms", "CRITICAL produce → delivery topic, p95", "ms"),
+    Row("critical_p99_ms", "CRITICAL produce → delivery topic, p99", "ms", "≤ 50 ms at half load",
+        _at_most("critical_p99_ms", TARGET_CRITICAL_P99_MS)),
+    Row("digest_users", "Users with a digest due at the period's end", "users", "1,000,000", _digest_users_met),
+    Row("digest_s", "Digests: period end → last DIGEST request emitted", "s", "≤ 60 s for 1,000,000 users",
+        _digest_s_met),
+    Row("digests_per_s", "Digests emitted per second (users / digest_s)", "digests/s",
+        "≥ 16,667/s (1,000,000 in 60 s)", _at_least("digests_per_s", FULL_DIGEST_USERS / TARGET_DIGEST_S)),
+    Row("unread_p50_ms", "Unread-count API, p50 at a fixed request rate", "ms"),
+    Row("unread_p99_ms", "Unread-count API, p99 at a fixed request rate", "ms", "≤ 5 ms at 5,000 req/s", _unread_met),
+    Row("worker_rss_mb", "Worker memory (RSS) with the digest users' state loaded", "MB"),
+    Row("worker_state_users", "Users of state in that worker", "users"),
+    Row("recovery_s", "kill -9 of the worker mid-stream → next decision by a new one", "s"),
+)
+
+# the figures every complete run has (a skipped phase's figures are None, with a reason in "skipped")
+HEADLINE: tuple[str, ...] = tuple(r.key for r in ROWS)
+
+
+def fmt(value: Any, unit: str = "") -> str:
+    """A figure as the table shows it: thousands separated, precision by size, unit after."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if unit == "×":
+        return f"{value:.3g}×" if value < 10 else f"{value:,.1f}×"
+    if isinstance(value, int) or abs(value) >= 1000:
+        text = f"{value:,.0f}"
+    elif abs(value) >= 100:
+        text = f"{value:.0f}"
+    elif abs(value) >= 10:
+        text = f"{value:.1f}"
+    else:
+        text = f"{value:.2f}"
+    return f"{text} {unit}".strip()
+
+
+def verdict(row: Row, figures: dict) -> str:
+    if row.met is None:
+        return "—"
+    met = row.met(figures)
+    return "n/a" if met is None else ("yes" if met else "**no**")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
+
+
+def render_markdown(results: dict, chart_path: str | None = None) -> str:
+    """BENCHMARKS.md for ``results`` (the JSON ``herald bench`` writes); ``chart_path`` relative to the file."""
+    f = results.get("figures", {})
+    skipped = results.get("skipped", {})
+    machine = results.get("machine", {})
+    options = results.get("options", {})
+    git = results.get("git", {})
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `herald bench` from `{results.get('results_file', 'bench/results/latest.json')}`; "
+        "do not edit by hand (`python -m bench.report` renders it again).",
+        "",
+        f"Run {results.get('run_id', '?')}: started {results.get('started_at', '?')}, "
+        f"took {_duration(results.get('total_s'))}, commit `{str(git.get('commit', '?'))[:12]}`"
+        + (" (with uncommitted changes)" if git.get("dirty") else "") + ".",
+        "",
+    ]
+    summary = _summary(f)
+    if summary:
+        lines += [summary, ""]
+    lines += ["| Figure | This run | Target (DESIGN.md) | Met |", "|---|---:|---|:---:|"]
+    for row in ROWS:
+        value = f.get(row.key)
+        shown = fmt(value, row.unit) if value is not None else f"not measured: {skipped.get(row.key, 'see notes')}"
+        lines.append(f"| {row.label} (`{row.key}`) | {shown} | {row.target or '—'} | {verdict(row, f)} |")
+    lines += [
+        "",
+        "## Ratios",
+        "",
+        f"- Herald / raw ceiling: **{fmt(f.get('pipeline_vs_passthrough_ratio'), '×')}** "
+        f"({fmt(f.get('pipeline_events_per_s'), 'events/s')} against {fmt(f.get('passthrough_events_per_s'), 'events/s')}).",
+        f"- Herald / Quix Streams peer: **{fmt(f.get('pipeline_vs_quix_ratio'), '×')}** "
+        f"({fmt(f.get('pipeline_events_per_s'), 'events/s')} against {fmt(f.get('quix_events_per_s'), 'events/s')}"
+        + (f", Quix Streams {f['quix_version']}" if f.get("quix_version") else "") + ").",
+        "",
+        "## What was run",
+        "",
+        f"- Workload: {fmt(f.get('workload_events'))} events over {fmt(f.get('workload_users'))} users "
+        f"({fmt(f.get('workload_duplicates'))} duplicates, {fmt(f.get('workload_preferences'))} preferences records), "
+        "generated before any clock started and produced once to one topic that the ceiling, the peer and Herald all read.",
+    ]
+    if f.get("pipeline_events_decided") is not None:
+        lines.append(
+            f"- Herald decided {fmt(f.get('pipeline_events_decided'))} of them"
+            + (f"; every one had its final decision {_duration(f.get('pipeline_all_final_s'))} after the first decision"
+               if f.get("pipeline_all_final_s") is not None else "")
+            + f"; worker start-up {_duration(f.get('pipeline_startup_s'))} (not counted); worker RSS afterwards "
+            f"{fmt(f.get('pipeline_worker_rss_mb'), 'MB')}.")
+    if f.get("critical_samples") is not None:
+        trend = f.get("critical_p50_by_quarter_ms") or []
+        lines.append(
+            f"- CRITICAL latency: {fmt(f.get('critical_samples'))} CRITICAL events in a mixed stream at "
+            f"{fmt(f.get('critical_stream_events_per_s'), 'events/s')} (half Herald's measured rate), first delivery "
+            "record per event on any delivery topic, timed when a consumer of that topic read it"
+            + (f"; median by quarter of the stream: {', '.join(fmt(x) for x in trend)} ms" if trend else "") + ".")
+    if f.get("digest_users") is not None:
+        lines.append(
+            f"- Digests: one LOW event for each of {fmt(f.get('digest_users'))} users"
+            + (f" (of {fmt(f.get('digest_users_requested'))} asked for)"
+               if f.get("digest_users_requested") not in (None, f.get("digest_users")) else "")
+            + f" in one fixed period of {fmt(f.get('digest_period_s'), 's')}, taken in at "
+            f"{fmt(f.get('digest_ingest_events_per_s'), 'events/s')} before it ended"
+            + (f"; the first digest came {_duration(f.get('digest_first_s'))} after the end" if f.get("digest_first_s") is not None else "")
+            + ".")
+    if f.get("unread_p99_ms") is not None:
+        lines.append(
+            f"- Unread-count API: {fmt(f.get('unread_target_requests_per_s'), 'req/s')} asked for, "
+            f"{fmt(f.get('unread_requests_per_s'), 'req/s')} answered 200, {fmt(f.get('unread_errors'))} errors.")
+    if f.get("recovery_s") is not None:
+        lines.append(f"- Recovery: the digest worker, holding {fmt(f.get('worker_state_users'))} users of state, was "
+                     f"killed with a stream going on; a new one was Ready {_duration(f.get('recovery_ready_s'))} "
+                     "after the kill.")
+    lines.append("")
+    notes = results.get("notes", [])
+    errors = results.get("errors", {})
+    if notes or errors or skipped:
+        lines += ["## Notes", ""]
+        lines += [f"- {n}" for n in notes]
+        lines += [f"- Not measured, `{k}`: {v}" for k, v in skipped.items() if k in HEADLINE]
+        lines += [f"- The {k} phase failed: {v}" for k, v in errors.items()]
+        lines.append("")
+    phases = results.get("phase_s", {})
+    if phases:
+        lines += ["## Time per phase", "", "| Phase | Seconds |", "|---|---:|"]
+        lines += [f"| {name} | {seconds:.1f} |" for name, seconds in phases.items()]
+        lines += [f"| **total** | **{results.get('total_s', 0):.1f}** |", ""]
+    load_b, load_a = machine.get("load_before"), machine.get("load_after")
+    lines += [
+        "## Machine",
+        "",
+        f"- {machine.get('nproc', '?')} cores ({machine.get('cpu_model', '?')}), "
+        f"{fmt(machine.get('memory_gb'))} GB of memory, {machine.get('os', '?')}, Python {machine.get('python', '?')}.",
+        f"- Load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in load_b) if load_b else '?'}; "
+        f"after: {', '.join(f'{x:.2f}' for x in load_a) if load_a else '?'}. The broker, the registry and PostgreSQL "
+        f"ran on the same machine ({results.get('stack', {}).get('source', '?')}).",
+        "",
+    ]
+    if chart_path:
+        lines += ["## Chart", "", f"![benchmark chart]({chart_path})", ""]
+    lines += [
+        "## How to reproduce",
+        "",
+        "```",
+        "make up                                  # or nothing: `herald bench` starts what is not running",
+        ".venv/bin/pip install -e '.[bench]'      # matplotlib, for the chart (optional)",
+        "herald bench                             # the default run (the options below it used)",
+        "herald bench --quick                     # a one-minute smoke run",
+        "python -m bench.report bench/results/latest.json   # this file again from the JSON",
+        "```",
+        "",
+        f"This run's options: `{options.get('command_line', 'herald bench')}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _summary(f: dict) -> str:
+    rate = f.get("pipeline_events_per_s")
+    if rate is None:
+        return ""
+    parts = [f"Herald decided **{fmt(rate, 'events/s')}** at steady state"]
+    if f.get("pipeline_vs_passthrough_ratio") is not None:
+        parts.append(f"{f['pipeline_vs_passthrough_ratio']:.1%} of the raw ceiling")
+    if f.get("pipeline_vs_quix_ratio") is not None:
+        parts.append(f"{fmt(f['pipeline_vs_quix_ratio'], '×')} the Quix Streams peer")
+    met = [verdict(r, f) for r in ROWS if r.met is not None]
+    return ", ".join(parts) + f"; {met.count('yes')} of {len(met)} targets met ({met.count('n/a')} not comparable at this scale)."
+
+
+def chart(results: dict, path: Path) -> Path | None:
+    """A PNG of the headline figures against their targets; None (and nothing written) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    f = results.get("figures", {})
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig.suptitle(f"herald bench {results.get('run_id', '')} — {results.get('machine', {}).get('nproc', '?')} cores, "
+                 f"{fmt(f.get('workload_events'))} events", fontsize=12)
+
+    def bars(ax, names: list[str], values: list[Any], title: str, unit: str, target: float | None = None,
+             target_label: str = "", log: bool = False) -> None:
+        measured = [isinstance(v, (int, float)) and v > 0 for v in values]
+        shown = [v if ok else 0 for v, ok in zip(values, measured)]
+        colors = ["#4c72b0" if n.startswith("Herald") else "#999999" for n in names]
+        drawn = ax.barh(names, shown, color=colors)
+        if target is not None:
+            ax.axvline(target, color="#c44e52", linestyle="--", label=target_label)
+            ax.legend(loc="lower right", fontsize=8)
+        positive = [v for v in shown if v > 0] + ([target] if target else [])
+        if log and positive:
+            ax.set_xscale("log")
+            ax.set_xlim(min(positive) / 3, max(positive) * 8)
+        else:
+            ax.set_xlim(0, (max(positive) if positive else 1) * 1.3)
+        left = ax.get_xlim()[0]
+        for bar, value, ok in zip(drawn, values, measured):
+            ax.text(bar.get_width() if ok else left, bar.get_y() + bar.get_height() / 2,
+                    f" {fmt(value)}" if ok else " not measured", va="center", fontsize=9)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(unit)
+        ax.invert_yaxis()
+
+    bars(axes[0][0], ["Raw ceiling (passthrough)", "Quix Streams peer", "Herald (steady state)"],
+         [f.get("passthrough_events_per_s"), f.get("quix_events_per_s"), f.get("pipeline_events_per_s")],
+         "Throughput, same events, same broker", "events/s (log)", TARGET_EVENTS_PER_S, "target 20,000/s", log=True)
+    bars(axes[0][1], ["Herald p50", "Herald p95", "Herald p99"],
+         [f.get("critical_p50_ms"), f.get("critical_p95_ms"), f.get("critical_p99_ms")],
+         "CRITICAL produce → delivery topic, at half load", "ms", TARGET_CRITICAL_P99_MS, "p99 target 50 ms")
+    bars(axes[1][0], ["Herald p50", "Herald p99"], [f.get("unread_p50_ms"), f.get("unread_p99_ms")],
+         f"Unread-count API at {fmt(f.get('unread_target_requests_per_s'), 'req/s')}"
+         if f.get("unread_target_requests_per_s") else "Unread-count API", "ms",
+         TARGET_UNREAD_P99_MS, "p99 target 5 ms")
+    bars(axes[1][1], ["Herald digests/s"], [f.get("digests_per_s")],
+         f"Digests for {fmt(f.get('digest_users'))} users: {fmt(f.get('digest_s'), 's')} after the period's end",
+         "digests/s", FULL_DIGEST_USERS / TARGET_DIGEST_S, "target 1,000,000 in 60 s")
+    fig.text(0.01, 0.01, f"worker RSS {fmt(f.get('worker_rss_mb'), 'MB')} with {fmt(f.get('worker_state_users'))} users of "
+             f"state; kill -9 → next decision {fmt(f.get('recovery_s'), 's')}", fontsize=9)
+    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write(results: dict, markdown: Path, chart_png: Path, say: Callable[[str], None] = lambda line: None) -> dict:
+    """Write the chart (when matplotlib is there) and the markdown; return ``{"markdown", "chart"}`` paths (chart None)."""
+    made = chart(results, chart_png)
+    if made is None:
+        say(CHART_HINT + "; BENCHMARKS.md is written without it")
+    relative = os.path.relpath(made, markdown.parent) if made else None
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    markdown.write_text(render_markdown(results, relative))
+    return {"markdown": str(markdown), "chart": str(made) if made else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from infra.common import REPO_ROOT
+
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="?", type=Path, default=REPO_ROOT / "bench" / "results" / "latest.json",
+                        help="a results file of herald bench (default bench/results/latest.json)")
+    parser.add_argument("--markdown", type=Path, default=REPO_ROOT / "BENCHMARKS.md", help="where to write (default BENCHMARKS.md)")
+    parser.add_argument("--chart", type=Path, default=None, help="the PNG (default chart.png beside the results file)")
+    args = parser.parse_args(argv)
+    results = json.loads(args.results.read_text())
+    made = write(results, args.markdown, args.chart or args.results.with_name("chart.png"),
+                 say=lambda line: print(line, file=sys.stderr))
+    print(json.dumps(made))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1312 @@
+"""herald bench: every figure of the benchmark issue, measured on one broker in one run.
+
+What it measures, in this order (each phase prints its time; the whole default run aims at 15 minutes):
+
+  1. stack        Kafka, the registry and PostgreSQL at the HERALD_* addresses; whatever does not
+                  answer is started here as a local process (as `herald up` does) and stopped at the end.
+  2. workload     --events NotificationEvents over --users users (LOW 50%, NORMAL 35%, HIGH 10%,
+                  CRITICAL 5%; 10% duplicates; preferences for 20% of users), generated in memory
+                  before any clock starts, then produced once to one topic that 3-5 all read.
+  3. ceiling      passthrough_events_per_s: confluent-kafka consume -> produce of the same bytes.
+  4. peer         quix_events_per_s: the same dedup + rate count + tumbling batch in Quix Streams
+                  (its own venv, made on first use: a minute or two once).
+  5. pipeline     pipeline_events_per_s: a Herald worker (`python -m streams.cli worker`) started on
+                  the workload's topics once they are full; the rate at which events get their first
+                  decision, between 10% and 90% of them (start-up is not counted), and overall.
+  6. critical     critical_p50/p95/p99_ms: a mixed stream at half Herald's measured rate; each CRITICAL
+                  event carries its send time, and the first delivery record of it on any delivery topic
+                  is timed when a consumer reads it.
+  7. digest       digest_s, digests_per_s: a fresh worker; one LOW event for each of --digest-users users,
+                  all in one fixed digest period (HERALD_DIGEST_PERIOD_S, chosen to outlast the intake);
+                  the time from the period's end to the last DIGEST delivery request. worker_rss_mb and
+                  worker_state_users: that worker's RSS once every user's state is loaded.
+  8. recovery     recovery_s: kill -9 of that worker mid-stream, a new one started at once; the time from
+                  the kill to the first decision the new one writes.
+  9. api          unread_p50_ms, unread_p99_ms: `herald api` under a fixed 5,000 requests/s (open loop).
+
+Then it writes bench/results/bench-<run>.json and bench/results/latest.json (every figure, the ratios
+Herald/ceiling and Herald/Quix, the machine, load before and after, timestamps, git commit),
+BENCHMARKS.md (each figure beside its target in ../shared/DESIGN.md) and bench/results/chart.png (needs
+matplotlib: `.venv/bin/pip install -e '.[bench]'`; without it everything else is still written).
+
+How long: about 15 minutes by default on a 2-core machine when Herald is fast enough; the phases that
+depend on Herald's speed are cut to fit --budget-min and say so in the results: the pipeline phase stops
+after its share of the budget (the rate is then over the events decided), and the digest phase loads only
+as many users as Herald can take in within what is left. --quick is a one-minute smoke run.
+
+examples:
+  herald bench                                   # the full run, ~15 minutes
+  herald bench --quick                           # smoke run: small numbers, ~1 minute
+  herald bench --events 200000 --digest-users 100000 --skip-peer
+  herald bench --quick --out /tmp/b              # results, BENCHMARKS.md and chart in /tmp/b
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from infra.common import REPO_ROOT
+
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+MARKDOWN = REPO_ROOT / "BENCHMARKS.md"
+SENT_KEY = "bench_sent_ns"
+DELIVERY_CHANNELS = ("push", "sms", "email", "inapp", "websocket")
+
+
+# -- options ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Options:
+    events: int = 1_000_000
+    users: int = 100_000
+    digest_users: int = 1_000_000
+    skip_peer: bool = False
+    skip_api: bool = False
+    quick: bool = False
+    out: Path = RESULTS_DIR
+    markdown: Path | None = None
+    budget_min: float = 15.0
+    latency_s: float = 30.0
+    api_rate: float = 5000.0
+    api_duration_s: float = 20.0
+    api_warmup_s: float = 5.0
+    api_users: int = 10_000
+    all_final_wait_s: float = 90.0
+    batch_window_s: int = 2
+    digest_period_s: int = 10
+    seed: int = 1
+    keep: bool = False
+    command_line: str = "herald bench"
+
+    def markdown_path(self) -> Path:
+        if self.markdown is not None:
+            return self.markdown
+        return MARKDOWN if self.out.resolve() == RESULTS_DIR.resolve() else self.out / "BENCHMARKS.md"
+
+
+QUICK = {"events": 5_000, "users": 1_000, "digest_users": 2_000, "latency_s": 4.0, "api_duration_s": 5.0,
+         "api_warmup_s": 2.0, "api_users": 1_000, "all_final_wait_s": 3.0, "budget_min": 0.0}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="herald bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=None, help="workload events (default 1,000,000; --quick 5,000)")
+    p.add_argument("--users", type=int, default=None, help="workload users (default 100,000; --quick 1,000)")
+    p.add_argument("--digest-users", type=int, default=None,
+                   help="users with a digest due at once (default 1,000,000; --quick 2,000); fewer when Herald "
+                        "cannot take them in within the budget (the results say how many)")
+    p.add_argument("--skip-peer", action="store_true", help="do not run the Quix Streams peer (saves its venv and a few minutes)")
+    p.add_argument("--skip-api", action="store_true", help="do not measure the unread-count API")
+    p.add_argument("--quick", action="store_true", help="a ~1-minute smoke run: small numbers, every phase, no budget cuts")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR,
+                   help="folder for the JSON and the chart (default bench/results); BENCHMARKS.md goes to the "
+                        "repository's root with the default, else into this folder")
+    p.add_argument("--markdown", type=Path, default=None, help="where to write BENCHMARKS.md instead")
+    p.add_argument("--budget-min", type=float, default=None,
+                   help="minutes the whole run may take (default 15; 0: no limit); see 'How long' above")
+    p.add_argument("--latency-s", type=float, default=None, help="seconds of the CRITICAL latency stream (default 30)")
+    p.add_argument("--api-rate", type=float, default=5000.0, help="unread-count requests per second (default 5,000)")
+    p.add_argument("--seed", type=int, default=1, help="the workload's seed (default 1)")
+    p.add_argument("--keep", action="store_true", help="keep the benchmark's topics and worker state (default: delete them)")
+    return p
+
+
+def options_from(argv: list[str]) -> Options:
+    args = parser().parse_args(argv)
+    opts = Options(**(QUICK if args.quick else {}))
+    for name in ("events", "users", "digest_users", "budget_min", "latency_s"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(opts, name, value)
+    opts.skip_peer, opts.skip_api, opts.quick, opts.keep = args.skip_peer, args.skip_api, args.quick, args.keep
+    opts.out, opts.markdown, opts.api_rate, opts.seed = args.out, args.markdown, args.api_rate, args.seed
+    opts.command_line = " ".join(["herald bench", *argv])
+    for name in ("events", "users", "digest_users"):
+        if getattr(opts, name) < 1:
+            raise SystemExit(f"herald bench: --{name.replace('_', '-')} must be at least 1")
+    return opts
+
+
+# -- small helpers -----------------------------------------------------------------------------------------
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def percentile(sorted_values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return None
+    rank = max(1, int(-(-p * len(sorted_values) // 100)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def steady_rate(stamps_ms: list[int], low: float = 0.1, high: float = 0.9) -> float | None:
+    """Events per second between the ``low`` and ``high`` fractions of ``stamps_ms`` (ascending)."""
+    n = len(stamps_ms)
+    if n < 20:
+        return None
+    i, j = int(low * (n - 1)), int(high * (n - 1))
+    span = (stamps_ms[j] - stamps_ms[i]) / 1000
+    return round((j - i) / span, 1) if span > 0 else None
+
+
+def round_down_nicely(n: int) -> int:
+    """``n`` with two significant digits, rounded down (123,456 -> 120,000)."""
+    if n < 100:
+        return max(1, n)
+    scale = 10 ** (len(str(n)) - 2)
+    return n // scale * scale
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    try:
+        nproc = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        nproc = os.cpu_count()
+    return {"nproc": nproc, "cpu_model": cpu, "memory_gb": memory_gb,
+            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+            "load_before": [round(x, 2) for x in os.getloadavg()]}
+
+
+def git_info() -> dict:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+    commit = git("rev-parse", "HEAD")
+    return {"commit": commit or None, "branch": git("rev-parse", "--abbrev-ref", "HEAD") or None,
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None}
+
+
+def rss_of(pid: int) -> dict:
+    """RSS and peak RSS (MB) of a process: psutil when installed, else /proc/<pid>/status."""
+    try:
+        import psutil
+
+        info = psutil.Process(pid).memory_info()
+        peak = getattr(info, "peak_wset", None)
+        out = {"rss_mb": round(info.rss / 2**20, 1), "how": "psutil"}
+        if peak:
+            out["peak_mb"] = round(peak / 2**20, 1)
+    except ImportError:
+        out = {"how": f"/proc/{pid}/status"}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:") and "rss_mb" not in out:
+                out["rss_mb"] = round(int(line.split()[1]) / 1024, 1)
+            elif line.startswith("VmHWM:"):
+                out["peak_mb"] = round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return out
+
+
+# -- console -------------------------------------------------------------------------------------------------
+
+class Console:
+    """Phase messages and progress on stderr (rich), with a plain line every few seconds off a terminal."""
+
+    def __init__(self) -> None:
+        from rich.console import Console as RichConsole
+
+        self.rich = RichConsole(stderr=True, highlight=False, soft_wrap=True)
+        self.started = time.monotonic()
+
+    def say(self, line: str) -> None:
+        """A plain line (brackets in it are text, not markup)."""
+        from rich.markup import escape
+
+        self.rich.print(escape(line))
+
+    def mark(self, line: str) -> None:
+        """A line with rich markup ([bold], [red], ...)."""
+        self.rich.print(line)
+
+    def elapsed(self) -> str:
+        s = int(time.monotonic() - self.started)
+        return f"{s // 60}:{s % 60:02d}"
+
+    @contextmanager
+    def meter(self, description: str, total: int, unit: str = "events") -> Iterator[Callable[[int, str], None]]:
+        if self.rich.is_terminal:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn)
+
+            progress = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[extra]}"), TimeElapsedColumn(), console=self.rich,
+                                transient=False)
+            task = progress.add_task(description, total=total, extra="")
+            with progress:
+                yield lambda done, extra="": progress.update(task, completed=done, extra=extra)
+            return
+        last = [time.monotonic()]
+
+        def update(done: int, extra: str = "") -> None:
+            if time.monotonic() - last[0] >= 5:
+                last[0] = time.monotonic()
+                self.say(f"  {description}: {done:,}/{total:,} {unit} {extra}")
+        yield update
+
+
+# -- reading Herald's outputs ------------------------------------------------------------------------------
+
+def _long(buf: bytes, pos: int) -> tuple[int, int]:
+    """An Avro long at ``pos``: (value, position after it)."""
+    b = buf[pos]
+    pos += 1
+    n, shift = b & 0x7F, 7
+    while b & 0x80:
+        b = buf[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+    return (n >> 1) ^ -(n & 1), pos
+
+
+class Heads:
+    """The few leading fields the benchmark needs of Decisions and DeliveryRequests, read straight from the
+    Avro bytes (a full decode costs several times more, in the process that shares the CPU with Herald).
+    The first record of every schema id is also decoded with ``schemas.codec.Codec`` and compared; an id
+    whose records differ (an evolved schema) is read with the Codec from then on."""
+
+    def __init__(self, codec: Any) -> None:
+        from schemas.loader import load_schema
+
+        self.codec = codec
+        fields = {f["name"]: f["type"] for f in load_schema("Decision")["fields"]}
+        self.outcomes: list[str] = fields["outcome"]["symbols"]
+        self.deduplicated = self.outcomes.index("DEDUPLICATED")
+        kinds = {f["name"]: f["type"] for f in load_schema("DeliveryRequest")["fields"]}["kind"]
+        self.kinds: list[str] = kinds["symbols"]
+        self.digest = self.kinds.index("DIGEST")
+        self._fast: dict[tuple[str, bytes], bool] = {}
+
+    @staticmethod
+    def _decision_fast(v: bytes) -> tuple[bytes, int, bool]:
+        n, pos = _long(v, 5)
+        event_id = v[pos:pos + n]
+        n, pos = _long(v, pos + n)  # user_id
+        outcome, pos = _long(v, pos + n)
+        while True:  # channels: blocks of enum indexes
+            count, pos = _long(v, pos)
+            if count == 0:
+                break
+            if count < 0:
+                size, pos = _long(v, pos)
+                pos += size
+                continue
+            for _ in range(count):
+                _, pos = _long(v, pos)
+        branch, pos = _long(v, pos)  # delivery_id: null or string
+        if branch == 1:
+            n, pos = _long(v, pos)
+            pos += n
+        n, pos = _long(v, pos)  # reason
+        _, pos = _long(v, pos + n)  # at
+        return event_id, outcome, v[pos] == 1
+
+    def _trusted(self, kind: str, value: bytes, fast: Callable[[bytes], tuple], slow: Callable[[bytes], tuple]) -> bool:
+        key = (kind, value[1:5])
+        ok = self._fast.get(key)
+        if ok is None:
+            try:
+                ok = fast(value) == slow(value)
+            except Exception:  # noqa: BLE001 - a layout the fast reader does not know
+                ok = False
+            self._fast[key] = ok
+        return ok
+
+    def _decision_slow(self, v: bytes) -> tuple[bytes, int, bool]:
+        d = self.codec.decode(v, "Decision")
+        return d["event_id"].encode(), self.outcomes.index(d["outcome"]), bool(d["final"])
+
+    def decision(self, v: bytes) -> tuple[bytes, int, bool]:
+        """(event_id as bytes, outcome index, final) of a Decision record."""
+        if self._trusted("decision", v, self._decision_fast, self._decision_slow):
+            return self._decision_fast(v)
+        return self._decision_slow(v)
+
+    @staticmethod
+    def _kind_fast(v: bytes) -> tuple[int]:
+        n, pos = _long(v, 5)
+        n, pos = _long(v, pos + n)
+        _, pos = _long(v, pos + n)  # channel
+        kind, _ = _long(v, pos)
+        return (kind,)
+
+    def _kind_slow(self, v: bytes) -> tuple[int]:
+        return (self.kinds.index(self.codec.decode(v, "DeliveryRequest")["kind"]),)
+
+    def kind(self, v: bytes) -> int:
+        """The DeliveryKind index of a DeliveryRequest record."""
+        if self._trusted("kind", v, self._kind_fast, self._kind_slow):
+            return self._kind_fast(v)[0]
+        return self._kind_slow(v)[0]
+
+
+class Tap(threading.Thread):
+    """A consumer thread on ``topics`` from their beginning or from their current end, handing every batch
+    of records, with the time it was read, to ``handle``. ``ready`` is set once it is assigned."""
+
+    def __init__(self, bootstrap: str, topics: list[str], handle: Callable[[list, int], None],
+                 from_end: bool = False) -> None:
+        super().__init__(daemon=True, name=f"tap-{topics[0]}")
+        self.bootstrap, self.topics, self.handle, self.from_end = bootstrap, topics, handle, from_end
+        self.ready = threading.Event()
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"bench-tap-{uuid.uuid4().hex[:10]}",
+                             "enable.auto.commit": False, "fetch.wait.max.ms": 10, "queued.min.messages": 200_000,
+                             "enable.partition.eof": False})
+        try:
+            parts = []
+            for topic in self.topics:
+                meta = consumer.list_topics(topic, timeout=10).topics[topic]
+                for p in meta.partitions:
+                    offset = (consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                              if self.from_end else OFFSET_BEGINNING)
+                    parts.append(TopicPartition(topic, p, offset))
+            consumer.assign(parts)
+            self.ready.set()
+            while not self.stopping.is_set():
+                batch = consumer.consume(5000, 0.1)
+                if batch:
+                    self.handle([m for m in batch if not m.error()], time.time_ns())
+        except BaseException as exc:  # noqa: BLE001 - reported by the phase that reads the tap
+            self.error = exc
+            self.ready.set()
+        finally:
+            consumer.close()
+
+    def start_ready(self, timeout: float = 30) -> "Tap":
+        self.start()
+        if not self.ready.wait(timeout) or self.error:
+            raise RuntimeError(f"could not read {self.topics}: {self.error or 'no assignment in time'}")
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(15)
+
+
+class Decided:
+    """Counts the input records Herald has decided, from its decisions topic: each record's first
+    decision is the first one for its event_id, or a DEDUPLICATED one for an event_id seen before (a
+    producer's retry re-sends the same event_id, and is decided again as a duplicate). Every input has
+    exactly one final decision, so ``finals`` counts the inputs that are done."""
+
+    def __init__(self, heads: Heads) -> None:
+        self.heads = heads
+        self.seen: set[bytes] = set()
+        self.first_ms: list[int] = []
+        self.finals = 0
+        self.last_final_ms = 0
+        self.outcomes: Counter = Counter()
+
+    @property
+    def inputs(self) -> int:
+        return len(self.first_ms)
+
+    def handle(self, batch: list, read_ns: int) -> None:
+        decision, seen, first, dedup = self.heads.decision, self.seen, self.first_ms, self.heads.deduplicated
+        for msg in batch:
+            event_id, outcome, final = decision(msg.value())
+            ts = msg.timestamp()[1]
+            if event_id not in seen:
+                seen.add(event_id)
+                first.append(ts)
+                self.outcomes[outcome] += 1
+            elif outcome == dedup:
+                first.append(ts)
+                self.outcomes[outcome] += 1
+            if final:
+                self.finals += 1
+                if ts > self.last_final_ms:
+                    self.last_final_ms = ts
+
+
+class Worker:
+    """A Herald pipeline worker as a subprocess (its own process group), its log under the bench logs."""
+
+    def __init__(self, name: str, env: dict[str, str], logs: Path) -> None:
+        self.name, self.env, self.log = name, env, logs / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180) -> float:
+        """Start it and wait for Faust's "Ready"; the seconds that took."""
+        started = time.monotonic()
+        out = open(self.log, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], cwd=REPO_ROOT, env=self.env,
+                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        out.close()
+        seen = 0
+        while time.monotonic() - started < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the {self.name} worker exited with code {self.proc.returncode} before it was "
+                                   f"ready; see {self.log}: {self.tail()}")
+            with open(self.log, "rb") as f:
+                f.seek(max(0, seen - 16))  # a little overlap: "Ready" may straddle two reads
+                chunk = f.read()
+                seen = f.tell()
+            if b"Ready" in chunk:
+                return time.monotonic() - started
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the {self.name} worker was not ready in {timeout:.0f} s; see {self.log}: {self.tail()}")
+
+    def tail(self, n: int = 3) -> str:
+        try:
+            return " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"the {self.name} worker exited with code {self.proc.returncode}; see {self.log}: {self.tail()}")
+
+    def kill9(self) -> int:
+        """SIGKILL its process group and reap it; the time (epoch ms) right after."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+        return now_ms()
+
+    def stop(self, timeout: float = 30) -> None:
+        if not self.alive():
+            return
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        except ProcessLookupError:
+            pass
+
+
+class Stream(threading.Thread):
+    """An open-loop stream of the workload's mix at ``rate`` events/s to ``topic`` (event k is sent at
+    start + k/rate, late or not), for ``duration`` s or until stopped. Each CRITICAL event carries its
+    send time, ``data["bench_sent_ns"]``; each event has a new event_id and no dedup_key."""
+
+    def __init__(self, bootstrap: str, codec: Any, topic: str, users: int, user_prefix: str, rate: float,
+                 duration: float = 3600, seed: int = 7, tag: str = "s") -> None:
+        super().__init__(daemon=True, name=f"stream-{tag}")
+        self.bootstrap, self.codec, self.topic = bootstrap, codec, topic
+        self.users, self.user_prefix, self.rate, self.duration = users, user_prefix, rate, duration
+        self.rng = random.Random(seed)
+        self.tag = f"{tag}{uuid.uuid4().hex[:6]}"
+        self.sent = self.critical = 0
+        self.errors: list[str] = []
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # noqa: BLE001 - reported by the phase
+            self.error = exc
+
+    def _run(self) -> None:
+        from confluent_kafka import Producer
+
+        from bench.workload import PRIORITIES, TEXTS, TYPES, _cumulative, _pick
+
+        priorities, types = _cumulative(PRIORITIES), _cumulative(TYPES)
+        producer = Producer({"bootstrap.servers": self.bootstrap, "partitioner": "murmur2_random", "linger.ms": 1,
+                             "on_delivery": lambda err, msg: self.errors.append(str(err)) if err else None})
+        subject = f"{self.topic}-value"
+        rand, randrange = self.rng.random, self.rng.randrange
+        start = time.monotonic()
+        k = 0
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            if now - start >= self.duration:
+                break
+            due = int((now - start) * self.rate) + 1
+            while k < due:
+                priority, type_ = _pick(priorities, rand()), _pick(types, rand())
+                user = f"{self.user_prefix}{randrange(self.users)}"
+                data = {"entity_id": str(k)}
+                if priority == "CRITICAL":
+                    data[SENT_KEY] = str(time.time_ns())
+                    self.critical += 1
+                event = {"event_id": f"{self.tag}-{k}", "user_id": user, "type": type_, "priority": priority,
+                         "title": TEXTS[type_][0], "body": TEXTS[type_][1], "data": data,
+                         "occurred_at": now_ms(), "dedup_key": None, "batchable": True, "channels": None,
+                         "deliver_after": None, "cancel_key": None}
+                producer.produce(self.topic, self.codec.encode(subject, "NotificationEvent", event), user.encode())
+                k += 1
+                self.sent = k
+            producer.poll(0)
+            time.sleep(max(0.0, start + k / self.rate - time.monotonic()))
+        producer.flush(30)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(40)
+
+
+class Latencies:
+    """The first delivery record of each CRITICAL event (the ones carrying their send time), on any
+    delivery topic: latency to when the record was read, and to its timestamp (when Herald produced it)."""
+
+    def __init__(self, codec: Any) -> None:
+        self.codec = codec
+        self.read_ms: dict[str, float] = {}
+        self.stamp_ms: dict[str, float] = {}
+        self.channels: Counter = Counter()
+
+    def handle(self, batch: list, read_ns: int) -> None:
+        marker = SENT_KEY.encode()
+        for msg in batch:
+            value = msg.value()
+            if marker not in value:
+                continue
+            request = self.codec.decode(value, "DeliveryRequest")
+            event_id = request["event_ids"][0]
+            if event_id in self.read_ms:
+                continue
+            sent_ns = int(request["data"][SENT_KEY])
+            self.read_ms[event_id] = (read_ns - sent_ns) / 1e6
+            self.stamp_ms[event_id] = msg.timestamp()[1] - sent_ns / 1e6
+            self.channels[request["channel"]] += 1
+
+
+class Digests:
+    """DIGEST delivery requests on a delivery topic: how many, the first and the last timestamps."""
+
+    def __init__(self, heads: Heads) -> None:
+        self.heads = heads
+        self.count = 0
+        self.first_ms = 0
+        self.last_ms = 0
+        self.other = 0
+
+    def handle(self, batch: list, read_ns: int) -> None:
+        kind, digest = self.heads.kind, self.heads.digest
+        for msg in batch:
+            if kind(msg.value()) != digest:
+                self.other += 1
+                continue
+            ts = msg.timestamp()[1]
+            self.count += 1
+            self.first_ms = ts if not self.first_ms else min(self.first_ms, ts)
+            self.last_ms = max(self.last_ms, ts)
+
+
+class FirstAfter:
+    """The first record timestamped at or after ``after_ms`` (set later, at the kill)."""
+
+    def __init__(self) -> None:
+        self.after_ms: int | None = None
+        self.first_ms: int | None = None
+
+    def handle(self, batch: list, read_ns: int) -> None:
+        if self.after_ms is None:
+            return
+        for msg in batch:
+            ts = msg.timestamp()[1]
+            if ts >= self.after_ms and (self.first_ms is None or ts < self.first_ms):
+                self.first_ms = ts
+
+
+# -- the run -------------------------------------------------------------------------------------------------
+
+class PhaseSkipped(Exception):
+    """A phase that cannot run (what it needs failed or was skipped); the message says why."""
+
+
+@dataclass
+class Run:
+    opts: Options
+    console: Console
+    run_id: str = ""
+    started_at: str = ""
+    figures: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+    skipped: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+    errors: dict = field(default_factory=dict)
+    phase_s: dict = field(default_factory=dict)
+    stack: dict = field(default_factory=dict)
+    workers: list = field(default_factory=list)
+    threads: list = field(default_factory=list)
+    prefixes: list = field(default_factory=list)
+    app_ids: list = field(default_factory=list)
+    groups: list = field(default_factory=list)
+    started_services: list = field(default_factory=list)
+    t0: float = 0.0
+
+    # -- bookkeeping
+
+    def left_s(self) -> float:
+        """Seconds of the budget left (infinite without a budget)."""
+        if not self.opts.budget_min:
+            return float("inf")
+        return self.opts.budget_min * 60 - (time.monotonic() - self.t0)
+
+    def phase(self, name: str, fn: Callable[[], None], skip_figures: tuple[str, ...] = ()) -> bool:
+        from rich.markup import escape
+
+        mark = self.console.mark
+        mark(f"[bold]▶ {name}[/bold]  (at {self.console.elapsed()})")
+        started = time.monotonic()
+        ok = False
+        try:
+            fn()
+            ok = True
+        except PhaseSkipped as exc:
+            mark(f"  [yellow]skipped: {escape(str(exc))}[/yellow]")
+            for key in skip_figures:
+                self.skipped.setdefault(key, str(exc))
+        except Exception as exc:  # noqa: BLE001 - one failed phase must not lose the others' figures
+            message = f"{type(exc).__name__}: {exc}"
+            self.errors[name] = message
+            mark(f"  [red]failed: {escape(message)}[/red]")
+            for key in skip_figures:
+                self.skipped.setdefault(key, f"the {name} phase failed ({type(exc).__name__})")
+        seconds = round(time.monotonic() - started, 1)
+        self.phase_s[name] = seconds
+        mark(f"[bold]{'✓' if ok else '✗'} {name}[/bold] {seconds:.1f} s  (total {self.console.elapsed()})")
+        return ok
+
+    def settings(self, prefix: str, **overrides: Any) -> Any:
+        from streams.settings import Settings
+
+        return Settings.from_env(topic_prefix=prefix, app_id=f"{prefix}pipeline", **overrides)
+
+    def worker_env(self, settings: Any, digest_period_s: int) -> dict[str, str]:
+        return {**os.environ, "HERALD_TOPIC_PREFIX": settings.topic_prefix, "HERALD_APP_ID": settings.app_id,
+                "HERALD_BATCH_WINDOW_S": str(self.opts.batch_window_s), "HERALD_DIGEST_PERIOD_S": str(digest_period_s),
+                "PYTHONUNBUFFERED": "1"}
+
+    def logs(self) -> Path:
+        from infra.common import subdir
+
+        return subdir("bench", "logs", self.run_id)
+
+    def new_worker(self, name: str, env: dict) -> Worker:
+        worker = Worker(name, env, self.logs())
+        self.workers.append(worker)
+        return worker
+
+    def codec(self) -> Any:
+        from schemas.codec import Codec
+        from schemas.registry import Registry
+        from streams.settings import Settings
+
+        if "codec" not in self.details:
+            self.details["codec"] = Codec(Registry(Settings.from_env().schema_registry_url))
+        return self.details["codec"]
+
+    # -- phases
+
+    def ensure_stack(self) -> None:
+        """Use the servers at the HERALD_* addresses; start, as local processes, the ones that do not answer."""
+        from infra import kafka, postgres, registry
+        from streams.settings import Settings
+
+        settings = Settings.from_env()
+        up = {"postgres": _postgres_answers(settings.database_url), "kafka": _kafka_answers(settings.kafka_bootstrap),
+              "registry": _registry_answers(settings.schema_registry_url)}
+        self.stack = {"kafka": settings.kafka_bootstrap, "registry": settings.schema_registry_url,
+                      "postgres": settings.database_url.rsplit("@", 1)[-1], "answering": dict(up)}
+        for name, module in (("postgres", postgres), ("kafka", kafka), ("registry", registry)):
+            if up[name]:
+                self.console.say(f"  {name}: answering at the HERALD_* address, used as it is")
+                continue
+            self.console.say(f"  {name}: not answering, starting it (as `herald up` does)")
+            status = module.start(progress=lambda line: self.console.say(f"  {line}"))
+            self.started_services.append(name)
+            self.stack.setdefault("startup_s", {})[name] = status.detail.get("startup_s")
+        if up["postgres"]:
+            postgres.migrate(settings.database_url)  # idempotent: the API phase needs the notifications table
+        self.stack["source"] = ("servers already running" if not self.started_services
+                                else f"started here: {', '.join(self.started_services)}")
+        self.stack["started"] = list(self.started_services)
+
+    def workload(self) -> None:
+        from bench import workload
+
+        prefix = workload.unique_prefix()
+        self.prefixes.append(prefix)
+        settings = self.settings(prefix)
+        self.app_ids.append(settings.app_id)
+        figures = workload.run(self.opts.events, self.opts.users, self.opts.seed, settings=settings, progress=True)
+        self.details["workload_settings"] = settings
+        keep = ("topic_prefix", "events_topic", "partitions", "workload_events", "workload_users",
+                "workload_originals", "workload_duplicates", "workload_resent_event_ids", "workload_repeated_dedup_keys",
+                "workload_priorities", "workload_preferences", "generate_s", "produce_s", "produce_events_per_s")
+        self.figures.update({k: figures[k] for k in keep if k in figures})
+        self.figures["workload_generate_s"] = self.figures.pop("generate_s", None)
+        self.figures["workload_produce_s"] = self.figures.pop("produce_s", None)
+        self.figures["workload_produce_events_per_s"] = self.figures.pop("produce_events_per_s", None)
+
+    def _events_topic(self) -> str:
+        if "events_topic" not in self.figures:
+            raise PhaseSkipped("no workload (its phase failed)")
+        return self.figures["events_topic"]
+
+    def passthrough(self) -> None:
+        from bench import passthrough
+
+        topic = self._events_topic()
+        figures = passthrough.run(topic, self.opts.events, bootstrap=self.details["workload_settings"].kafka_bootstrap,
+                                  timeout_s=max(60.0, min(300.0, self.left_s() / 4)))
+        self.figures.update({k: v for k, v in figures.items() if not k.endswith("_topic")})
+
+    def peer(self) -> None:
+        if self.opts.skip_peer:
+            raise PhaseSkipped("--skip-peer")
+        from bench.peers import quix_peer
+
+        topic = self._events_topic()
+        timeout = max(60.0, min(900.0, self.left_s() * 0.25))
+        figures = quix_peer.run(topic, self.opts.events, settings=self.details["workload_settings"], timeout_s=timeout)
+        self.groups.append(figures.get("quix_group"))
+        self.figures.update({k: v for k, v in figures.items() if not k.endswith(("_topic", "_group"))})
+        if not figures.get("quix_complete"):
+            self.notes.append(f"The Quix Streams peer decided {figures.get('quix_events', 0):,} of {self.opts.events:,} "
+                              f"events within its {timeout:.0f} s; its rate is over those.")
+
+    def pipeline(self) -> None:
+        """Herald's full pipeline on the workload's topics, which are already full: start-up is not counted."""
+        topic = self._events_topic()
+        settings = self.details["workload_settings"]
+        heads = Heads(self.codec())
+        self.details["heads"] = heads
+        decided = Decided(heads)
+        tap = Tap(settings.kafka_bootstrap, [settings.topic("decisions")], decided.handle).start_ready()
+        self.threads.append(tap)
+        worker = self.new_worker("pipeline", self.worker_env(settings, self.opts.digest_period_s))
+        self.details["pipeline_worker"] = worker
+        ready_s = worker.start()
+        self.figures["pipeline_startup_s"] = round(ready_s, 2)
+        self.console.say(f"  worker ready in {ready_s:.1f} s; reading {self.opts.events:,} events from {topic}")
+        limit = max(60.0, self.left_s() * 0.45) if self.opts.budget_min else float("inf")
+        total = self.opts.events
+        started = time.monotonic()
+        cpu0 = time.process_time()
+        last_n, last_change = 0, time.monotonic()
+        with self.console.meter("first decisions", total) as update:
+            while decided.inputs < total:
+                worker.check()
+                n = decided.inputs
+                if n != last_n:
+                    last_n, last_change = n, time.monotonic()
+                if time.monotonic() - last_change > 60:
+                    self.notes.append(f"Herald stopped deciding after {n:,} of {total:,} events (nothing new for 60 s).")
+                    break
+                if time.monotonic() - started > limit:
+                    self.notes.append(f"Herald's pipeline phase was cut at its budget share of {limit:.0f} s with "
+                                      f"{n:,} of {total:,} events decided; the rates are over those "
+                                      f"(--budget-min 0 lets it run to the end).")
+                    break
+                rate = decided.inputs / max(0.001, time.monotonic() - started)
+                update(n, f"{rate:,.0f}/s")
+                time.sleep(0.5)
+            update(decided.inputs, "")
+        stamps = sorted(decided.first_ms)
+        n = len(stamps)
+        if n == 0:
+            raise RuntimeError(f"the worker decided nothing; see {worker.log}")
+        span = (stamps[-1] - stamps[0]) / 1000
+        steady = steady_rate(stamps)
+        overall = round(n / span, 1) if span > 0 else None
+        self.figures.update({
+            "pipeline_events": total, "pipeline_events_decided": n, "pipeline_complete": n >= total,
+            "pipeline_events_per_s": steady if steady is not None else overall,
+            "pipeline_overall_events_per_s": overall,
+            "pipeline_first_to_last_decision_s": round(span, 2),
+            "pipeline_outcomes_first": {heads.outcomes[k]: v for k, v in sorted(decided.outcomes.items())},
+            "pipeline_bench_reader_cpu_s": round(time.process_time() - cpu0, 1),
+        })
+        self.console.say(f"  {n:,} events decided: {self.figures['pipeline_events_per_s']:,.0f} events/s at steady "
+                         f"state (10%→90%), {overall or 0:,.0f} events/s first to last")
+        rss = rss_of(worker.proc.pid)
+        self.figures["pipeline_worker_rss_mb"] = rss.get("rss_mb")
+        # every input has exactly one final decision: wait (a while) for the batches, digests and throttled
+        # parts to go out, so that the latency phase does not share the worker with their release
+        wait = self.opts.all_final_wait_s
+        deadline = time.monotonic() + wait
+        while decided.finals < n and time.monotonic() < deadline:
+            worker.check()
+            time.sleep(0.5)
+        if decided.finals >= n:
+            self.figures["pipeline_all_final_s"] = round((decided.last_final_ms - stamps[0]) / 1000, 2)
+        else:
+            self.notes.append(f"{decided.finals:,} of {n:,} decided events were final {wait:.0f} s after the last "
+                              "first decision (the rest wait in batches, digests or rate limits); the latency phase "
+                              "went on regardless.")
+        tap.stop()
+
+    def critical(self) -> None:
+        """CRITICAL produce → delivery topic latency, on the pipeline worker, at half its measured rate."""
+        worker: Worker | None = self.details.get("pipeline_worker")
+        if worker is None or not worker.alive():
+            raise PhaseSkipped("no running pipeline worker (its phase failed)")
+        settings = self.details["workload_settings"]
+        measured = self.figures.get("pipeline_events_per_s")
+        rate = max(20.0, measured / 2) if measured else 100.0
+        latencies = Latencies(self.codec())
+        topics = [settings.topic(f"delivery.{c}") for c in DELIVERY_CHANNELS]
+        tap = Tap(settings.kafka_bootstrap, topics, latencies.handle, from_end=True).start_ready()
+        self.threads.append(tap)
+        stream = Stream(settings.kafka_bootstrap, self.codec(), settings.topic("events"), self.opts.users,
+                        "bench-user-", rate, self.opts.latency_s, seed=self.opts.seed + 11, tag="crit")
+        self.threads.append(stream)
+        self.console.say(f"  a mixed stream at {rate:,.0f} events/s for {self.opts.latency_s:g} s "
+                         f"(half of {measured or 0:,.0f}); CRITICAL events timed to their first delivery record")
+        stream.start()
+        with self.console.meter("CRITICAL delivered", max(1, int(rate * self.opts.latency_s * 0.05)), "events") as update:
+            while stream.is_alive():
+                worker.check()
+                update(len(latencies.read_ms), f"of {stream.critical:,} sent")
+                time.sleep(0.5)
+        if stream.error:
+            raise stream.error
+        deadline = time.monotonic() + 10
+        while len(latencies.read_ms) < stream.critical and time.monotonic() < deadline:
+            time.sleep(0.2)
+        tap.stop()
+        read = sorted(latencies.read_ms.values())
+        stamped = sorted(latencies.stamp_ms.values())
+        trend = latency_trend(latencies.read_ms)
+        if not read:
+            raise RuntimeError(f"no CRITICAL event reached a delivery topic ({stream.critical} sent)")
+        self.figures.update({
+            "critical_stream_events_per_s": round(stream.sent / self.opts.latency_s, 1),
+            "critical_sent": stream.critical, "critical_samples": len(read),
+            "critical_missing": stream.critical - len(read),
+            "critical_p50_ms": round(percentile(read, 50), 2), "critical_p95_ms": round(percentile(read, 95), 2),
+            "critical_p99_ms": round(percentile(read, 99), 2), "critical_max_ms": round(read[-1], 2),
+            "critical_p99_to_record_timestamp_ms": round(percentile(stamped, 99), 2),
+            "critical_first_channels": dict(latencies.channels),
+            "critical_p50_by_quarter_ms": trend,
+        })
+        if len(trend) == 4 and trend[3] > 2 * trend[0] and trend[3] > 100:
+            self.notes.append(f"CRITICAL latency rose during the stream (median by quarter {', '.join(f'{x:,.0f}' for x in trend)} "
+                              f"ms): Herald did not keep up with {rate:,.0f} events/s arriving live, half the rate it "
+                              "decided a backlog at, so its p99 includes a growing queue.")
+        self.console.say(f"  CRITICAL p50 {self.figures['critical_p50_ms']:.1f} ms, p95 {self.figures['critical_p95_ms']:.1f} ms, "
+                         f"p99 {self.figures['critical_p99_ms']:.1f} ms over {len(read):,} events")
+        worker.stop()
+
+    def digest(self) -> None:
+        """A fresh worker; one LOW event per digest user in one fixed period; period end → last DIGEST."""
+        from bench import workload
+        from streams.topics import ensure_topics, register_schemas
+
+        requested = self.opts.digest_users
+        rate = self.figures.get("pipeline_events_per_s") or 1000.0
+        users = requested
+        left = self.left_s()
+        if left != float("inf"):
+            # what follows this phase: recovery (~40 s), the API (~its run + seeding), writing up (~10 s)
+            after = 40 + (0 if self.opts.skip_api else self.opts.api_warmup_s + self.opts.api_duration_s + 30) + 10
+            # the phase: a worker start (~20 s), the intake, a period ~1.5x the intake, the digests going out
+            ingest_budget = max(10.0, (left - after - 40) / 2.2)
+            affordable = round_down_nicely(int(rate * ingest_budget))
+            if affordable < users:
+                users = affordable
+                self.notes.append(
+                    f"Digests were measured for {users:,} users, not the {requested:,} asked for: at Herald's measured "
+                    f"{rate:,.0f} events/s, taking in {requested:,} users' events would need about "
+                    f"{requested / rate / 60:.0f} minutes, over what the {self.opts.budget_min:g}-minute budget leaves.")
+        prefix = workload.unique_prefix()
+        self.prefixes.append(prefix)
+        ingest_est = users / rate
+        produce_est = users / 150_000 + 1
+        margin = 3 if self.opts.quick else 8  # seconds beyond 1.5x the estimated intake
+        period_min = int(max(6, 1.5 * ingest_est + produce_est + margin))
+        ready_est = self.figures.get("pipeline_startup_s") or 15.0
+        period = choose_period(period_min, time.time() + users / 400_000 + ready_est + 1)
+        settings = self.settings(prefix, digest_period_s=period)
+        self.app_ids.append(settings.app_id)
+        ensure_topics(settings)
+        register_schemas(settings)
+        self.details["digest_settings"] = settings
+        records = digest_events(self.codec(), settings.topic("events"), users)
+        heads: Heads = self.details.get("heads") or Heads(self.codec())
+        decided, digests = Decided(heads), Digests(heads)
+        taps = [Tap(settings.kafka_bootstrap, [settings.topic("decisions")], decided.handle).start_ready(),
+                Tap(settings.kafka_bootstrap, [settings.topic("delivery.email")], digests.handle).start_ready()]
+        self.threads += taps
+        worker = self.new_worker("digest", self.worker_env(settings, period))
+        self.details["digest_worker"] = worker
+        ready_s = worker.start()
+        now = time.time()
+        start = now - now % period
+        end = start + period
+        needed = produce_est + 1.2 * ingest_est + 3
+        if end - now < needed:
+            self.console.say(f"  waiting {end - now:.1f} s for the next {period} s digest period to start")
+            time.sleep(max(0.0, end - time.time()) + 0.05)
+            start, end = end, end + period
+        self.console.say(f"  worker ready in {ready_s:.1f} s; {users:,} users, one LOW event each, in the period "
+                         f"{time.strftime('%H:%M:%S', time.localtime(start))}–{time.strftime('%H:%M:%S', time.localtime(end))}")
+        produced = workload.produce(settings.kafka_bootstrap, settings.topic("events"), records, progress=False)
+        del records
+        if time.time() >= end:
+            raise RuntimeError("producing the digest events took longer than the digest period")
+        with self.console.meter("taken in", users, "users") as update:
+            limit = max(end - time.time() + 60, 3 * ingest_est + 30)
+            deadline = time.monotonic() + limit
+            while decided.inputs < users and time.monotonic() < deadline:
+                worker.check()
+                update(decided.inputs, "")
+                time.sleep(0.5)
+            update(decided.inputs, "")
+        ingested = decided.inputs
+        taken_in_ms = max(decided.first_ms) if decided.first_ms else None
+        rss = rss_of(worker.proc.pid)
+        self.figures.update({
+            "digest_users_requested": requested, "digest_users": ingested, "digest_period_s": period,
+            "digest_produce_s": produced["seconds"],
+            "digest_ingest_events_per_s": steady_rate(sorted(decided.first_ms)),
+            "worker_rss_mb": rss.get("rss_mb"), "worker_peak_rss_mb": rss.get("peak_mb"),
+            "worker_rss_how": rss.get("how"), "worker_state_users": ingested,
+        })
+        self.console.say(f"  {ingested:,} users taken in; worker RSS {rss.get('rss_mb')} MB")
+        if ingested < users:
+            self.notes.append(f"Only {ingested:,} of {users:,} digest users' events were taken in before giving up.")
+        if taken_in_ms is not None and taken_in_ms >= end * 1000:
+            self.notes.append("The digest users' events were still being taken in when the period ended, so digest_s "
+                              "includes part of the intake.")
+        if time.time() < end:
+            self.console.say(f"  waiting {end - time.time():.1f} s for the period to end")
+            while time.time() < end:
+                worker.check()
+                time.sleep(min(0.5, max(0.0, end - time.time())))
+        with self.console.meter("digests emitted", ingested, "digests") as update:
+            deadline = end + max(120.0, ingested / 2000)
+            while digests.count < ingested and time.time() < deadline:
+                worker.check()
+                update(digests.count, "")
+                time.sleep(0.25)
+            update(digests.count, "")
+        for tap in taps:
+            tap.stop()
+        if not digests.count:
+            raise RuntimeError(f"no DIGEST request was emitted by {deadline - end:.0f} s after the period's end")
+        end_ms = int(end * 1000)
+        digest_s = round((digests.last_ms - end_ms) / 1000, 3)
+        self.figures.update({
+            "digest_s": digest_s, "digest_first_s": round((digests.first_ms - end_ms) / 1000, 3),
+            "digests_emitted": digests.count, "digests_per_s": round(digests.count / digest_s, 1) if digest_s > 0 else None,
+        })
+        if digests.count < ingested:
+            self.notes.append(f"{digests.count:,} of {ingested:,} digests were emitted within the wait; digest_s is the "
+                              "time to the last one seen.")
+        self.console.say(f"  {digests.count:,} digests, the last {digest_s:.1f} s after the period's end")
+
+    def recovery(self) -> None:
+        """kill -9 the digest worker (a million users of state, by default) mid-stream; a new one; next decision."""
+        worker: Worker | None = self.details.get("digest_worker")
+        if worker is None or not worker.alive():
+            raise PhaseSkipped("no running digest worker (its phase failed)")
+        settings = self.details["digest_settings"]
+        rate = (self.figures.get("pipeline_events_per_s") or 200.0) / 2
+        first = FirstAfter()
+        tap = Tap(settings.kafka_bootstrap, [settings.topic("decisions")], first.handle, from_end=True).start_ready()
+        self.threads.append(tap)
+        stream = Stream(settings.kafka_bootstrap, self.codec(), settings.topic("events"),
+                        max(1, self.figures.get("digest_users") or 1), "digest-user-", rate, seed=self.opts.seed + 23,
+                        tag="rec")
+        self.threads.append(stream)
+        stream.start()
+        time.sleep(2 if self.opts.quick else 4)
+        worker.check()
+        first.after_ms = killed_ms = worker.kill9()
+        self.console.say(f"  killed the worker (kill -9) with a stream of {rate:,.0f} events/s going on")
+        again = self.new_worker("digest-after-kill", worker.env)
+        ready_s = again.start()
+        self.figures["recovery_ready_s"] = round((now_ms() - killed_ms) / 1000, 2)
+        self.console.say(f"  a new worker was ready in {ready_s:.1f} s")
+        deadline = time.monotonic() + 180
+        while first.first_ms is None and time.monotonic() < deadline:
+            again.check()
+            time.sleep(0.1)
+        stream.stop()
+        tap.stop()
+        again.stop()
+        if first.first_ms is None:
+            raise RuntimeError(f"the new worker wrote no decision within 180 s of the kill; see {again.log}")
+        self.figures["recovery_s"] = round((first.first_ms - killed_ms) / 1000, 2)
+        self.console.say(f"  kill -9 → next decision: {self.figures['recovery_s']:.1f} s")
+
+    def api(self) -> None:
+        if self.opts.skip_api:
+            raise PhaseSkipped("--skip-api")
+        from bench import api_latency
+
+        figures = api_latency.run(rate=self.opts.api_rate, duration=self.opts.api_duration_s,
+                                  warmup=self.opts.api_warmup_s, users=self.opts.api_users,
+                                  progress=lambda line: self.console.say(f"  {line}"))
+        for key, value in figures.items():
+            self.figures[key if key.startswith("unread_") else f"unread_{key}"] = value
+        self.console.say(f"  unread count p50 {figures.get('unread_p50_ms')} ms, p99 {figures.get('unread_p99_ms')} ms "
+                         f"at {figures.get('unread_requests_per_s')} req/s")
+
+    # -- the end
+
+    def cleanup(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        for thread in self.threads:
+            if thread.is_alive():
+                thread.stop()
+        if not self.opts.keep and self.prefixes:
+            from bench.workload import delete_topics
+            from infra.common import home
+            from streams.settings import Settings
+
+            prefixes, groups = tuple(self.prefixes), [g for g in self.groups if g]
+            try:
+                deleted = delete_topics(Settings.from_env().kafka_bootstrap,
+                                        lambda t: t.startswith(prefixes) or any(g in t for g in groups))
+                self.console.say(f"  deleted {len(deleted)} benchmark topics (--keep keeps them)")
+            except Exception as exc:  # noqa: BLE001 - a leftover topic is not worth failing the run
+                self.console.say(f"  could not delete the benchmark topics: {exc}")
+            for app_id in self.app_ids:
+                shutil.rmtree(home() / "faust" / app_id, ignore_errors=True)
+        self.stop_services()
+
+    def stop_services(self) -> None:
+        from infra import kafka, postgres, registry
+
+        modules = {"postgres": postgres, "kafka": kafka, "registry": registry}
+        for name in reversed(self.started_services):
+            self.console.say(f"  stopping {name}, which this run started")
+            try:
+                modules[name].stop()
+            except Exception as exc:  # noqa: BLE001
+                self.console.say(f"  could not stop {name}: {exc}")
+        self.started_services.clear()
+
+    def results(self, machine_info: dict, total_s: float) -> dict:
+        f = self.figures
+        herald, ceiling, quix = f.get("pipeline_events_per_s"), f.get("passthrough_events_per_s"), f.get("quix_events_per_s")
+        f["pipeline_vs_passthrough_ratio"] = round(herald / ceiling, 4) if herald and ceiling else None
+        f["pipeline_vs_quix_ratio"] = round(herald / quix, 3) if herald and quix else None
+        for key, needs in (("pipeline_vs_passthrough_ratio", ("pipeline_events_per_s", "passthrough_events_per_s")),
+                           ("pipeline_vs_quix_ratio", ("pipeline_events_per_s", "quix_events_per_s"))):
+            if f[key] is None:
+                missing = [n for n in needs if f.get(n) is None]
+                self.skipped.setdefault(key, f"{', '.join(missing)} not measured: {self.skipped.get(missing[0], 'see notes')}"
+                                        if missing else "not measured")
+        from bench.report import HEADLINE
+
+        for key in HEADLINE:
+            f.setdefault(key, None)
+            if f[key] is None:
+                self.skipped.setdefault(key, "not measured (see notes)")
+        opts = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.opts).items()}
+        return {
+            "run_id": self.run_id, "started_at": self.started_at,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "total_s": round(total_s, 1),
+            "git": git_info(), "machine": machine_info, "stack": self.stack, "options": opts,
+            "figures": f, "skipped": {k: v for k, v in self.skipped.items()}, "notes": self.notes, "errors": self.errors,
+            "phase_s": self.phase_s, "worker_logs": str(self.logs()),
+        }
+
+
+def latency_trend(by_event: dict[str, float]) -> list[float]:
+    """Median latency of each quarter of the events, in the order they were sent (event ids end in -<k>)."""
+    ordered = [v for _, v in sorted(by_event.items(), key=lambda kv: int(kv[0].rsplit("-", 1)[1]))]
+    q = len(ordered) // 4
+    if q == 0:
+        return []
+    return [round(percentile(sorted(ordered[i * q:(i + 1) * q]), 50), 1) for i in range(4)]
+
+
+def choose_period(minimum_s: int, ready_at: float) -> int:
+    """A digest period of at least ``minimum_s`` seconds (periods are aligned to the epoch) whose next
+    boundary after ``ready_at`` comes soonest, so the worker's start is followed by a fresh period."""
+    best, best_wait = minimum_s, float("inf")
+    for period in range(minimum_s, minimum_s + max(6, minimum_s // 3) + 1):
+        wait = (-ready_at) % period
+        if wait < best_wait:
+            best, best_wait = period, wait
+    return best
+
+
+def digest_events(codec: Any, topic: str, users: int) -> list[tuple[bytes, bytes]]:
+    """One LOW event (no dedup_key) for each of ``digest-user-0`` .. ``digest-user-{users-1}``, encoded
+    field by field as the workload is (``bench.workload.FieldwiseEncoder``)."""
+    from bench.workload import HEADER, TEXTS, FieldwiseEncoder
+
+    encoder = FieldwiseEncoder("NotificationEvent")
+    header = HEADER.pack(0, codec.registry.register(f"{topic}-value", "NotificationEvent"))
+    types = ("COMMENT", "HABIT_REMINDER", "PROJECT_MILESTONE", "SYSTEM")
+    shapes = [encoder.shape({"type": t, "priority": "LOW", "title": TEXTS[t][0], "body": TEXTS[t][1],
+                             "dedup_key": None, "batchable": True, "channels": None, "deliver_after": None,
+                             "cancel_key": None}) for t in types]
+    at = now_ms()
+    out = []
+    for i in range(users):
+        user = f"digest-user-{i}"
+        out.append((user.encode(), header + shapes[i % len(shapes)](f"dg-{i}", user, {"entity_id": str(i)}, at)))
+    return out
+
+
+def _kafka_answers(bootstrap: str) -> bool:
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=3)
+        return True
+    except KafkaException:
+        return False
+
+
+def _registry_answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/subjects", timeout=3) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _postgres_answers(dsn: str) -> bool:
+    import asyncio
+
+    import asyncpg
+
+    async def ping() -> None:
+        conn = await asyncpg.connect(dsn, timeout=3)
+        await conn.close()
+    try:
+        asyncio.run(ping())
+        return True
+    except Exception:  # noqa: BLE001 - refused, wrong credentials, not PostgreSQL: all "not usable"
+        return False
+
+
+def run(opts: Options) -> dict:
+    """Measure everything, write the results, BENCHMARKS.md and the chart; return the results."""
+    from bench import report
+
+    console = Console()
+    bench = Run(opts, console)
+    bench.t0 = time.monotonic()
+    bench.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{uuid.uuid4().hex[:4]}"
+    bench.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    info = machine()
+    console.mark(f"[bold]herald bench[/bold] {bench.run_id}: {opts.events:,} events, {opts.users:,} users, "
+                f"{opts.digest_users:,} digest users; {info['nproc']} cores, load {info['load_before']}"
+                + (f"; budget {opts.budget_min:g} min" if opts.budget_min else ""))
+    try:
+        if bench.phase("stack", bench.ensure_stack):
+            bench.phase("workload", bench.workload, ("workload_events",))
+            bench.phase("passthrough ceiling", bench.passthrough, ("passthrough_events_per_s",))
+            bench.phase("Quix Streams peer", bench.peer, ("quix_events_per_s",))
+            bench.phase("Herald pipeline", bench.pipeline, ("pipeline_events_per_s", "pipeline_overall_events_per_s"))
+            bench.phase("CRITICAL latency", bench.critical, ("critical_p50_ms", "critical_p95_ms", "critical_p99_ms"))
+            bench.phase("digests", bench.digest, ("digest_users", "digest_s", "digests_per_s", "worker_rss_mb",
+                                                  "worker_state_users"))
+            bench.phase("recovery", bench.recovery, ("recovery_s",))
+            bench.phase("unread-count API", bench.api, ("unread_p50_ms", "unread_p99_ms"))
+        else:
+            for key in report.HEADLINE:
+                bench.skipped.setdefault(key, "the stack did not come up")
+    finally:
+        console.mark("[bold]▶ cleanup[/bold]")
+        started = time.monotonic()
+        bench.cleanup()
+        bench.phase_s["cleanup"] = round(time.monotonic() - started, 1)
+    info["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    total_s = time.monotonic() - bench.t0
+    results = bench.results(info, total_s)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    path = opts.out / f"bench-{bench.run_id}.json"
+    results["results_file"] = os.path.relpath(path, REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT) else str(path)
+    text = json.dumps(results, indent=2, default=str) + "\n"
+    path.write_text(text)
+    (opts.out / "latest.json").write_text(text)
+    made = report.write(results, opts.markdown_path(), opts.out / "chart.png", say=console.say)
+    _summary(console, results, path, made)
+    return results
+
+
+def _summary(console: Console, results: dict, path: Path, made: dict) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from bench.report import ROWS, fmt, verdict
+
+    f = results["figures"]
+    table = Table(title=f"herald bench {results['run_id']}", show_lines=False)
+    for column in ("figure", "this run", "target", "met"):
+        table.add_column(column)
+    for row in ROWS:
+        table.add_row(row.key, fmt(f.get(row.key), row.unit) if f.get(row.key) is not None else "not measured",
+                      row.target or "—", verdict(row, f).replace("**", ""))
+    console.rich.print(table)
+    phases = ", ".join(f"{k} {v:.0f} s" for k, v in results["phase_s"].items())
+    console.mark(f"time per phase: {phases}; [bold]total {results['total_s']:.0f} s[/bold]")
+    for note in results["notes"]:
+        console.mark(f"[yellow]note:[/yellow] {escape(note)}")
+    for phase, error in results["errors"].items():
+        console.mark(f"[red]{escape(phase)} failed:[/red] {escape(error)}")
+    console.say(f"wrote {path}, {made['markdown']}" + (f", {made['chart']}" if made["chart"] else " (no chart)"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = options_from(sys.argv[1:] if argv is None else argv)
+    try:
+        results = run(opts)
+    except KeyboardInterrupt:
+        print("herald bench: interrupted; what was started has been stopped", file=sys.stderr)
+        return 130
+    from bench.report import HEADLINE
+
+    print(json.dumps({k: results["figures"].get(k) for k in HEADLINE}))
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""``herald bench``: its options and helpers with no server, and one --quick run end to end on the real stack."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from bench import run
+from bench.report import HEADLINE
+from schemas.codec import Codec
+from schemas.loader import parsed
+from schemas.registry import Registry
+
+
+class CachedOnly(Registry):
+    """The real Registry with its id cache filled in, and no server behind it."""
+
+    def __init__(self):
+        super().__init__(url="http://127.0.0.1:9/unused", missing_retries=0)
+        for schema_id, (subject, name) in {51: ("d-value", "Decision"), 52: ("r-value", "DeliveryRequest")}.items():
+            self._ids[(subject, name)] = schema_id
+            self._writers[schema_id] = parsed(name)
+
+
+# -- no server --------------------------------------------------------------------------------------
+
+def test_help_teaches_what_it_measures_how_long_and_the_options(capsys):
+    from streams.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for word in ("--events", "--users", "--digest-users", "--skip-peer", "--skip-api", "--quick", "--out",
+                 "passthrough_events_per_s", "quix_events_per_s", "pipeline_events_per_s", "critical_p50/p95/p99_ms",
+                 "digest_s", "unread_p50_ms", "recovery_s", "worker_rss_mb", "15 minutes", "one-minute"):
+        assert word in text, word
+
+
+def test_the_top_level_help_lists_bench(capsys):
+    from streams.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "bench" in capsys.readouterr().out
+
+
+def test_quick_sets_small_numbers_and_explicit_options_win(tmp_path):
+    opts = run.options_from(["--quick", "--events", "7000", "--skip-peer", "--out", str(tmp_path)])
+    assert (opts.events, opts.users, opts.digest_users, opts.budget_min) == (7000, 1000, 2000, 0.0)
+    assert opts.skip_peer and not opts.skip_api
+    assert opts.markdown_path() == tmp_path / "BENCHMARKS.md"  # not the repository's when --out is elsewhere
+    assert opts.command_line == f"herald bench --quick --events 7000 --skip-peer --out {tmp_path}"
+    default = run.options_from([])
+    assert (default.events, default.users, default.digest_users, default.budget_min) == (1_000_000, 100_000, 1_000_000, 15.0)
+    assert default.markdown_path() == run.MARKDOWN
+    with pytest.raises(SystemExit):
+        run.options_from(["--events", "0"])
+
+
+def test_rates_percentiles_and_trend():
+    assert run.steady_rate([1000 + i for i in range(1001)]) == 1000.0  # one event a millisecond
+    assert run.steady_rate([5] * 10) is None
+    values = sorted(float(v) for v in range(1, 101))
+    assert (run.percentile(values, 50), run.percentile(values, 99), run.percentile(values, 100)) == (50.0, 99.0, 100.0)
+    assert run.percentile([], 50) is None
+    assert run.latency_trend({f"crit-{k}": float(k) for k in range(8)}) == [0.0, 2.0, 4.0, 6.0]
+    assert (run.round_down_nicely(123_456), run.round_down_nicely(99), run.round_down_nicely(0)) == (120_000, 99, 1)
+
+
+def test_the_chosen_digest_period_starts_soon_after_the_worker_is_ready():
+    for ready_at in (1_795_000_000.3, 1_795_000_123.9, 1_795_004_567.0):
+        period = run.choose_period(100, ready_at)
+        assert 100 <= period <= 133
+        assert (-ready_at) % period < 10  # the best of 34 candidates: a boundary within seconds
+
+
+def test_heads_read_what_the_codec_reads():
+    codec = Codec(CachedOnly())
+    heads = run.Heads(codec)
+    rng = random.Random(3)
+    for i in range(300):
+        decision = {"event_id": f"ev-{i}-" + "x" * rng.randrange(80), "user_id": f"user-{i}",
+                    "outcome": rng.choice(heads.outcomes),
+                    "channels": rng.sample(["EMAIL", "PUSH", "SMS", "INAPP", "WEBSOCKET"], rng.randrange(6)),
+                    "delivery_id": rng.choice([None, "d" * rng.randrange(1, 70)]), "reason": "r" * rng.randrange(200),
+                    "at": rng.randrange(2**45), "final": rng.random() < 0.5, "release_at": rng.choice([None, 12345])}
+        value = codec.encode("d-value", "Decision", decision)
+        assert heads.decision(value) == (decision["event_id"].encode(), heads.outcomes.index(decision["outcome"]),
+                                         decision["final"])
+        request = {"delivery_id": f"d-{i}", "user_id": f"user-{i}", "channel": "EMAIL", "kind": rng.choice(heads.kinds),
+                   "event_ids": [f"ev-{i}"], "type": "DIGEST", "priority": "LOW", "title": "t", "body": "b",
+                   "data": {}, "created_at": 1}
+        assert heads.kind(codec.encode("r-value", "DeliveryRequest", request)) == heads.kinds.index(request["kind"])
+
+
+def test_heads_fall_back_to_the_codec_for_a_layout_they_misread(monkeypatch):
+    codec = Codec(CachedOnly())
+    heads = run.Heads(codec)
+    monkeypatch.setattr(run.Heads, "_decision_fast", staticmethod(lambda v: (b"wrong", 0, False)))
+    value = codec.encode("d-value", "Decision", {"event_id": "e1", "user_id": "u1", "outcome": "ROUTED", "channels": [],
+                                                  "delivery_id": None, "reason": "", "at": 1, "final": True})
+    assert heads.decision(value) == (b"e1", heads.outcomes.index("ROUTED"), True)
+    assert heads.decision(value) == (b"e1", heads.outcomes.index("ROUTED"), True)  # the verdict is remembered
+
+
+def test_decided_counts_each_input_once_including_resent_duplicates():
+    codec = Codec(CachedOnly())
+    heads = run.Heads(codec)
+
+    class Msg:
+        def __init__(self, event_id, outcome, final, ts):
+            self._v = codec.encode("d-value", "Decision", {"event_id": event_id, "user_id": "u", "outcome": outcome,
+                                                           "channels": [], "delivery_id": None, "reason": "", "at": ts,
+                                                           "final": final})
+            self._ts = ts
+
+        def value(self):
+            return self._v
+
+        def timestamp(self):
+            return (1, self._ts)
+
+    decided = run.Decided(heads)
+    decided.handle([Msg("a", "BATCHED", False, 10), Msg("b", "ROUTED", True, 11),
+                    Msg("a", "DEDUPLICATED", True, 12),  # a producer's retry of "a"
+                    Msg("c", "DEDUPLICATED", True, 13),  # same dedup_key as "b": a new event_id
+                    Msg("a", "BATCHED", True, 20)], 0)  # "a" final when its batch goes out
+    assert decided.inputs == 4
+    assert decided.first_ms == [10, 11, 12, 13]
+    assert (decided.finals, decided.last_final_ms) == (4, 20)
+
+
+# -- the real stack -----------------------------------------------------------------------------------
+
+SKIPPED_BY_OPTIONS = {"quix_events_per_s", "pipeline_vs_quix_ratio", "unread_p50_ms", "unread_p99_ms"}
+
+
+@pytest.mark.integration
+def test_quick_run_end_to_end_writes_every_figure(stack, tmp_path):
+    code = run.main(["--quick", "--skip-peer", "--skip-api", "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "latest.json").read_text())
+    assert code == 0, results["errors"]
+    figures = results["figures"]
+    for key in HEADLINE:
+        if key in SKIPPED_BY_OPTIONS:
+            assert figures[key] is None and results["skipped"][key], key
+        else:
+            assert isinstance(figures[key], (int, float)) and figures[key] > 0, (key, figures[key])
+    assert results["skipped"]["quix_events_per_s"] == "--skip-peer"
+    assert figures["pipeline_events_decided"] == figures["workload_events"] == 5_000
+    assert figures["critical_samples"] == figures["critical_sent"] > 0
+    assert figures["digest_users"] == figures["worker_state_users"] == figures["digests_emitted"] == 2_000
+    assert [p.name for p in tmp_path.glob("bench-*.json")] == [f"bench-{results['run_id']}.json"]
+    assert results["machine"]["nproc"] >= 1 and len(results["machine"]["load_after"]) == 3
+    assert results["git"]["commit"] and results["total_s"] > 0
+    assert {"stack", "workload", "Herald pipeline", "CRITICAL latency", "digests", "recovery"} <= set(results["phase_s"])
+    markdown = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "(`pipeline_events_per_s`)" in markdown and "not measured: --skip-api" in markdown
+
+    # nothing left behind: the benchmark's topics are deleted
+    from confluent_kafka.admin import AdminClient
+
+    from streams.settings import Settings
+
+    topics = AdminClient({"bootstrap.servers": Settings.from_env().kafka_bootstrap}).list_topics(timeout=10).topics
+    assert not [t for t in topics if t.startswith(figures["topic_prefix"])]

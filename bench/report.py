@@ -157,7 +157,8 @@ def render_markdown(results: dict, chart_path: str | None = None) -> str:
         "",
         f"Run {results.get('run_id', '?')}: started {results.get('started_at', '?')}, "
         f"took {_duration(results.get('total_s'))}, commit `{str(git.get('commit', '?'))[:12]}`"
-        + (" (with uncommitted changes)" if git.get("dirty") else "") + ".",
+        + (f" with uncommitted changes to {', '.join(f'`{x}`' for x in git.get('changed_files') or []) or 'tracked files'}"
+           if git.get("dirty") else "") + ".",
         "",
     ]
     summary = _summary(f)

@@ -205,8 +205,9 @@ def git_info() -> dict:
         done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
         return done.stdout.strip() if done.returncode == 0 else ""
     commit = git("rev-parse", "HEAD")
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()] if commit else []
     return {"commit": commit or None, "branch": git("rev-parse", "--abbrev-ref", "HEAD") or None,
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None}
+            "dirty": bool(changed) if commit else None, "changed_files": changed}
 
 
 def rss_of(pid: int) -> dict:
@@ -759,8 +760,8 @@ class Run:
             status = module.start(progress=lambda line: self.console.say(f"  {line}"))
             self.started_services.append(name)
             self.stack.setdefault("startup_s", {})[name] = status.detail.get("startup_s")
-        if up["postgres"]:
-            postgres.migrate(settings.database_url)  # idempotent: the API phase needs the notifications table
+        if up["postgres"] and not self.opts.skip_api:
+            postgres.migrate(settings.database_url)  # idempotent, as `herald up` does: the API needs its tables
         self.stack["source"] = ("servers already running" if not self.started_services
                                 else f"started here: {', '.join(self.started_services)}")
         self.stack["started"] = list(self.started_services)

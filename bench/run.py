@@ -1319,11 +1319,20 @@ def _summary(console: Console, results: dict, path: Path, made: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     opts = options_from(sys.argv[1:] if argv is None else argv)
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # so that the workers (in sessions of their own) are stopped on the way out
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, interrupted) if main_thread else None
     try:
         results = run(opts)
     except KeyboardInterrupt:
         print("herald bench: interrupted; what was started has been stopped", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     from bench.report import HEADLINE
 
     print(json.dumps({k: results["figures"].get(k) for k in HEADLINE}))

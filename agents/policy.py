@@ -45,6 +45,9 @@ class PolicyConfig:
     batch_window_s: int | None = None  # overrides every user's batch_window_s (tests, demos)
     digest_period_s: int | None = None  # fixed digest periods instead of calendar ones (tests, demos)
     low_digest_mode: str = "DAILY"  # where LOW goes for a user whose digest mode is IMMEDIATE
+    # The worker's own token buckets per channel, over all its users (``GlobalLimiter``; empty: none).
+    # The one thing here that is not pure: taking a token changes the bucket. They live in memory only.
+    global_limits: dict = field(default_factory=dict)
 
     def dedup_window_ms(self, type_: str) -> int:
         return int(self.dedup_window_by_type.get(type_, self.dedup_window_s)) * 1000
@@ -220,7 +223,10 @@ def _limited(state: dict, channel: str, event_priority: str, prefs: dict, now_ms
     if event_priority == "CRITICAL" or channel not in LIMITED:
         return None
     limits = config.limits.with_max_per_hour(prefs.get("max_per_hour"))
-    return rate_limit.next_allowed(state["rates"].get(channel), now_ms, limits)
+    later = rate_limit.next_allowed(state["rates"].get(channel), now_ms, limits)
+    if later is None and channel in config.global_limits:
+        later = config.global_limits[channel].take(now_ms)  # a token is taken only for a send that goes now
+    return later
 
 
 def _count(state: dict, channel: str, now_ms: int) -> None:

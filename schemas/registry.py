@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Callable
 
 import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
@@ -100,5 +99,3 @@ class Registry:
         self._missing.pop(schema_id, None)
         return self._writers[schema_id]
 
-
-RegistryFactory = Callable[[], Registry]

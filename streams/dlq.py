@@ -1,7 +1,6 @@
 """Dead letters: input that could not be processed, kept byte for byte with the reason in its headers."""
 from __future__ import annotations
 
-STAGES = ("ingest", "pipeline", "sink")
 MAX_MESSAGE = 1_000
 
 

@@ -34,7 +34,7 @@ from faust.streams import _current_event
 
 from agents import policy
 from agents.preferences import effective
-from agents.rate_limit import Limits
+from agents.rate_limit import GlobalLimiter, Limits
 from agents.validate import ValidationError, to_ms, validate_event
 from schemas.codec import Codec, DecodeError
 from schemas.registry import Registry
@@ -55,6 +55,8 @@ def policy_config(settings: Settings) -> policy.PolicyConfig:
         limits=Limits(settings.rate_per_minute, settings.rate_per_hour, settings.rate_per_day),
         batch_window_s=settings.batch_window_s or None,
         digest_period_s=settings.digest_period_s or None,
+        global_limits={channel: GlobalLimiter(settings.global_rate_per_s, burst=max(1, int(settings.global_rate_per_s)))
+                       for channel in policy.LIMITED} if settings.global_rate_per_s > 0 else {},
     )
 
 
@@ -90,22 +92,22 @@ def build(settings: Settings | None = None) -> faust.App:
     ticks = app.topic(f"{settings.app_id}-ticks", key_type=bytes, value_type=bytes)
     users_table = app.Table("users", default=None, partitions=parts)
     users = Mirrored(users_table)  # only this agent writes it: reads go through a cache, cleared at rebalances
-    prefs_table = app.Table("preferences", default=None, partitions=parts)
-    presence = app.Table("presence", default=None, partitions=parts)
+    # preferences and presence are written by this worker's own agents, through the same caches
+    prefs_table = Mirrored(app.Table("preferences", default=None, partitions=parts))
+    presence = Mirrored(app.Table("presence", default=None, partitions=parts))
+    effective_prefs: dict[str, dict] = {}  # user -> preferences with the defaults filled in
     indexes: dict[int, DueIndex] = {}  # partition -> who is due when; rebuilt from the users after a rebalance
     last_event: dict[int, tuple[int, int]] = {}  # partition -> (offset, timestamp) of the last event read on it
 
     @app.on_partitions_revoked.connect
     async def forget_on_revoke(app: faust.App, revoked: set, **kwargs: object) -> None:  # noqa: ARG001
-        users.clear()
-        indexes.clear()
-        last_event.clear()
+        for cache in (users, prefs_table, presence, effective_prefs, indexes, last_event):
+            cache.clear()
 
     @app.on_partitions_assigned.connect
     async def forget_on_assign(app: faust.App, assigned: set, **kwargs: object) -> None:  # noqa: ARG001
-        users.clear()
-        indexes.clear()
-        last_event.clear()
+        for cache in (users, prefs_table, presence, effective_prefs, indexes, last_event):
+            cache.clear()
 
     outbox = Outbox(settings.kafka_bootstrap)
 
@@ -149,7 +151,12 @@ def build(settings: Settings | None = None) -> faust.App:
         log.info("indexed %d users of partitions %s in %.2f s", count, sorted(fresh), time.monotonic() - started)
 
     def user_context(user_id: str, now_ms: int) -> tuple[dict, bool]:
-        return effective(prefs_table.get(user_id), user_id), online(presence.get(user_id), now_ms)
+        prefs = effective_prefs.get(user_id)
+        if prefs is None:
+            if len(effective_prefs) >= 200_000:
+                effective_prefs.clear()
+            prefs = effective_prefs[user_id] = effective(prefs_table.get(user_id), user_id)
+        return prefs, online(presence.get(user_id), now_ms)
 
     class Step:
         """One batch of records. Users' states are read once and changed in memory; at the end the outputs
@@ -291,8 +298,8 @@ def build(settings: Settings | None = None) -> faust.App:
                 await flushed()
                 continue
             if msg.value is None:
-                if prefs_table.get(user_id) is not None:
-                    del prefs_table[user_id]  # a tombstone resets to the defaults
+                del prefs_table[user_id]  # a tombstone resets to the defaults
+                effective_prefs.pop(user_id, None)
                 continue
             try:
                 record = codec.decode(msg.value, "Preferences")
@@ -302,6 +309,7 @@ def build(settings: Settings | None = None) -> faust.App:
                 continue
             record["updated_at"] = to_ms(record.get("updated_at") or 0)
             prefs_table[user_id] = record
+            effective_prefs.pop(user_id, None)
 
     @app.agent(topics["presence"], concurrency=1)
     async def presence_agent(stream):  # noqa: ANN001
@@ -320,9 +328,10 @@ def build(settings: Settings | None = None) -> faust.App:
                 continue
             user_id = record["user_id"]
             if record["online"]:
-                presence[user_id] = {"online": True, "expires_at": to_ms(record["expires_at"]),
-                                     "connection_id": record["connection_id"]}
-            elif presence.get(user_id) is not None:
+                # never trust a connection longer than the TTL: an API that crashed cannot renew it
+                expires_at = min(to_ms(record["expires_at"]), record_time_ms(msg) + settings.presence_ttl_s * 1000)
+                presence[user_id] = {"online": True, "expires_at": expires_at, "connection_id": record["connection_id"]}
+            else:
                 del presence[user_id]
 
     @app.timer(interval=settings.tick_interval_s)

@@ -38,6 +38,9 @@ class Settings:
     rate_per_minute: int = _setting(10, "HERALD_RATE_PER_MINUTE", "Sends per user and channel per minute.")
     rate_per_hour: int = _setting(100, "HERALD_RATE_PER_HOUR", "Sends per user and channel per hour.")
     rate_per_day: int = _setting(500, "HERALD_RATE_PER_DAY", "Sends per user and channel per day.")
+    global_rate_per_s: float = _setting(0.0, "HERALD_GLOBAL_RATE_PER_S",
+                                        "Sends per second per channel (push, SMS, email) for one worker over all "
+                                        "users, to spare the providers; over it a send waits (THROTTLED). 0: no limit.")
     tick_interval_s: float = _setting(1.0, "HERALD_TICK_INTERVAL_S",
                                       "How often held events, batches and digests are checked for release.")
     take_max: int = _setting(1000, "HERALD_TAKE_MAX",

@@ -35,14 +35,6 @@ def delivery_topic(settings: Settings, channel: str) -> str:
     return settings.topic(f"delivery.{channel.lower()}")
 
 
-def schema_for_topic(settings: Settings, topic: str) -> str | None:
-    """The schema name of a full topic name, or None when the topic is not Herald's Avro topic."""
-    for spec in SPECS:
-        if settings.topic(spec.name) == topic:
-            return spec.schema
-    return None
-
-
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Create every Herald topic that does not exist yet (idempotent); return the full names."""
     from confluent_kafka import KafkaError, KafkaException

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from agents import policy, quiet_hours
 from agents.preferences import effective
-from agents.rate_limit import Limits
+from agents.rate_limit import GlobalLimiter, Limits
 
 T0 = int(datetime(2026, 11, 23, 12, 0, 3, tzinfo=timezone.utc).timestamp() * 1000)  # a Monday, 12:00:03 UTC
 CONFIG = policy.PolicyConfig(batch_window_s=30, digest_period_s=3600)
@@ -240,3 +240,19 @@ def test_every_event_gets_exactly_one_final_decision_and_batches_never_mix(items
         if quiet and r["priority"] != "CRITICAL":
             assert quiet_hours.quiet_until(prefs, at) is None, "nothing non-critical inside quiet hours"
     assert policy.next_due(state) is None or not state["held"], "nothing left waiting forever"
+
+
+def test_the_global_limit_spans_users_defers_what_is_over_it_and_spares_critical():
+    config = policy.PolicyConfig(batch_window_s=30, digest_period_s=3600,
+                                 global_limits={"SMS": GlobalLimiter(rate_per_s=2, burst=2)})
+    prefs = effective(None, "x")
+    outs = [policy.on_event(None, ev(n, "HIGH", user=f"u{n}"), prefs, False, T0, f"t:0:{n}", config, offset=n)
+            for n in range(3)]
+    sms = [[r for r in o.requests if r["channel"] == "SMS"] for o in outs]
+    assert [len(s) for s in sms] == [1, 1, 0], "two tokens at once, the third user's SMS waits"
+    throttled = [d for d in outs[2].decisions if d["outcome"] == "THROTTLED"]
+    assert throttled and throttled[0]["release_at"] == T0 + 500 and throttled[0]["channels"] == ["SMS"]
+    later = policy.on_tick(outs[2].state, prefs, False, T0 + 500, config)
+    assert [r["channel"] for r in later.requests] == ["SMS"], "sent when the bucket allows, not dropped"
+    critical = policy.on_event(None, ev(9, "CRITICAL", user="u9"), prefs, False, T0 + 500, "t:0:9", config, offset=9)
+    assert "SMS" in [r["channel"] for r in critical.requests], "CRITICAL bypasses the global limit"

@@ -1,30 +1,25 @@
 import time
 
 from agents.ids import delivery_id
-from agents.route import duplicate, route
+from agents.route import make_decision, single_request
 
 NOW = int(time.time() * 1000)
 EVENT = {"event_id": "e1", "user_id": "u1", "type": "COMMENT", "priority": "NORMAL", "title": "t", "body": "b",
          "data": {"x": "1"}, "occurred_at": NOW - 5, "channels": None}
 
 
-def test_an_event_is_routed_in_app_with_a_deterministic_delivery_id():
-    first, again = route(EVENT, NOW), route(EVENT, NOW + 1000)
-    assert [r["channel"] for r in first.requests] == ["INAPP"]
-    assert first.requests[0]["delivery_id"] == again.requests[0]["delivery_id"]
-    assert first.decision["outcome"] == "ROUTED" and first.decision["delivery_id"] == first.requests[0]["delivery_id"]
+def test_a_single_request_has_a_delivery_id_of_its_event_and_channel_only():
+    first, again = single_request(EVENT, "INAPP", NOW), single_request(EVENT, "INAPP", NOW + 1000)
+    assert first == again, "decided again later, the request is the same"
+    assert first["delivery_id"] != single_request(EVENT, "PUSH", NOW)["delivery_id"]
+    assert first["kind"] == "SINGLE" and first["event_ids"] == ["e1"] and first["created_at"] == NOW - 5
 
 
-def test_explicit_channels_win():
-    routed = route({**EVENT, "channels": ["EMAIL", "PUSH"]}, NOW)
-    assert [r["channel"] for r in routed.requests] == ["EMAIL", "PUSH"]
-    assert len({r["delivery_id"] for r in routed.requests}) == 2
-
-
-def test_a_duplicate_has_a_decision_and_no_delivery():
-    routed = duplicate(EVENT, NOW, "e0")
-    assert routed.requests == [] and routed.decision["outcome"] == "DEDUPLICATED"
-    assert "e0" in routed.decision["reason"]
+def test_a_decision_is_final_unless_said_otherwise():
+    decision = make_decision(EVENT, "ROUTED", NOW, channels=["INAPP"], reason="sent to inapp")
+    assert decision["final"] is True and decision["release_at"] is None and decision["at"] == NOW
+    interim = make_decision(EVENT, "BATCHED", NOW, reason="waiting", final=False, release_at=NOW + 30_000)
+    assert interim["final"] is False and interim["release_at"] == NOW + 30_000
 
 
 def test_delivery_ids_ignore_event_order_but_not_content():

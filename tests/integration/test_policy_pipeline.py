@@ -297,7 +297,8 @@ def herald(stack, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def throttled(stack, tmp_path_factory):
-    p = new_pipeline(tmp_path_factory, "rate", HERALD_RATE_PER_MINUTE="3")
+    # also the presence TTL's pipeline: no test here needs a user online for long
+    p = new_pipeline(tmp_path_factory, "rate", HERALD_RATE_PER_MINUTE="3", HERALD_PRESENCE_TTL_S="4")
     try:
         p.start("worker")
         stage = Stage(p)
@@ -603,6 +604,24 @@ def test_the_rate_limit_throttles_then_sends_the_rest_in_the_next_minute(throttl
     assert {only_final(out, user, e)["outcome"] for e in events} == {"ROUTED"}
 
 
+
+
+# -- 8b. presence expires ----------------------------------------------------------------------------
+
+def test_a_connection_not_renewed_within_the_ttl_counts_as_offline(throttled):
+    """An API that crashed cannot leave its users online: a presence record claiming 5 minutes is trusted for
+    the worker's HERALD_PRESENCE_TTL_S (4 s here) from when it was written."""
+    user = f"{throttled.unique}-ttl"
+    throttled.presence(user, True, expires_in_s=300)
+    throttled.await_online(user, True)
+    connected_at = now_ms()
+    sleep_until(connected_at + 4500)
+    late = ev(user, "after-ttl", priority="HIGH")
+    throttled.send(late)
+    final = wait_for(lambda: throttled.out.finals(user).get(late["event_id"]), 20, "the late event's final",
+                     throttled.out, user)[0]
+    assert final["outcome"] == "ROUTED" and "WEBSOCKET" not in final["channels"] \
+        and {"PUSH", "SMS", "EMAIL"} <= set(final["channels"]), throttled.out.dump(user)
 
 
 # -- 9. kill -9 mid-window -------------------------------------------------------------------------

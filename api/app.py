@@ -155,6 +155,11 @@ async def _init_conn(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Released connections skip asyncpg's reset query (RESET ALL, UNLISTEN *, ...): one more round trip per
+    request, for session state this API never sets. An open transaction is still rolled back by the pool."""
+
+
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings.from_env()
     app = web.Application(middlewares=[errors_and_metrics])
@@ -164,7 +169,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[METRICS] = _Metrics()
 
     async def lifecycle(app: web.Application):
-        app[POOL] = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=10, init=_init_conn)
+        app[POOL] = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=10, init=_init_conn,
+                                            reset=_no_reset)
         app[PRODUCER] = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5,
                                    "partitioner": "murmur2_random"})
         app[CODEC] = Codec(Registry(settings.schema_registry_url))

@@ -3,6 +3,13 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import socket
+import tempfile
 import time
 
 import asyncpg
@@ -22,6 +29,9 @@ log = logging.getLogger("herald.api")
 REQUESTS = Counter("herald_api_requests_total", "API requests by route and status", ["route", "status"])
 LATENCY = Histogram("herald_api_request_seconds", "API request latency by route", ["route"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+
+WORKERS_ENV = "HERALD_API_WORKERS"  # read here, not in Settings: only `herald api` has workers
+START_GRACE_S = 10.0
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -148,6 +158,12 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:  # several workers: the sum of all of them
+        from prometheus_client import CollectorRegistry, multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -197,5 +213,80 @@ def serve(settings: Settings, reuse_port: bool = False) -> None:
                 reuse_port=reuse_port or None, loop=uvloop.new_event_loop())
 
 
-def run(settings: Settings | None = None) -> None:
-    serve(settings or Settings.from_env())
+def _worker(settings: Settings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    serve(settings, reuse_port=True)
+
+
+def workers_wanted() -> int:
+    """``HERALD_API_WORKERS``, else one process per core, at most 4: one Python process serves from one core."""
+    raw = os.environ.get(WORKERS_ENV, "")
+    return max(1, int(raw)) if raw.strip() else max(1, min(4, os.cpu_count() or 1))
+
+
+def run(settings: Settings | None = None, workers: int | None = None) -> None:
+    """Serve until SIGINT or SIGTERM: in this process when ``workers`` is 1, else in that many processes.
+
+    The workers each listen on the port with SO_REUSEPORT, and the kernel spreads connections among
+    them. Their metrics are summed through prometheus_client's multiprocess mode in a folder made for
+    this run. A worker that dies after start-up is replaced; one that dies within START_GRACE_S of its
+    start (the port taken, the database unreachable) stops them all, and the command exits with its code."""
+    settings = settings or Settings.from_env()
+    workers = workers or workers_wanted()
+    if workers == 1:
+        serve(settings)
+        return
+    with socket.socket() as probe:  # a port another server listens on, with SO_REUSEPORT or not, fails here
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((settings.api_host, settings.api_port))
+        except OSError as exc:
+            raise SystemExit(f"api: cannot listen on {settings.api_host}:{settings.api_port}: {exc.strerror}; "
+                             f"stop what holds it or choose another HERALD_API_PORT") from None
+    metrics_dir = tempfile.mkdtemp(prefix="herald-api-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # the workers start afresh and inherit it
+    ctx = multiprocessing.get_context("spawn")
+    stopping: list[int] = []
+
+    def start() -> tuple:
+        proc = ctx.Process(target=_worker, args=(settings,), name="herald-api-worker")
+        proc.start()
+        return proc, time.monotonic()
+
+    def stop(signum, frame) -> None:
+        stopping.append(signum)
+        for proc, _ in procs:
+            if proc.is_alive():
+                proc.terminate()
+
+    procs = [start() for _ in range(workers)]
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    try:
+        log.info("API on %s:%d in %d worker processes", settings.api_host, settings.api_port, workers)
+        while not stopping:
+            multiprocessing.connection.wait([p.sentinel for p, _ in procs])
+            for i, (proc, started) in enumerate(procs):
+                if proc.exitcode is None or stopping:
+                    continue
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(proc.pid)
+                if time.monotonic() - started < START_GRACE_S:
+                    log.error("API worker %d exited with %s during start-up; stopping", proc.pid, proc.exitcode)
+                    code = proc.exitcode or 1
+                    stop(None, None)
+                    break
+                log.warning("API worker %d exited with %s; starting another", proc.pid, proc.exitcode)
+                procs[i] = start()
+    finally:
+        for proc, _ in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    if code:
+        raise SystemExit(code)

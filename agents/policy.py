@@ -25,12 +25,13 @@ from datetime import datetime, timezone
 import orjson
 
 from agents import batching, digest, digest_period, quiet_hours, rate_limit, routing
-from agents.dedup import dedup_key, is_duplicate
+from agents.dedup import dedup_key, is_duplicate, seen
 from agents.preferences import allows_type, meets_minimum
 from agents.route import make_decision, single_request
 from agents.validate import to_ms
 
 IMMEDIATE_ONLY = ("INAPP", "WEBSOCKET", "SMS")
+CLOSED_MEMORY_MS = 3_600_000  # how long the end of a sent window is remembered, to put late parts after it
 LIMITED = ("PUSH", "SMS", "EMAIL")
 TIME_FIELDS = ("occurred_at", "deliver_after")
 
@@ -106,15 +107,17 @@ def on_event(state: dict | None, event: dict, prefs: dict, online: bool, now_ms:
     out = Outcome(state)
     event_id = event["event_id"]
     key = dedup_key(event)
+    if state["dedup"]:  # expired keys go here; the clock only visits when the last of them expires
+        state["dedup"] = {k: v for k, v in state["dedup"].items() if now_ms < v[1]}
     previous = state["dedup"].get(key)
     window_ms = config.dedup_window_ms(event["type"])
-    if is_duplicate(previous, source, now_ms, window_ms):
-        first = previous["event_id"]
+    if is_duplicate(previous, now_ms):
+        first = previous[0]
         reason = ("the same event_id was already accepted" if first == event_id
                   else f"same dedup_key as event {first} within the dedup window")
         out.decisions.append(make_decision(event, "DEDUPLICATED", now_ms, reason=reason))
         return out
-    state["dedup"][key] = {"event_id": event_id, "at_ms": now_ms, "source": source, "until": now_ms + window_ms}
+    state["dedup"][key] = seen(event_id, now_ms, window_ms)
 
     if event["type"] == "CANCEL":
         return _cancel(out, event, now_ms)
@@ -262,6 +265,9 @@ def _join_batch(out: Outcome, event: dict, channel: str, prefs: dict, now_ms: in
     """Add the part to its tumbling window's batch; the key of a batch that is now full, else None."""
     window_s = config.batch_window_s or int(prefs.get("batch_window_s") or 30)
     start, end = batching.window(now_ms, window_s)
+    closed = _closed(out.state, f"B|{channel}|{event['type']}")
+    if closed is not None and start < closed:  # late for a window already sent: the next one takes it
+        start, end = batching.window(closed, window_s)
     key = f"B|{channel}|{event['type']}|{start}"
     group = out.state["groups"].setdefault(key, {"kind": "BATCH", "type": event["type"], "channel": channel,
                                                  "start": start, "end": end, "label": "", "events": {}})
@@ -273,12 +279,20 @@ def _join_digest(state: dict, event: dict, channel: str, prefs: dict, now_ms: in
     mode = prefs.get("digest_mode", "IMMEDIATE")
     mode_prefs = prefs if mode in ("HOURLY", "DAILY", "WEEKLY") else {**prefs, "digest_mode": config.low_digest_mode}
     start, end = digest_period.period(mode_prefs, now_ms, config.digest_period_s) or (now_ms, now_ms)
+    closed = _closed(state, f"D|{channel}")
+    if closed is not None and start < closed:  # late for a period already sent: the next one takes it
+        start, end = digest_period.period(mode_prefs, closed, config.digest_period_s) or (closed, closed)
     key = f"D|{channel}|{start}"
     group = state["groups"].get(key)
     if group is None:
         group = state["groups"][key] = {"kind": "DIGEST", "type": None, "channel": channel, "start": start, "end": end,
                                         "label": digest_period.label(mode_prefs, (start, end)), "events": {}}
     group["events"][event["event_id"]] = event
+
+
+def _closed(state: dict, series: str) -> int | None:
+    """The end of the last window (period) of ``series`` ("B|<channel>|<type>" or "D|<channel>") sent."""
+    return state.get("closed", {}).get(series)
 
 
 def _close_group(out: Outcome, key: str, prefs: dict, now_ms: int, config: PolicyConfig, early: bool = False) -> None:
@@ -290,6 +304,12 @@ def _close_group(out: Outcome, key: str, prefs: dict, now_ms: int, config: Polic
     if quiet is not None:  # a window that closes in quiet hours waits for them to end
         out.state["groups"][key] = {**group, "end": quiet}
         return
+    if not early and key[0] in "BD":
+        # a window is sent once: a part arriving late for it (the worker behind, a record read after a
+        # rebalance) goes in the next one, never in a second request named like this one
+        series = key.rsplit("|", 1)[0]
+        closed = out.state.setdefault("closed", {})
+        closed[series] = max(closed.get(series, 0), group["end"])
     channel = group["channel"]
     later = _limited(out.state, channel, max((e["priority"] for e in events), key=_rank), prefs, now_ms, config)
     if later is not None:
@@ -374,7 +394,9 @@ def on_tick(state: dict | None, prefs: dict, online: bool, now_ms: int, config: 
     state["held"] = [h for h in state["held"] if h["release_at"] > now_ms]
     for held in sorted(due, key=lambda h: (h["release_at"], h["event"]["event_id"])):
         _route(out, held["event"], prefs, online, now_ms, config)
-    state["dedup"] = {k: v for k, v in state["dedup"].items() if now_ms < v.get("until", v["at_ms"] + config.dedup_window_s * 1000)}
+    state["dedup"] = {k: v for k, v in state["dedup"].items() if now_ms < v[1]}
+    if state.get("closed"):
+        state["closed"] = {k: end for k, end in state["closed"].items() if end > now_ms - CLOSED_MEMORY_MS}
     state["rates"] = {c: r for c, r in state["rates"].items() if rate_limit.next_allowed(r, now_ms, config.limits) is not None
                       or _recent(r, now_ms)}
     return out
@@ -387,9 +409,11 @@ def _recent(counters: dict, now_ms: int) -> bool:
 
 
 def next_due(state: dict) -> int | None:
-    """When this user next needs a tick: the earliest release, window end or dedup expiry."""
+    """When this user next needs a tick: the earliest release or window end, or when the last dedup key
+    expires (expired keys are also dropped as events arrive, so one visit clears them all)."""
     times = [h["release_at"] for h in state.get("held", [])]
     times += [g["end"] for g in state.get("groups", {}).values()]
-    times += [v.get("until", v["at_ms"]) for v in state.get("dedup", {}).values()]
+    if state.get("dedup"):
+        times.append(max(v[1] for v in state["dedup"].values()))
     times += [r["d"][0] + 86_400_000 for r in state.get("rates", {}).values() if r.get("d")]
     return min(times) if times else None

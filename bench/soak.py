@@ -6,14 +6,16 @@ users) with ``--bad-share`` of undecodable or invalid records mixed in, through 
 short batch windows and digest periods. While it runs it prints, every 30 s, what went in, what came
 out and how far behind the worker is. At the end it checks and prints:
 
-- inputs = final decisions + dead letters + events still held, exactly: each valid record has one final
+- inputs = final decisions + dead letters (one per bad record: a record dead-lettered again after being
+  read again counts once, and the repeats are reported) + events still held, exactly: each valid record has one final
   decision, or (an event of a user in quiet hours that outlast the run) an interim
   DEFERRED_QUIET_HOURS / SCHEDULED one and nothing final yet; each bad record one dead letter. Checked
   per event_id (a producer's retry of an event is a record of its own, decided DEDUPLICATED); a final
   decision written twice, even identically, counts twice;
 - no batch or digest emitted twice: no two BATCH (or DIGEST) requests for the same user, channel and
-  window (period), no delivery_id in more than one request record, no event in two batches (digests)
-  of one channel;
+  window (period), no delivery_id carried by two different requests (the sinks' ledgers would drop the
+  second: a loss), no event in two batches (digests) of one channel; a request written again
+  identically (at least once, after a rebalance or crash) is harmless for the same reason and counted;
 - the worker's memory (RSS) over the run, and how long after the last input the last final came.
 
     python -m bench.soak --rate 1000 --minutes 30          # the acceptance run (about 32 minutes)
@@ -79,6 +81,8 @@ class Checker(threading.Thread):
         self.requests = 0
         self.request_kinds: Counter = Counter()
         self.copies_of_id: Counter = Counter()  # delivery_id -> request records carrying it
+        self.contents_of_id: dict[str, set[bytes]] = defaultdict(set)  # delivery_id -> distinct record values
+        self.dead_sources: Counter = Counter()  # (topic, partition, offset) of the record dead-lettered
         self.windows: dict[tuple, set[str]] = defaultdict(set)  # (user, channel, kind, type, window, part) -> ids
         self.grouped: dict[tuple, set[str]] = defaultdict(set)  # (event, channel, kind) -> delivery ids
         self.last_final = time.monotonic()
@@ -99,8 +103,13 @@ class Checker(threading.Thread):
     def add(self, msg) -> None:  # noqa: ANN001
         topic = msg.topic()
         if topic == self.dlq_topic:
+            headers = dict(msg.headers())
+            source = tuple(headers.get(f"herald.source.{k}", b"") for k in ("topic", "partition", "offset"))
+            self.dead_sources[source] += 1
+            if self.dead_sources[source] > 1:
+                return  # the same record dead-lettered again after being read again: one input, counted once
             self.dead += 1
-            self.reasons[dict(msg.headers())["herald.error.reason"].decode()] += 1
+            self.reasons[headers["herald.error.reason"].decode()] += 1
             self.last_final = time.monotonic()
         elif topic == self.decisions_topic:
             d = self.codec.decode(msg.value(), "Decision")
@@ -119,6 +128,7 @@ class Checker(threading.Thread):
             self.requests += 1
             self.request_kinds[r["kind"]] += 1
             self.copies_of_id[r["delivery_id"]] += 1
+            self.contents_of_id[r["delivery_id"]].add(hashlib.blake2b(msg.value(), digest_size=12).digest())
             if r["kind"] in ("BATCH", "DIGEST"):
                 data = r["data"] or {}
                 # one request per user, channel, type and window (a batch cut early, when full, ends at the cut)
@@ -148,7 +158,8 @@ class Checker(threading.Thread):
 
     def problems(self) -> dict:
         return {
-            "delivery_ids_in_more_than_one_record": sum(1 for n in self.copies_of_id.values() if n > 1),
+            # the same delivery_id with other content: the sinks' ledger would drop the second, i.e. lose it
+            "delivery_ids_with_different_contents": sum(1 for c in self.contents_of_id.values() if len(c) > 1),
             "windows_with_more_than_one_delivery": sum(1 for ids in self.windows.values() if len(ids) > 1),
             "events_in_more_than_one_batch_or_digest": sum(1 for ids in self.grouped.values() if len(ids) > 1),
         }
@@ -163,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-window-s", type=int, default=5)
     parser.add_argument("--digest-period-s", type=int, default=60)
     parser.add_argument("--drain-timeout", type=float, default=900, help="seconds to wait for the worker to catch up")
+    parser.add_argument("--second-worker-at", type=float, default=None, metavar="MIN",
+                        help="start a second worker (its own state folder) this many minutes in: a rebalance under load")
     parser.add_argument("--json", type=Path, default=None, help="where to write the figures")
     args = parser.parse_args(argv)
 
@@ -202,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], cwd=REPO_ROOT, env=env,
                               stdout=log, stderr=subprocess.STDOUT)
     checker = Checker(settings, codec)
+    second = None
     rss: list[float] = []
     try:
         while b"Ready" not in log_path.read_bytes():
@@ -226,6 +240,14 @@ def main(argv: list[str] | None = None) -> int:
                 sent += 1
             producer.poll(0)
             now = time.monotonic()
+            if second is None and args.second_worker_at is not None and now - started >= args.second_worker_at * 60:
+                home = Path("/tmp") / f"{unique}-second-home"
+                home.mkdir(exist_ok=True)
+                second = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], cwd=REPO_ROOT,
+                                          env={**env, "HERALD_HOME": str(home)},
+                                          stdout=open(Path("/tmp") / f"{unique}-worker2.log", "wb"), stderr=subprocess.STDOUT)
+                print(f"  {now - started:6.0f} s: a second worker joins (log /tmp/{unique}-worker2.log)",
+                      file=sys.stderr, flush=True)
             if now - last_report >= 30:
                 last_report = now
                 rss.append(rss_mb(worker.pid))
@@ -248,11 +270,14 @@ def main(argv: list[str] | None = None) -> int:
         rss.append(rss_mb(worker.pid))
         alive = worker.poll() is None
     finally:
-        worker.terminate()
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        for w in (worker, second):
+            if w is None:
+                continue
+            w.terminate()
+            try:
+                w.wait(60)
+            except subprocess.TimeoutExpired:
+                w.kill()
         checker.close()
 
     problems = checker.problems()
@@ -269,11 +294,14 @@ def main(argv: list[str] | None = None) -> int:
         "event_ids_unaccounted": len(unaccounted), "unaccounted_examples": dict(list(unaccounted.items())[:5]),
         "final_outcomes": dict(checker.outcomes), "dead_letter_reasons": dict(checker.reasons),
         "delivery_requests": checker.requests, "delivery_kinds": dict(checker.request_kinds),
+        # at least once: a record read again after a rebalance or crash may be written again, identically
+        "delivery_records_repeated_identically": sum(n - 1 for n in checker.copies_of_id.values() if n > 1),
+        "dead_letters_repeated_for_the_same_record": sum(n - 1 for n in checker.dead_sources.values() if n > 1),
         **problems,
         "nothing_emitted_twice": not any(problems.values()),
         "produce_s": round(produced_s, 1), "produced_events_per_s": round(sent / produced_s, 1),
         "all_final_after_s": round(checker.last_final - started, 1), "caught_up_s": round(caught_up_s, 1),
-        "worker_alive_at_end": alive, "worker_rss_mb_max": round(max(rss or [0]), 1),
+        "worker_alive_at_end": alive, "second_worker_joined_at_min": args.second_worker_at, "worker_rss_mb_max": round(max(rss or [0]), 1),
         "worker_rss_mb_end": round(rss[-1] if rss else 0, 1),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "workload_digest": hashlib.blake2b(b"".join(v or b"" for _, v, _ in records[:1000]), digest_size=8).hexdigest(),

@@ -47,6 +47,7 @@ from streams.settings import Settings
 
 log = logging.getLogger("herald.pipeline")
 BEHIND = 1_000  # records still unread on a partition that make its clock wait for them
+COMPACTED = {"segment.ms": str(10 * 60_000), "segment.bytes": str(64 * 1024 * 1024), "min.cleanable.dirty.ratio": "0.2"}
 
 
 def policy_config(settings: Settings) -> policy.PolicyConfig:
@@ -90,7 +91,9 @@ def build(settings: Settings | None = None) -> faust.App:
     events_topic = settings.topic("events")
     decisions_topic = settings.topic("decisions")
     ticks = app.topic(f"{settings.app_id}-ticks", key_type=bytes, value_type=bytes)
-    users_table = app.Table("users", default=None, partitions=parts)
+    # each batch logs every user it changed: roll segments often so compaction keeps the changelog (and a
+    # new owner's recovery) near one record per user instead of one per event since the topic was created
+    users_table = app.Table("users", default=None, partitions=parts, extra_topic_configs=COMPACTED)
     users = Mirrored(users_table)  # only this agent writes it: reads go through a cache, cleared at rebalances
     # preferences and presence are written by this worker's own agents, through the same caches
     prefs_table = Mirrored(app.Table("preferences", default=None, partitions=parts))

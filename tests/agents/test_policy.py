@@ -256,3 +256,35 @@ def test_the_global_limit_spans_users_defers_what_is_over_it_and_spares_critical
     assert [r["channel"] for r in later.requests] == ["SMS"], "sent when the bucket allows, not dropped"
     critical = policy.on_event(None, ev(9, "CRITICAL", user="u9"), prefs, False, T0 + 500, "t:0:9", config, offset=9)
     assert "SMS" in [r["channel"] for r in critical.requests], "CRITICAL bypasses the global limit"
+
+
+def test_a_part_late_for_a_window_already_sent_goes_in_the_next_one_never_in_a_second_request_of_that_window():
+    """The worker behind (or a record read after a rebalance): an event whose timestamp falls in a batch
+    window or digest period already released joins the next one, so each window is sent once, whole."""
+    d = Driver()  # offline: NORMAL push/email parts are batched (30 s), LOW email parts digested (1 h)
+    window_end = (T0 // 30_000 + 1) * 30_000
+    d.send(ev(1, "NORMAL"), T0)
+    d.send(ev(2, "NORMAL"), T0 + 1)
+    d.send(ev(3, "LOW"), T0 + 2)
+    d.tick(window_end)
+    first = [r for _, r in d.requests if r["kind"] == "BATCH" and r["channel"] == "PUSH"]
+    assert [r["event_ids"] for r in first] == [["e1", "e2"]]
+    d.send(ev(4, "NORMAL"), T0 + 3)  # decided after its window was sent
+    d.send(ev(5, "NORMAL"), window_end + 5)
+    late = [r for r in d.decisions if r["event_id"] == "e4" and not r["final"]]
+    assert late and late[-1]["release_at"] == window_end + 30_000, "waits for the next window"
+    d.run_until(T0 + 2 * 3_600_000, step=30_000, start=window_end + 30_000)
+    push = [r for _, r in d.requests if r["kind"] == "BATCH" and r["channel"] == "PUSH"]
+    assert [sorted(r["event_ids"]) for r in push] == [["e1", "e2"], ["e4", "e5"]]
+    assert len({r["delivery_id"] for r in push}) == 2
+    digests = [r for _, r in d.requests if r["kind"] == "DIGEST"]
+    d2 = Driver()
+    d2.send(ev(6, "LOW"), T0)
+    period_end = [r for r in d2.decisions if not r["final"]][-1]["release_at"]
+    d2.tick(period_end)
+    d2.send(ev(7, "LOW"), T0 + 5)  # late for the period just sent
+    d2.run_until(period_end + 3_600_000, step=60_000, start=period_end + 60_000)
+    got = [r for _, r in d2.requests if r["kind"] == "DIGEST"]
+    assert [r["event_ids"] for r in got] == [["e6"], ["e7"]] and got[0]["delivery_id"] != got[1]["delivery_id"]
+    assert len(digests) == 1 and d.finals()["e3"]["outcome"] == "DIGESTED"
+    assert {e: f["outcome"] for e, f in d2.finals().items()} == {"e6": "DIGESTED", "e7": "DIGESTED"}

@@ -39,6 +39,7 @@ SECRET = web.AppKey("secret", str)
 VERIFIER = web.AppKey("verifier", auth.Verifier)
 PRODUCER = web.AppKey("producer", object)
 CODEC = web.AppKey("codec", Codec)
+COUNTS = web.AppKey("counts", store.UnreadCounts)
 
 
 def json_response(data, status: int = 200) -> web.Response:
@@ -102,7 +103,7 @@ def _user(request: web.Request) -> str:
 
 
 async def unread_count(request: web.Request) -> web.Response:
-    return json_response(await store.unread_count(request.app[POOL], _user(request)))
+    return json_response(await request.app[COUNTS].get(_user(request)))
 
 
 async def notifications(request: web.Request) -> web.Response:
@@ -185,8 +186,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[METRICS] = _Metrics()
 
     async def lifecycle(app: web.Application):
-        app[POOL] = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=10, init=_init_conn,
+        app[POOL] = pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=10, init=_init_conn,
                                             reset=_no_reset)
+        app[COUNTS] = store.UnreadCounts(pool)
         app[PRODUCER] = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5,
                                    "partitioner": "murmur2_random"})
         app[CODEC] = Codec(Registry(settings.schema_registry_url))

@@ -129,3 +129,40 @@ async def test_the_migration_recounts_when_run_again_and_truncate_clears(pool, u
         finally:
             await conn.execute(f"RESET search_path; DROP SCHEMA {schema} CASCADE")
 
+
+async def test_concurrent_lookups_share_queries_and_get_their_own_answers(pool, users, unique):
+    deliver = InAppDeliverer(pool)
+    await deliver([request(u) for i, u in enumerate(users) for _ in range(i)])
+    class Counting:
+        queries = 0
+
+        async def fetchrow(self, *args):
+            Counting.queries += 1
+            return await pool.fetchrow(*args)
+
+        async def fetch(self, *args):
+            Counting.queries += 1
+            return await pool.fetch(*args)
+
+    counts = store.UnreadCounts(Counting(), concurrency=2)  # type: ignore[arg-type]
+    asked = [users[i % len(users)] for i in range(300)] + [f"{unique}-nobody"]
+    answers = await asyncio.gather(*[counts.get(u) for u in asked])
+    assert answers == [await store.unread_count(pool, u) for u in asked]
+    assert Counting.queries <= 4  # two alone, then the rest together
+    assert answers[1] == {"user_id": users[1], "unread": 1, "unseen": 1}
+    assert counts.running == 0 and not counts.waiting
+
+
+async def test_a_failed_shared_query_fails_each_of_its_requests(pool, users):
+    class Broken:
+        async def fetchrow(self, *args):
+            await asyncio.sleep(0.01)
+            raise asyncpg.PostgresConnectionError("gone")
+
+        async def fetch(self, *args):
+            raise asyncpg.PostgresConnectionError("gone")
+
+    counts = store.UnreadCounts(Broken(), concurrency=1)  # type: ignore[arg-type]
+    results = await asyncio.gather(*[counts.get(u) for u in users], return_exceptions=True)
+    assert all(isinstance(r, asyncpg.PostgresConnectionError) for r in results)
+    assert counts.running == 0 and not counts.waiting

@@ -226,10 +226,12 @@ def render_markdown(results: dict, chart_path: str | None = None) -> str:
         lines += [f"- The {k} phase failed: {v}" for k, v in errors.items()]
         lines.append("")
     phases = results.get("phase_s", {})
+    loads = results.get("phase_load_1min", {})
     if phases:
-        lines += ["## Time per phase", "", "| Phase | Seconds |", "|---|---:|"]
-        lines += [f"| {name} | {seconds:.1f} |" for name, seconds in phases.items()]
-        lines += [f"| **total** | **{results.get('total_s', 0):.1f}** |", ""]
+        lines += ["## Time per phase", "", "| Phase | Seconds | Load average (1 min) at its start |", "|---|---:|---:|"]
+        lines += [f"| {name} | {seconds:.1f} | {loads[name]:.2f} |" if name in loads else f"| {name} | {seconds:.1f} | — |"
+                  for name, seconds in phases.items()]
+        lines += [f"| **total** | **{results.get('total_s', 0):.1f}** | |", ""]
     load_b, load_a = machine.get("load_before"), machine.get("load_after")
     lines += [
         "## Machine",

@@ -669,6 +669,7 @@ class Run:
     notes: list = field(default_factory=list)
     errors: dict = field(default_factory=dict)
     phase_s: dict = field(default_factory=dict)
+    phase_load: dict = field(default_factory=dict)
     stack: dict = field(default_factory=dict)
     workers: list = field(default_factory=list)
     threads: list = field(default_factory=list)
@@ -691,6 +692,7 @@ class Run:
 
         mark = self.console.mark
         mark(f"[bold]▶ {name}[/bold]  (at {self.console.elapsed()})")
+        self.phase_load[name] = round(os.getloadavg()[0], 2)  # the machine is shared: how busy it was
         started = time.monotonic()
         ok = False
         try:
@@ -1165,7 +1167,7 @@ class Run:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "total_s": round(total_s, 1),
             "git": git_info(), "machine": machine_info, "stack": self.stack, "options": opts,
             "figures": f, "skipped": {k: v for k, v in self.skipped.items()}, "notes": self.notes, "errors": self.errors,
-            "phase_s": self.phase_s, "worker_logs": str(self.logs()),
+            "phase_s": self.phase_s, "phase_load_1min": self.phase_load, "worker_logs": str(self.logs()),
         }
 
 

@@ -37,6 +37,7 @@ def sample() -> dict:
         },
         "skipped": {}, "notes": ["Something worth knowing."], "errors": {},
         "phase_s": {"stack": 0.2, "workload": 1.5, "Herald pipeline": 130.0},
+        "phase_load_1min": {"stack": 1.2, "workload": 1.37},
     }
 
 
@@ -65,7 +66,7 @@ def test_ratios_machine_notes_phases_and_reproduction_are_stated():
     assert "2 cores (AMD EPYC), 23.5 GB of memory" in text
     assert "before: 1.37, 1.00, 0.87; after: 2.03, 1.30, 0.99" in text
     assert "- Something worth knowing." in text
-    assert "| Herald pipeline | 130.0 |" in text and "| **total** | **754.2** |" in text
+    assert "| stack | 0.2 | 1.20 |" in text and "| Herald pipeline | 130.0 | — |" in text and "| **total** | **754.2** | |" in text
     assert "took 12 min 34 s, commit `7345ba2ed1ac`." in text
     assert "`herald bench --events 200000 --digest-users 100000`" in text
     assert "## Chart" not in text  # no chart was made

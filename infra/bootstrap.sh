@@ -55,7 +55,7 @@ fi
 stamp=.venv/.herald-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   say "installing Herald and its Python packages into .venv (first run only)…"
-  if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e ".[test]"; } \
+  if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e ".[test,bench]"; } \
        > .venv/install.log 2>&1; then
     tail -30 .venv/install.log >&2
     say "installing the Python packages failed (full log: .venv/install.log)"

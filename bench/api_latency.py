@@ -199,8 +199,13 @@ class _Client:
         self.checked = 0
         self.answers = 0
         self.outstanding = 0
-        self.measure_from = cfg["start_at"] + cfg["warmup"]
-        self.measure_until = self.measure_from + cfg["duration"]
+        # this client's k-th request is due at first + k * interval; the first `warm` of them are the warm-up
+        self.interval = cfg["clients"] / cfg["rate"]
+        self.first = cfg["start_at"] + cfg["index"] / cfg["rate"]  # the clients' schedules interleave evenly
+        self.warm = round(cfg["warmup"] / self.interval)
+        self.total = self.warm + round(cfg["duration"] / self.interval)
+        self.measure_from = self.first + (self.warm - 0.5) * self.interval
+        self.measure_until = cfg["start_at"] + cfg["warmup"] + cfg["duration"]
         self.ok_in_window = 0  # 200s received during the measured seconds, whenever they were due
         self.expected = cfg["expected"]
         self.sample = cfg["sample"]
@@ -209,7 +214,7 @@ class _Client:
         now = time.monotonic()
         self.outstanding -= 1
         self.answers += 1
-        if status == 200 and self.measure_from <= now < self.measure_until:
+        if status == 200 and self.cfg["start_at"] + self.cfg["warmup"] <= now < self.measure_until:
             self.ok_in_window += 1
         if conn.due >= self.measure_from:
             self.lat.append((now - conn.due) * 1000)
@@ -262,9 +267,7 @@ class _Client:
             self.conns.append(conn)
         requests = cfg["requests"]
         rng = random.Random(cfg["index"])
-        interval = cfg["clients"] / cfg["rate"]
-        first = cfg["start_at"] + cfg["index"] / cfg["rate"]  # the clients' schedules interleave evenly
-        total = int((cfg["warmup"] + cfg["duration"]) / interval)
+        interval, first, total = self.interval, self.first, self.total
         cpu0 = time.process_time()
         k = 0
         while k < total:
@@ -285,7 +288,7 @@ class _Client:
             conn.transport.close()
         return {"lat": self.lat, "service": self.service, "lag": self.lag, "statuses": self.statuses,
                 "errors": self.errors, "unanswered": self.outstanding, "sent": total,
-                "measured_due": sum(1 for j in range(total) if first + j * interval >= self.measure_from),
+                "measured_due": total - self.warm,
                 "checked": self.checked, "mismatches": self.mismatches,
                 "cpu_s": time.process_time() - cpu0, "ok_in_window": self.ok_in_window, "finished": time.monotonic()}
 

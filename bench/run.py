@@ -203,10 +203,11 @@ def machine() -> dict:
 def git_info() -> dict:
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-    commit = git("rev-parse", "HEAD")
-    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()] if commit else []
-    return {"commit": commit or None, "branch": git("rev-parse", "--abbrev-ref", "HEAD") or None,
+        return done.stdout if done.returncode == 0 else ""
+    commit = git("rev-parse", "HEAD").strip()
+    # porcelain lines are "XY path": the leading status column may be a space, so nothing is stripped first
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line[3:]]
+    return {"commit": commit or None, "branch": git("rev-parse", "--abbrev-ref", "HEAD").strip() or None,
             "dirty": bool(changed) if commit else None, "changed_files": changed}
 
 
@@ -892,8 +893,7 @@ class Run:
             self.figures["pipeline_all_final_s"] = round((decided.last_final_ms - stamps[0]) / 1000, 2)
         elif n >= total:
             self.notes.append(f"{decided.finals:,} of {n:,} decided events were final {wait:.0f} s after the last "
-                              "first decision (the rest wait in batches, digests or rate limits); the latency phase "
-                              "went on regardless.")
+                              "first decision (the rest were waiting in batches, digests or rate limits).")
         tap.stop()
 
     def critical(self) -> None:

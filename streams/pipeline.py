@@ -53,6 +53,7 @@ COMPACTED = {"segment.ms": str(10 * 60_000), "segment.bytes": str(64 * 1024 * 10
 def policy_config(settings: Settings) -> policy.PolicyConfig:
     return policy.PolicyConfig(
         dedup_window_s=settings.dedup_window_s,
+        dedup_window_by_type=settings.dedup_windows(),
         limits=Limits(settings.rate_per_minute, settings.rate_per_hour, settings.rate_per_day),
         batch_window_s=settings.batch_window_s or None,
         digest_period_s=settings.digest_period_s or None,

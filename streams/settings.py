@@ -30,6 +30,9 @@ class Settings:
     partitions: int = _setting(4, "HERALD_PARTITIONS", "Partitions of the topics Herald creates.")
     max_event_bytes: int = _setting(262144, "HERALD_MAX_EVENT_BYTES", "Largest accepted event record; larger ones are dead-lettered TOO_LARGE.")
     dedup_window_s: int = _setting(300, "HERALD_DEDUP_WINDOW_S", "A repeated event_id or dedup_key within this window is DEDUPLICATED.")
+    dedup_window_by_type: str = _setting("", "HERALD_DEDUP_WINDOW_BY_TYPE",
+                                         "Per-type dedup windows in seconds, e.g. 'COMMENT=60,SYSTEM=3600'; "
+                                         "other types use HERALD_DEDUP_WINDOW_S.")
     batch_window_s: int = _setting(0, "HERALD_BATCH_WINDOW_S",
                                    "Batch window for every user, in seconds; 0 means each user's own (default 30).")
     digest_period_s: int = _setting(0, "HERALD_DIGEST_PERIOD_S",
@@ -65,6 +68,16 @@ class Settings:
     def database_host_port(self) -> tuple[str, int]:
         url = urlparse(self.database_url)
         return url.hostname or "127.0.0.1", url.port or 5432
+
+    def dedup_windows(self) -> dict[str, int]:
+        """HERALD_DEDUP_WINDOW_BY_TYPE as {type: seconds}; raises ValueError saying what is wrong."""
+        out = {}
+        for part in filter(None, (p.strip() for p in self.dedup_window_by_type.split(","))):
+            name, sep, seconds = part.partition("=")
+            if not sep or not name.strip() or not seconds.strip().isdigit():
+                raise ValueError(f"HERALD_DEDUP_WINDOW_BY_TYPE: {part!r} is not TYPE=SECONDS (e.g. COMMENT=60)")
+            out[name.strip()] = int(seconds)
+        return out
 
     def topic(self, name: str) -> str:
         """The full topic name of ``name`` ("events", "delivery.inapp", ...)."""

@@ -442,6 +442,7 @@ def run(rate: float = 5000, duration: float = 20, warmup: float = 5, users: int 
             while time.monotonic() < start_at + warmup:
                 time.sleep(0.05)
             busy0, api0, pg0 = _machine_busy(), _tree_cpu_s(api.pid), _postgres_cpu_s()
+            load = os.getloadavg()[0]
             while time.monotonic() < start_at + warmup + duration:
                 time.sleep(0.05)
             busy1, api1, pg1 = _machine_busy(), _tree_cpu_s(api.pid), _postgres_cpu_s()
@@ -492,7 +493,8 @@ def run(rate: float = 5000, duration: float = 20, warmup: float = 5, users: int 
         "send_lag_p50_ms": round(_pct(lag, 50), 3), "send_lag_p99_ms": round(_pct(lag, 99), 3),
         "answers_checked": sum(r["checked"] for r in results),
         "answers_wrong": sum(r["mismatches"] for r in results),
-        "machine_cpu_busy_pct": round(100 * busy, 1),
+        "machine_cpu_busy_pct": round(100 * busy, 1),  # all of it: the API, postgres, the client and anyone else's
+        "load_average_1m": round(load, 2),
         "api_cpu_s_per_s": round((api1 - api0) / duration, 3),
         "postgres_cpu_s_per_s": round((pg1 - pg0) / duration, 3),
         "api_cpu_us_per_answer": round(1e6 * (api1 - api0) / max(1, sum(r["ok_in_window"] for r in results)), 1),

@@ -131,6 +131,8 @@ async def delete_seeded(dsn: str, prefix: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
         status = await conn.execute("DELETE FROM notifications WHERE user_id LIKE $1", f"{prefix}-u%")
+        if await conn.fetchval("SELECT to_regclass('unread_counts') IS NOT NULL"):  # their counters, now zero
+            await conn.execute("DELETE FROM unread_counts WHERE user_id LIKE $1", f"{prefix}-u%")
     finally:
         await conn.close()
     _users_file(prefix).unlink(missing_ok=True)

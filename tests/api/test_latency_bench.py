@@ -28,7 +28,8 @@ def test_a_small_run_answers_every_request_correctly_and_leaves_no_rows(stack):
     async def left() -> int:
         conn = await asyncpg.connect(postgres.database_url())
         try:
-            return await conn.fetchval("SELECT count(*) FROM notifications WHERE user_id LIKE $1", f"{prefix}-%")
+            return (await conn.fetchval("SELECT count(*) FROM notifications WHERE user_id LIKE $1", f"{prefix}-%")
+                    + await conn.fetchval("SELECT count(*) FROM unread_counts WHERE user_id LIKE $1", f"{prefix}-%"))
         finally:
             await conn.close()
 

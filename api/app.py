@@ -30,7 +30,6 @@ REQUESTS = Counter("herald_api_requests_total", "API requests by route and statu
 LATENCY = Histogram("herald_api_request_seconds", "API request latency by route", ["route"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
 
-WORKERS_ENV = "HERALD_API_WORKERS"  # read here, not in Settings: only `herald api` has workers
 START_GRACE_S = 10.0
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -220,10 +219,10 @@ def _worker(settings: Settings) -> None:
     serve(settings, reuse_port=True)
 
 
-def workers_wanted() -> int:
+def workers_wanted(settings: Settings | None = None) -> int:
     """``HERALD_API_WORKERS``, else one process per core, at most 4: one Python process serves from one core."""
-    raw = os.environ.get(WORKERS_ENV, "")
-    return max(1, int(raw)) if raw.strip() else max(1, min(4, os.cpu_count() or 1))
+    wanted = (settings or Settings.from_env()).api_workers
+    return max(1, wanted) if wanted > 0 else max(1, min(4, os.cpu_count() or 1))
 
 
 def run(settings: Settings | None = None, workers: int | None = None) -> None:
@@ -234,7 +233,7 @@ def run(settings: Settings | None = None, workers: int | None = None) -> None:
     this run. A worker that dies after start-up is replaced; one that dies within START_GRACE_S of its
     start (the port taken, the database unreachable) stops them all, and the command exits with its code."""
     settings = settings or Settings.from_env()
-    workers = workers or workers_wanted()
+    workers = workers or workers_wanted(settings)
     if workers == 1:
         serve(settings)
         return

@@ -22,6 +22,8 @@ class Settings:
     database_url: str = _setting("postgresql://herald:herald@127.0.0.1:5432/herald", "HERALD_DATABASE_URL",
                                  "PostgreSQL for in-app notifications and the delivery ledger.")
     api_port: int = _setting(8080, "HERALD_API_PORT", "Port of the query API.")
+    api_workers: int = _setting(0, "HERALD_API_WORKERS",
+                                "Processes of `herald api` sharing its port (SO_REUSEPORT); 0 means one per core, at most 4.")
     api_host: str = _setting("127.0.0.1", "HERALD_API_HOST", "Address the query API listens on (0.0.0.0 in a container).")
     topic_prefix: str = _setting("herald.", "HERALD_TOPIC_PREFIX", "Prefix of every Herald topic.")
     jwt_secret: str = _setting("", "HERALD_JWT_SECRET",

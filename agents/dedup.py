@@ -19,8 +19,13 @@ def dedup_key(event: dict) -> str:
 
 def is_duplicate(previous: Seen | None, now_ms: int) -> bool:
     """True when an event with the same key was accepted and its window has not ended at ``now_ms``."""
-    return previous is not None and now_ms < previous[1]
+    return previous is not None and now_ms < until(previous)
 
 
 def seen(event_id: str, now_ms: int, window_ms: int) -> Seen:
     return [event_id, now_ms + window_ms]
+
+
+def until(entry) -> int:  # noqa: ANN001
+    """When an entry stops counting; also reads the dict entries of states written before this format."""
+    return entry[1] if isinstance(entry, list) else int(entry.get("until") or entry.get("at_ms", 0) + 300_000)

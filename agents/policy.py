@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 import orjson
 
 from agents import batching, digest, digest_period, quiet_hours, rate_limit, routing
-from agents.dedup import dedup_key, is_duplicate, seen
+from agents.dedup import dedup_key, is_duplicate, seen, until as dedup_until
 from agents.preferences import allows_type, meets_minimum
 from agents.route import make_decision, single_request
 from agents.validate import to_ms
@@ -108,11 +108,11 @@ def on_event(state: dict | None, event: dict, prefs: dict, online: bool, now_ms:
     event_id = event["event_id"]
     key = dedup_key(event)
     if state["dedup"]:  # expired keys go here; the clock only visits when the last of them expires
-        state["dedup"] = {k: v for k, v in state["dedup"].items() if now_ms < v[1]}
+        state["dedup"] = {k: v for k, v in state["dedup"].items() if now_ms < dedup_until(v)}
     previous = state["dedup"].get(key)
     window_ms = config.dedup_window_ms(event["type"])
     if is_duplicate(previous, now_ms):
-        first = previous[0]
+        first = previous[0] if isinstance(previous, list) else previous["event_id"]
         reason = ("the same event_id was already accepted" if first == event_id
                   else f"same dedup_key as event {first} within the dedup window")
         out.decisions.append(make_decision(event, "DEDUPLICATED", now_ms, reason=reason))
@@ -394,7 +394,7 @@ def on_tick(state: dict | None, prefs: dict, online: bool, now_ms: int, config: 
     state["held"] = [h for h in state["held"] if h["release_at"] > now_ms]
     for held in sorted(due, key=lambda h: (h["release_at"], h["event"]["event_id"])):
         _route(out, held["event"], prefs, online, now_ms, config)
-    state["dedup"] = {k: v for k, v in state["dedup"].items() if now_ms < v[1]}
+    state["dedup"] = {k: v for k, v in state["dedup"].items() if now_ms < dedup_until(v)}
     if state.get("closed"):
         state["closed"] = {k: end for k, end in state["closed"].items() if end > now_ms - CLOSED_MEMORY_MS}
     state["rates"] = {c: r for c, r in state["rates"].items() if rate_limit.next_allowed(r, now_ms, config.limits) is not None
@@ -414,6 +414,6 @@ def next_due(state: dict) -> int | None:
     times = [h["release_at"] for h in state.get("held", [])]
     times += [g["end"] for g in state.get("groups", {}).values()]
     if state.get("dedup"):
-        times.append(max(v[1] for v in state["dedup"].values()))
+        times.append(max(dedup_until(v) for v in state["dedup"].values()))
     times += [r["d"][0] + 86_400_000 for r in state.get("rates", {}).values() if r.get("d")]
     return min(times) if times else None

@@ -288,3 +288,14 @@ def test_a_part_late_for_a_window_already_sent_goes_in_the_next_one_never_in_a_s
     assert [r["event_ids"] for r in got] == [["e6"], ["e7"]] and got[0]["delivery_id"] != got[1]["delivery_id"]
     assert len(digests) == 1 and d.finals()["e3"]["outcome"] == "DIGESTED"
     assert {e: f["outcome"] for e, f in d2.finals().items()} == {"e6": "DIGESTED", "e7": "DIGESTED"}
+
+
+def test_a_state_written_by_the_previous_format_is_still_read():
+    """Dedup entries were dicts before they became [event_id, until]: a worker upgraded over old state must
+    index, expire and decide with them rather than fail."""
+    old = policy.new_state()
+    old["dedup"]["id:e1"] = {"event_id": "e1", "at_ms": T0, "source": "t:0:1", "until": T0 + 300_000}
+    assert policy.next_due(old) == T0 + 300_000
+    again = policy.on_event(old, ev(1, "HIGH"), effective(None, "u1"), False, T0 + 1000, "t:0:2", CONFIG, offset=2)
+    assert [d["outcome"] for d in again.decisions] == ["DEDUPLICATED"]
+    assert policy.is_empty(policy.on_tick(old, effective(None, "u1"), False, T0 + 300_000, CONFIG).state)

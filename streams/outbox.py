@@ -53,6 +53,3 @@ class Outbox:
         if remaining or self._failed:
             failed, self._failed = self._failed, []
             raise KafkaException(f"{remaining} outputs not delivered; failures: {failed[:5]}")
-
-    def close(self) -> None:
-        self._producer.flush(30)

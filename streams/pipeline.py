@@ -103,15 +103,13 @@ def build(settings: Settings | None = None) -> faust.App:
     indexes: dict[int, DueIndex] = {}  # partition -> who is due when; rebuilt from the users after a rebalance
     last_event: dict[int, tuple[int, int]] = {}  # partition -> (offset, timestamp) of the last event read on it
 
-    @app.on_partitions_revoked.connect
-    async def forget_on_revoke(app: faust.App, revoked: set, **kwargs: object) -> None:  # noqa: ARG001
+    async def forget(app: faust.App, *args: object, **kwargs: object) -> None:  # noqa: ARG001
+        """At every rebalance: the caches are only right for partitions this worker keeps owning."""
         for cache in (users, prefs_table, presence, effective_prefs, indexes, last_event):
             cache.clear()
 
-    @app.on_partitions_assigned.connect
-    async def forget_on_assign(app: faust.App, assigned: set, **kwargs: object) -> None:  # noqa: ARG001
-        for cache in (users, prefs_table, presence, effective_prefs, indexes, last_event):
-            cache.clear()
+    app.on_partitions_revoked.connect(forget)
+    app.on_partitions_assigned.connect(forget)
 
     outbox = Outbox(settings.kafka_bootstrap)
 

@@ -16,6 +16,7 @@ This module does not know priorities: the caller lets CRITICAL through regardles
 from __future__ import annotations
 
 from datetime import date, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from agents.preferences import local_ms, parse_hhmm, to_local, zone
@@ -61,21 +62,18 @@ def describe(prefs: dict, until_ms: int, now_ms: int | None = None) -> str:
 
 def _period(prefs: dict, at_ms: int) -> Period | None:
     """The merged quiet period containing ``at_ms``: (start, end, kind of the window that ends it)."""
+    rules = _rules(prefs)
+    if not rules:
+        return None
     tz = zone(prefs)
-    today = to_local(tz, at_ms).date()
-    merged: list[list] = []
-    for start, end, kind in sorted(_windows(prefs, tz, today - timedelta(_DAYS_BEFORE), today + timedelta(_DAYS_AFTER))):
-        if merged and start <= merged[-1][1]:
-            last = merged[-1]
-            if end > last[1] or (end == last[1] and kind == QUIET):
-                last[1], last[2] = end, kind
-        else:
-            merged.append([start, end, kind])
-    return next(((s, e, k) for s, e, k in merged if s <= at_ms < e), None)
+    for period in _merged(tz, rules, to_local(tz, at_ms).date()):
+        if period[0] <= at_ms < period[1]:
+            return period
+    return None
 
 
-def _windows(prefs: dict, tz: ZoneInfo, first: date, last: date) -> list[Period]:
-    """Every non-empty window starting on a local date in ``[first, last]``, as epoch-ms intervals."""
+def _rules(prefs: dict) -> tuple[tuple[int | None, int, int, str], ...]:
+    """The user's windows as (weekday or None for every day, start minute, end minute, kind)."""
     rules: list[tuple[int | None, int, int, str]] = []
     quiet = prefs.get("quiet_hours")
     if isinstance(quiet, dict):
@@ -83,6 +81,27 @@ def _windows(prefs: dict, tz: ZoneInfo, first: date, last: date) -> list[Period]
     for window in prefs.get("dnd") or ():
         if isinstance(window, dict) and window.get("day") in range(7) and not isinstance(window.get("day"), bool):
             rules += _rule(window["day"], window.get("start"), window.get("end"), DND)
+    return tuple(rules)
+
+
+# Every event of a user with quiet hours asks this; the answer only changes with the local date, and
+# users share a few zones and rule sets: building it is ~50 instants through zoneinfo, a lookup is not.
+@lru_cache(maxsize=16_384)
+def _merged(tz: ZoneInfo, rules: tuple, today: date) -> tuple[Period, ...]:
+    """The quiet periods (windows merged where they overlap or touch) around the local date ``today``."""
+    merged: list[list] = []
+    for start, end, kind in sorted(_windows(rules, tz, today - timedelta(_DAYS_BEFORE), today + timedelta(_DAYS_AFTER))):
+        if merged and start <= merged[-1][1]:
+            last = merged[-1]
+            if end > last[1] or (end == last[1] and kind == QUIET):
+                last[1], last[2] = end, kind
+        else:
+            merged.append([start, end, kind])
+    return tuple((s, e, k) for s, e, k in merged)
+
+
+def _windows(rules: tuple, tz: ZoneInfo, first: date, last: date) -> list[Period]:
+    """Every non-empty window starting on a local date in ``[first, last]``, as epoch-ms intervals."""
     out: list[Period] = []
     day = first
     while day <= last:

@@ -13,8 +13,9 @@ _MISSING = object()
 
 
 class Mirrored:
-    def __init__(self, table: Any, max_keys: int = 200_000) -> None:
+    def __init__(self, table: Any, max_keys: int = 200_000, writer: Any = None) -> None:
         self.table = table
+        self.writer = writer  # a TableBatch, for ``write``
         self.max_keys = max_keys
         self._cache: dict[str, Any] = {}
 
@@ -33,6 +34,12 @@ class Mirrored:
         if self.get(key) is not None:
             del self.table[key]
         self._remember(key, None)
+
+    def write(self, changes: list[tuple[str, Any, int]]) -> None:
+        """Write a batch of ``(key, value or None to delete, partition)`` through the ``writer``."""
+        self.writer.write(changes)
+        for key, value, _ in changes:
+            self._remember(key, value)
 
     def clear(self) -> None:
         self._cache.clear()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any, Callable
 
 from confluent_kafka import KafkaException, Producer
 
@@ -31,18 +32,25 @@ class Outbox:
         self._failed: list[str] = []
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
-             headers: list | None = None) -> None:
+             headers: list | None = None, on_delivery: Callable[[Any, Any], None] | None = None) -> None:
+        """Queue one record; ``on_delivery(err, msg)`` replaces the default report (which notes failures:
+        a replacement must call ``failed`` for its errors)."""
         kwargs = {"partition": partition} if partition is not None else {}
         while True:
             try:
-                self._producer.produce(topic, value, key, headers=headers, on_delivery=self._delivered, **kwargs)
+                self._producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery or self._delivered,
+                                       **kwargs)
                 return
             except BufferError:  # the local queue is full: let it drain, then try again
                 self._producer.poll(0.05)
 
     def _delivered(self, err, msg) -> None:  # noqa: ANN001
         if err is not None:
-            self._failed.append(f"{msg.topic()}: {err}")
+            self.failed(f"{msg.topic()}: {err}")
+
+    def failed(self, what: str) -> None:
+        """Note an output that could not be delivered: the next ``flush`` raises."""
+        self._failed.append(what)
 
     async def flush(self) -> None:
         """Wait until every queued output is acknowledged by the broker (without blocking the loop)."""

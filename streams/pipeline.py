@@ -43,6 +43,7 @@ from streams.app import create_app
 from streams.due import DueIndex
 from streams.mirror import Mirrored
 from streams.outbox import Outbox
+from streams.table_batch import TableBatch
 from streams.settings import Settings
 
 log = logging.getLogger("herald.pipeline")
@@ -95,7 +96,9 @@ def build(settings: Settings | None = None) -> faust.App:
     # each batch logs every user it changed: roll segments often so compaction keeps the changelog (and a
     # new owner's recovery) near one record per user instead of one per event since the topic was created
     users_table = app.Table("users", default=None, partitions=parts, extra_topic_configs=COMPACTED)
-    users = Mirrored(users_table)  # only this agent writes it: reads go through a cache, cleared at rebalances
+    outbox = Outbox(settings.kafka_bootstrap)
+    users_batch = TableBatch(users_table, outbox)  # a batch's states written at once (RocksDB + changelog)
+    users = Mirrored(users_table, writer=users_batch)  # only this agent writes it: reads through a cache
     # preferences and presence are written by this worker's own agents, through the same caches
     prefs_table = Mirrored(app.Table("preferences", default=None, partitions=parts))
     presence = Mirrored(app.Table("presence", default=None, partitions=parts))
@@ -107,11 +110,10 @@ def build(settings: Settings | None = None) -> faust.App:
         """At every rebalance: the caches are only right for partitions this worker keeps owning."""
         for cache in (users, prefs_table, presence, effective_prefs, indexes, last_event):
             cache.clear()
+        users_batch.forget()
 
     app.on_partitions_revoked.connect(forget)
     app.on_partitions_assigned.connect(forget)
-
-    outbox = Outbox(settings.kafka_bootstrap)
 
     async def send(topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
                    headers: list | None = None) -> None:
@@ -168,15 +170,16 @@ def build(settings: Settings | None = None) -> faust.App:
         def __init__(self) -> None:
             self.states: dict[str, dict | None] = {}
             self.home: dict[str, int] = {}  # users changed in this batch -> their partition
-            self.anchor: dict[int, faust.types.EventT] = {}  # partition -> a record of this batch read on it
+            self.stored: set[str] = set()  # users read with a state in the table
 
         def enter(self, event: faust.types.EventT) -> None:
-            self.anchor[event.message.partition] = event
-            _current_event.set(weakref.ref(event))
+            _current_event.set(weakref.ref(event))  # table reads look in this record's partition first
 
         def state(self, user_id: str) -> dict | None:
             if user_id not in self.states:
-                self.states[user_id] = users.get(user_id)
+                state = self.states[user_id] = users.get(user_id)
+                if state is not None:
+                    self.stored.add(user_id)
             return self.states[user_id]
 
         def put(self, user_id: str, state: dict, partition: int) -> None:
@@ -193,18 +196,18 @@ def build(settings: Settings | None = None) -> faust.App:
                            codec.encode(f"{decisions_topic}-value", "Decision", decision))
 
         async def commit(self) -> None:
-            await flushed()
-            current = _current_event.get(None)
-            for user_id, partition in sorted(self.home.items(), key=lambda item: item[1]):
-                # Faust logs a table write to the partition of the current record: make it one of this user's
-                _current_event.set(weakref.ref(self.anchor[partition]))
+            await flushed()  # the outputs first: a state must never be durable before its outputs are
+            changes = []
+            for user_id, partition in self.home.items():
                 state = self.states[user_id]
-                if state is None or policy.is_empty(state):
-                    del users[user_id]
-                else:
-                    users[user_id] = state
+                if state is not None and not policy.is_empty(state):
+                    changes.append((user_id, state, partition))
+                elif user_id in self.stored:
+                    changes.append((user_id, None, partition))
+            users.write(changes)
             self.home.clear()
-            _current_event.set(current)
+            await flushed()  # the states' changelog, before Faust may commit the records that made them
+            users_batch.persist_offsets()
 
     def tick_time(partition: int, tick_ms: int) -> int:
         """A tick's clock: its own time, unless many events of the partition are still unread (after a

@@ -1,0 +1,76 @@
+"""One batch's writes to a Faust RocksDB table, in bulk: the same bytes Faust would write, fewer steps.
+
+Faust writes a table key by key: each set sends one changelog record through its own (aiokafka)
+producer and puts one key into RocksDB, ~40 µs of Python a key. The pipeline changes about one user
+state per event, so it writes them here instead, once per batch:
+
+- each value is encoded with the table's own serializers, so RocksDB and the changelog hold exactly
+  what ``table[key] = value`` would have put there, and recovery, standbys and a worker of an older
+  version read them as usual;
+- the changelog records go through the ``Outbox`` (librdkafka) with the key's partition given, and
+  the caller flushes it before the batch's records are acked: a state is durable before the offset of
+  the record that made it can be committed;
+- RocksDB gets one ``WriteBatch`` per partition; once the changelog is flushed, the offsets it reached
+  are stored as Faust's persisted offsets, so a restart replays only what came after them.
+
+``None`` deletes the key (a tombstone in the changelog). The caller must own the keys' partitions.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Iterable
+
+from faust.types import TP
+from rocksdict import WriteBatch
+
+from streams.outbox import Outbox
+
+
+class TableBatch:
+    def __init__(self, table: Any, outbox: Outbox) -> None:
+        self.table = table
+        self.outbox = outbox
+        self._reached: dict[int, int] = {}  # changelog partition -> highest offset acknowledged
+
+    @property
+    def changelog(self) -> str:
+        return self.table.changelog_topic.get_topic_name()
+
+    def write(self, changes: Iterable[tuple[Any, Any, int]]) -> int:
+        """Queue ``(key, value or None, partition)`` to the changelog and write them to RocksDB; the count."""
+        store = self.table.data
+        topic = self.changelog
+        batches: dict[int, WriteBatch] = defaultdict(lambda: WriteBatch(raw_mode=True))
+        count = 0
+        for key, value, partition in changes:
+            key_bytes = store._encode_key(key)
+            value_bytes = None if value is None else store._encode_value(value)
+            self.outbox.send(topic, key_bytes, value_bytes, partition, on_delivery=self._delivered)
+            if value_bytes is None:
+                batches[partition].delete(key_bytes)
+            else:
+                batches[partition].put(key_bytes, value_bytes)
+            store._key_index[key_bytes] = partition
+            count += 1
+        for partition, batch in batches.items():
+            store._db_for_partition(partition).write(batch)
+        return count
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is None:
+            partition, offset = msg.partition(), msg.offset()
+            if offset > self._reached.get(partition, -1):
+                self._reached[partition] = offset
+        else:
+            self.outbox.failed(f"{msg.topic()}: {err}")
+
+    def persist_offsets(self) -> None:
+        """After a flush: remember in RocksDB how far the changelog is known to be applied locally."""
+        store, topic = self.table.data, self.changelog
+        for partition, offset in self._reached.items():
+            store.set_persisted_offset(TP(topic, partition), offset)
+        self._reached.clear()
+
+    def forget(self) -> None:
+        """At a rebalance: offsets acknowledged for partitions that may have moved are not ours to store."""
+        self._reached.clear()

@@ -19,7 +19,7 @@ def create_app(settings: Settings | None = None, codec: Codec | None = None) -> 
         settings.app_id,
         broker=f"aiokafka://{settings.kafka_bootstrap}",
         store="rocksdb://",
-        datadir=str(subdir("faust", settings.app_id)),
+        datadir=settings.data_dir or str(subdir("faust", settings.app_id)),
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         key_serializer="raw",

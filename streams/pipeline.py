@@ -29,6 +29,7 @@ import weakref
 from functools import lru_cache
 
 import faust
+import orjson
 from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
 
@@ -140,18 +141,22 @@ def build(settings: Settings | None = None) -> faust.App:
         return indexes[partition]
 
     def rebuild_indexes(partition: int) -> None:
-        """Index every user of the partitions held but not yet indexed, from the users table."""
+        """Index every user of the partitions held but not yet indexed, straight from their RocksDB files
+        (a user's state is on its home partition: the pipeline writes it there)."""
         started = time.monotonic()
         fresh = {tp.partition for tp in app.consumer.assignment() if tp.topic == events_topic} - set(indexes)
         fresh.add(partition)
-        for p in fresh:
-            indexes[p] = DueIndex()
+        store = users_table.data
         count = 0
-        for user_id, state in users_table.items():
-            home = home_partition(user_id.encode(), parts)
-            if home in fresh and state:
-                indexes[home].set(user_id, policy.next_due(state))
-                count += 1
+        for p in fresh:
+            index = indexes[p] = DueIndex()
+            for key, value in store._db_for_partition(p).items():
+                if key == store.offset_key or value is None:
+                    continue
+                due = policy.next_due(orjson.loads(value))
+                if due is not None:
+                    index.set(orjson.loads(key), due)
+                    count += 1
         log.info("indexed %d users of partitions %s in %.2f s", count, sorted(fresh), time.monotonic() - started)
 
     def user_context(user_id: str, now_ms: int) -> tuple[dict, bool]:

@@ -29,6 +29,9 @@ class Settings:
     jwt_secret: str = _setting("", "HERALD_JWT_SECRET",
                                "HS256 token signing secret; empty means the one generated into the state folder.")
     app_id: str = _setting("herald-pipeline", "HERALD_APP_ID", "Faust application id: the consumer group and table prefix.")
+    data_dir: str = _setting("", "HERALD_DATA_DIR",
+                             "Where a worker keeps its RocksDB tables; empty: the state folder's faust/<app id>. "
+                             "Workers of one app on one machine need one each.")
     partitions: int = _setting(4, "HERALD_PARTITIONS", "Partitions of the topics Herald creates.")
     max_event_bytes: int = _setting(262144, "HERALD_MAX_EVENT_BYTES", "Largest accepted event record; larger ones are dead-lettered TOO_LARGE.")
     dedup_window_s: int = _setting(300, "HERALD_DEDUP_WINDOW_S", "A repeated event_id or dedup_key within this window is DEDUPLICATED.")

@@ -1,6 +1,8 @@
 """The Faust application: one app, its topics (raw bytes; Herald's codec decodes) and its tables."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import faust
 
 from infra.common import subdir
@@ -15,6 +17,8 @@ def create_app(settings: Settings | None = None, codec: Codec | None = None) -> 
     """A Faust app on the aiokafka transport with RocksDB tables (rocksdict), at-least-once."""
     settings = settings or Settings.from_env()
     codec = codec or Codec(Registry(settings.schema_registry_url), max_bytes=settings.max_event_bytes)
+    if settings.data_dir:
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)  # Faust makes only the last folder
     app = faust.App(
         settings.app_id,
         broker=f"aiokafka://{settings.kafka_bootstrap}",
@@ -30,6 +34,8 @@ def create_app(settings: Settings | None = None, codec: Codec | None = None) -> 
         broker_commit_interval=1.0,
         producer_linger_ms=5,
         producer_max_batch_size=256 * 1024,
+        # a new owner restores users' states (~1 KB each) from the changelog: fetch in big bites
+        consumer_max_fetch_size=16 * 1024 * 1024,
         consumer_auto_offset_reset="earliest",
         table_cleanup_interval=60.0,
         # a worker killed with -9 holds its partitions until its session expires: keep that short

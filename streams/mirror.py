@@ -7,15 +7,17 @@ partitions, so the pipeline clears it at every rebalance; it is also cleared whe
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 _MISSING = object()
 
 
 class Mirrored:
-    def __init__(self, table: Any, max_keys: int = 200_000, writer: Any = None) -> None:
+    def __init__(self, table: Any, max_keys: int = 200_000, writer: Any = None,
+                 decode: Callable[[bytes], Any] | None = None) -> None:
         self.table = table
         self.writer = writer  # a TableBatch, for ``write``
+        self.decode = decode  # for a raw-bytes table: its values' decoder
         self.max_keys = max_keys
         self._cache: dict[str, Any] = {}
 
@@ -23,6 +25,8 @@ class Mirrored:
         value = self._cache.get(key, _MISSING)
         if value is _MISSING:
             value = self.table.get(key)
+            if value is not None and self.decode is not None:
+                value = self.decode(value)
             self._remember(key, value)
         return value
 

@@ -49,6 +49,7 @@ from streams.settings import Settings
 
 log = logging.getLogger("herald.pipeline")
 BEHIND = 1_000  # records still unread on a partition that make its clock wait for them
+STATES_TABLE = "states"  # users' states: raw bytes (the JSON-typed "users" table of 0.1 is not read)
 COMPACTED = {"segment.ms": str(10 * 60_000), "segment.bytes": str(64 * 1024 * 1024), "min.cleanable.dirty.ratio": "0.2"}
 
 
@@ -95,11 +96,14 @@ def build(settings: Settings | None = None) -> faust.App:
     decisions_topic = settings.topic("decisions")
     ticks = app.topic(f"{settings.app_id}-ticks", key_type=bytes, value_type=bytes)
     # each batch logs every user it changed: roll segments often so compaction keeps the changelog (and a
-    # new owner's recovery) near one record per user instead of one per event since the topic was created
-    users_table = app.Table("users", default=None, partitions=parts, extra_topic_configs=COMPACTED)
+    # new owner's recovery) near one record per user instead of one per event since the topic was created.
+    # Raw bytes (JSON made and read here, with orjson): Faust would decode every record it restores only to
+    # write the bytes back, which made a recovery three times slower.
+    users_table = app.Table(STATES_TABLE, default=None, partitions=parts, extra_topic_configs=COMPACTED,
+                            key_type=bytes, value_type=bytes, recovery_buffer_size=10_000)
     outbox = Outbox(settings.kafka_bootstrap)
-    users_batch = TableBatch(users_table, outbox)  # a batch's states written at once (RocksDB + changelog)
-    users = Mirrored(users_table, writer=users_batch)  # only this agent writes it: reads through a cache
+    users_batch = TableBatch(users_table, outbox, encode=orjson.dumps)  # a batch's states written at once
+    users = Mirrored(users_table, writer=users_batch, decode=orjson.loads)  # only this agent writes it: reads through a cache
     # preferences and presence are written by this worker's own agents, through the same caches
     prefs_table = Mirrored(app.Table("preferences", default=None, partitions=parts))
     presence = Mirrored(app.Table("presence", default=None, partitions=parts))
@@ -155,7 +159,7 @@ def build(settings: Settings | None = None) -> faust.App:
                     continue
                 due = policy.next_due(orjson.loads(value))
                 if due is not None:
-                    index.set(orjson.loads(key), due)
+                    index.set(key.decode(), due)
                     count += 1
         log.info("indexed %d users of partitions %s in %.2f s", count, sorted(fresh), time.monotonic() - started)
 

@@ -18,7 +18,7 @@ state per event, so it writes them here instead, once per batch:
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from faust.types import TP
 from rocksdict import WriteBatch
@@ -27,9 +27,10 @@ from streams.outbox import Outbox
 
 
 class TableBatch:
-    def __init__(self, table: Any, outbox: Outbox) -> None:
+    def __init__(self, table: Any, outbox: Outbox, encode: Callable[[Any], bytes] | None = None) -> None:
         self.table = table
         self.outbox = outbox
+        self.encode = encode  # values to bytes before the table's serializer, for a raw-bytes table
         self._reached: dict[int, int] = {}  # changelog partition -> highest offset acknowledged
 
     @property
@@ -44,6 +45,8 @@ class TableBatch:
         count = 0
         for key, value, partition in changes:
             key_bytes = store._encode_key(key)
+            if value is not None and self.encode is not None:
+                value = self.encode(value)
             value_bytes = None if value is None else store._encode_value(value)
             self.outbox.send(topic, key_bytes, value_bytes, partition, on_delivery=self._delivered)
             if value_bytes is None:

@@ -90,7 +90,7 @@ class Options:
     api_duration_s: float = 20.0
     api_warmup_s: float = 5.0
     api_users: int = 10_000
-    all_final_wait_s: float = 60.0
+    all_final_wait_s: float = 30.0
     batch_window_s: int = 2
     digest_period_s: int = 10
     seed: int = 1
@@ -402,9 +402,10 @@ class Tap(threading.Thread):
     of records, with the time it was read, to ``handle``. ``ready`` is set once it is assigned."""
 
     def __init__(self, bootstrap: str, topics: list[str], handle: Callable[[list, int], None],
-                 from_end: bool = False) -> None:
+                 from_end: bool = False, wait_s: float = 0.1) -> None:
         super().__init__(daemon=True, name=f"tap-{topics[0]}")
         self.bootstrap, self.topics, self.handle, self.from_end = bootstrap, topics, handle, from_end
+        self.wait_s = wait_s  # a batch is handed over after this long even when short: a latency tap's error
         self.ready = threading.Event()
         self.stopping = threading.Event()
         self.error: BaseException | None = None
@@ -426,7 +427,7 @@ class Tap(threading.Thread):
             consumer.assign(parts)
             self.ready.set()
             while not self.stopping.is_set():
-                batch = consumer.consume(5000, 0.1)
+                batch = consumer.consume(5000, self.wait_s)
                 if batch:
                     self.handle([m for m in batch if not m.error()], time.time_ns())
         except BaseException as exc:  # noqa: BLE001 - reported by the phase that reads the tap
@@ -887,7 +888,7 @@ class Run:
         from bench.peers import quix_peer
 
         topic = self._events_topic()
-        timeout = max(60.0, min(900.0, self.left_s() * 0.25))
+        timeout = max(60.0, min(900.0, self.left_s() * 0.2))
         figures = quix_peer.run(topic, self.opts.events, settings=self.details["workload_settings"], timeout_s=timeout)
         self.groups.append(figures.get("quix_group"))
         self.figures.update({k: v for k, v in figures.items() if not k.endswith(("_topic", "_group"))})
@@ -1006,7 +1007,7 @@ class Run:
     def _critical(self, worker: Crew, settings: Any, rate: float, measured: float | None) -> None:
         latencies = Latencies(self.codec())
         topics = [settings.topic(f"delivery.{c}") for c in DELIVERY_CHANNELS]
-        tap = Tap(settings.kafka_bootstrap, topics, latencies.handle, from_end=True).start_ready()
+        tap = Tap(settings.kafka_bootstrap, topics, latencies.handle, from_end=True, wait_s=0.002).start_ready()
         self.threads.append(tap)
         stream = Stream(settings.kafka_bootstrap, self.codec(), settings.topic("events"), self.opts.users,
                         "bench-user-", rate, self.opts.latency_s, seed=self.opts.seed + 11, tag="crit")

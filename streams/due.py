@@ -28,10 +28,10 @@ class DueIndex:
         self._due[user_id] = due_ms
         heapq.heappush(self._heap, (due_ms, user_id))
 
-    def pop_due(self, now_ms: int) -> list[str]:
-        """The users due at or before ``now_ms``, earliest first, taken out of the index."""
-        out = []
-        while self._heap and self._heap[0][0] <= now_ms:
+    def pop_due(self, now_ms: int, limit: int | None = None) -> list[str]:
+        """The users due at or before ``now_ms``, earliest first, taken out of the index (at most ``limit``)."""
+        out: list[str] = []
+        while self._heap and self._heap[0][0] <= now_ms and (limit is None or len(out) < limit):
             due_ms, user_id = heapq.heappop(self._heap)
             if self._due.get(user_id) == due_ms:
                 del self._due[user_id]

@@ -21,10 +21,11 @@ class Mirrored:
         self.max_keys = max_keys
         self._cache: dict[str, Any] = {}
 
-    def get(self, key: str) -> Any:
+    def get(self, key: str, partition: int | None = None) -> Any:
+        """The value of ``key``; with its ``partition`` (and a ``writer``), read straight from its store."""
         value = self._cache.get(key, _MISSING)
         if value is _MISSING:
-            value = self.table.get(key)
+            value = self.table.get(key) if partition is None or self.writer is None else self.writer.read(key, partition)
             if value is not None and self.decode is not None:
                 value = self.decode(value)
             self._remember(key, value)
@@ -49,6 +50,8 @@ class Mirrored:
         self._cache.clear()
 
     def _remember(self, key: str, value: Any) -> None:
+        if not self.max_keys:
+            return
         if len(self._cache) >= self.max_keys:
             self._cache.clear()
         self._cache[key] = value

@@ -156,7 +156,9 @@ def _route(out: Outcome, event: dict, prefs: dict, online: bool, now_ms: int, co
         out.decisions.append(make_decision(event, "SUPPRESSED_PREFERENCE", now_ms,
                                            reason="the user turned off every channel this event would use"))
         return out
-    plan = {"event": event, "pending": 0, "outcome": "ROUTED", "channels": chosen, "delivery_ids": [], "notes": []}
+    # the plan keeps only what its decision names: the event itself is in the group or the held list
+    plan = {"event": {"event_id": event["event_id"], "user_id": event["user_id"]}, "pending": 0, "outcome": "ROUTED",
+            "channels": chosen, "delivery_ids": [], "notes": []}
     out.state["plans"][event["event_id"]] = plan
     for channel in chosen:
         where = _placement(event, channel, prefs, config)

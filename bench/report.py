@@ -187,11 +187,13 @@ def render_markdown(results: dict, chart_path: str | None = None) -> str:
     ]
     if f.get("pipeline_events_decided") is not None:
         lines.append(
-            f"- Herald decided {fmt(f.get('pipeline_events_decided'))} of them"
+            f"- Herald decided {fmt(f.get('pipeline_events_decided'))} of them with "
+            f"{fmt(f.get('pipeline_workers') or 1)} worker process(es) (one per core; "
+            f"{fmt(f.get('pipeline_events_per_s_per_worker'), 'events/s')} a worker), the Quix Streams peer with one"
             + (f"; every one had its final decision {_duration(f.get('pipeline_all_final_s'))} after the first decision"
                if f.get("pipeline_all_final_s") is not None else "")
             + f"; worker start-up {_duration(f.get('pipeline_startup_s'))} (not counted); worker RSS afterwards "
-            f"{fmt(f.get('pipeline_worker_rss_mb'), 'MB')}.")
+            f"{fmt(f.get('pipeline_worker_rss_mb'), 'MB')} (the largest).")
     if f.get("critical_samples") is not None:
         trend = f.get("critical_p50_by_quarter_ms") or []
         lines.append(

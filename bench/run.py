@@ -945,6 +945,8 @@ class Run:
         self.figures.update({
             "pipeline_events": total, "pipeline_events_decided": n, "pipeline_complete": n >= total,
             "pipeline_events_per_s": steady if steady is not None else overall,
+            "pipeline_events_per_s_per_worker": round((steady if steady is not None else overall or 0)
+                                                      / len(worker.members), 1),
             "pipeline_overall_events_per_s": overall,
             "pipeline_first_to_last_decision_s": round(span, 2),
             "pipeline_outcomes_first": {heads.outcomes[k]: v for k, v in sorted(decided.outcomes.items())},

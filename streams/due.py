@@ -1,7 +1,7 @@
-"""When each user next needs the clock: an in-memory index per partition, rebuilt from the users table.
+"""When each user next needs the clock: an in-memory index per partition, rebuilt from the states table.
 
 The index is not a table: it is derived from the users' states (``policy.next_due``), so the pipeline
-rebuilds it from the users table whenever it is given partitions, and no crash can leave it out of step
+rebuilds it from the states table whenever it is given partitions, and no crash can leave it out of step
 with the states. Entries are kept in a heap; a user indexed again with another time leaves a stale entry
 behind that ``pop_due`` skips.
 """

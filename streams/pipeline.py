@@ -16,7 +16,7 @@ Nothing here decides anything. The shell:
 - runs the clock: a timer puts a tick on every partition of an internal topic co-partitioned with the
   events, and the agent, in stream context for that partition, releases the users due (Faust tables can
   only be written from a stream, and ``on_window_close`` is not to be trusted). Who is due when is an
-  in-memory index (``DueIndex``) rebuilt from the users table after every rebalance. The clock of a
+  in-memory index (``DueIndex``) rebuilt from the states table after every rebalance. The clock of a
   partition never runs ahead of the events still waiting to be read on it.
 """
 from __future__ import annotations

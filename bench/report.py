@@ -100,8 +100,8 @@ ROWS: tuple[Row, ...] = (
         "≥ 16,667/s (1,000,000 in 60 s)", _at_least("digests_per_s", FULL_DIGEST_USERS / TARGET_DIGEST_S)),
     Row("unread_p50_ms", "Unread-count API, p50 at a fixed request rate", "ms"),
     Row("unread_p99_ms", "Unread-count API, p99 at a fixed request rate", "ms", "≤ 5 ms at 5,000 req/s", _unread_met),
-    Row("worker_rss_mb", "Worker memory (RSS) with the digest users' state loaded", "MB"),
-    Row("worker_state_users", "Users of state in that worker", "users"),
+    Row("worker_rss_mb", "Worker memory (RSS, all digest workers) with every digest user's state loaded", "MB"),
+    Row("worker_state_users", "Users of state in those workers", "users"),
     Row("recovery_s", "kill -9 of the worker mid-stream → next decision by a new one", "s"),
 )
 
@@ -206,8 +206,11 @@ def render_markdown(results: dict, chart_path: str | None = None) -> str:
             f"- Digests: one LOW event for each of {fmt(f.get('digest_users'))} users"
             + (f" (of {fmt(f.get('digest_users_requested'))} asked for)"
                if f.get("digest_users_requested") not in (None, f.get("digest_users")) else "")
-            + f" in one fixed period of {fmt(f.get('digest_period_s'), 's')}, taken in at "
-            f"{fmt(f.get('digest_ingest_events_per_s'), 'events/s')} before it ended"
+            + f" in one fixed period of {fmt(f.get('digest_period_s'), 's')}: the states the policy makes for such "
+            f"an event were written to the workers' changelog ({fmt(f.get('digest_seed_states_per_s'), 'states/s')}) "
+            f"and {fmt(f.get('digest_workers') or 1)} worker(s) restored them from it in "
+            f"{_duration(f.get('digest_restore_s'))} ({fmt(f.get('digest_restore_states_per_s'), 'states/s')}) "
+            "before the period ended"
             + (f"; the first digest came {_duration(f.get('digest_first_s'))} after the end" if f.get("digest_first_s") is not None else "")
             + ".")
     if f.get("unread_p99_ms") is not None:
@@ -215,9 +218,9 @@ def render_markdown(results: dict, chart_path: str | None = None) -> str:
             f"- Unread-count API: {fmt(f.get('unread_target_requests_per_s'), 'req/s')} asked for, "
             f"{fmt(f.get('unread_requests_per_s'), 'req/s')} answered 200, {fmt(f.get('unread_errors'))} errors.")
     if f.get("recovery_s") is not None:
-        lines.append(f"- Recovery: the digest worker, holding {fmt(f.get('worker_state_users'))} users of state, was "
-                     f"killed with a stream going on; a new one was Ready {_duration(f.get('recovery_ready_s'))} "
-                     "after the kill.")
+        lines.append(f"- Recovery: the digest worker(s), holding {fmt(f.get('worker_state_users'))} users of state, were "
+                     f"killed (kill -9) with a stream going on; new ones on the same disks were Ready "
+                     f"{_duration(f.get('recovery_ready_s'))} after the kill.")
     lines.append("")
     notes = results.get("notes", [])
     errors = results.get("errors", {})
@@ -327,7 +330,7 @@ def chart(results: dict, path: Path) -> Path | None:
     bars(axes[1][1], ["Herald digests/s"], [f.get("digests_per_s")],
          f"Digests for {fmt(f.get('digest_users'))} users: {fmt(f.get('digest_s'), 's')} after the period's end",
          "digests/s", FULL_DIGEST_USERS / TARGET_DIGEST_S, "target 1,000,000 in 60 s")
-    fig.text(0.01, 0.01, f"worker RSS {fmt(f.get('worker_rss_mb'), 'MB')} with {fmt(f.get('worker_state_users'))} users of "
+    fig.text(0.01, 0.01, f"workers' RSS {fmt(f.get('worker_rss_mb'), 'MB')} with {fmt(f.get('worker_state_users'))} users of "
              f"state; kill -9 → next decision {fmt(f.get('recovery_s'), 's')}", fontsize=9)
     fig.tight_layout(rect=(0, 0.03, 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ class Mirrored:
         """The value of ``key``; with its ``partition`` (and a ``writer``), read straight from its store."""
         value = self._cache.get(key, _MISSING)
         if value is _MISSING:
-            value = self.table.get(key) if partition is None or self.writer is None else self.writer.read(key, partition)
+            value = self.table.get(key) if partition is None else self._read(key, partition)
             if value is not None and self.decode is not None:
                 value = self.decode(value)
             self._remember(key, value)
@@ -39,6 +39,13 @@ class Mirrored:
         if self.get(key) is not None:
             del self.table[key]
         self._remember(key, None)
+
+    def _read(self, key: str, partition: int) -> Any:
+        """``key``'s value read straight from the RocksDB file of its partition: one get, none of the layers of
+        a table read (key encoding through the registry, a containment check, sensors)."""
+        store = self.table.data
+        raw = store._db_for_partition(partition).get(store._encode_key(key))
+        return None if raw is None else store._decode_value(raw)
 
     def write(self, changes: list[tuple[str, Any, int]]) -> None:
         """Write a batch of ``(key, value or None to delete, partition)`` through the ``writer``."""

@@ -165,13 +165,14 @@ def build(settings: Settings | None = None) -> faust.App:
                     count += 1
         log.info("indexed %d users of partitions %s in %.2f s", count, sorted(fresh), time.monotonic() - started)
 
-    def user_context(user_id: str, now_ms: int) -> tuple[dict, bool]:
+    def user_context(user_id: str, partition: int, now_ms: int) -> tuple[dict, bool]:
+        """The user's preferences (defaults filled in) and presence; both live on the user's partition."""
         prefs = effective_prefs.get(user_id)
         if prefs is None:
             if len(effective_prefs) >= 50_000:
                 effective_prefs.clear()
-            prefs = effective_prefs[user_id] = effective(prefs_table.get(user_id), user_id)
-        return prefs, online(presence.get(user_id), now_ms)
+            prefs = effective_prefs[user_id] = effective(prefs_table.get(user_id, partition), user_id)
+        return prefs, online(presence.get(user_id, partition), now_ms)
 
     class Step:
         """One batch of records. Users' states are read once and changed in memory; at the end the outputs
@@ -253,7 +254,7 @@ def build(settings: Settings | None = None) -> faust.App:
             if when > now_ms:  # its due time moved
                 index.set(user_id, when)
                 continue
-            prefs, is_online = user_context(user_id, now_ms)
+            prefs, is_online = user_context(user_id, partition, now_ms)
             out = policy.on_tick(state, prefs, is_online, now_ms, config)
             step.put(user_id, out.state, partition)
             await step.emit(out)
@@ -278,7 +279,7 @@ def build(settings: Settings | None = None) -> faust.App:
         user_id = record["user_id"]
         if await misrouted(event, user_id.encode()):
             return
-        prefs, is_online = user_context(user_id, now_ms)
+        prefs, is_online = user_context(user_id, msg.partition, now_ms)
         out = policy.on_event(step.state(user_id, msg.partition), record, prefs, is_online, now_ms,
                               f"{msg.topic}:{msg.partition}:{msg.offset}", config, offset=msg.offset)
         step.put(user_id, out.state, msg.partition)

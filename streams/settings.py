@@ -55,7 +55,7 @@ class Settings:
                              "Records the pipeline takes at a time: each user's state is read and written once per batch.")
     take_within_s: float = _setting(0.01, "HERALD_TAKE_WITHIN_S",
                                     "Longest wait, in seconds, for a batch to fill before it is processed anyway.")
-    release_chunk: int = _setting(500, "HERALD_RELEASE_CHUNK",
+    release_chunk: int = _setting(2000, "HERALD_RELEASE_CHUNK",
                                   "Users released (batches, digests, held events) in one batch of records at most; "
                                   "more due ones follow after the events already waiting, so those are not held up.")
     presence_ttl_s: int = _setting(120, "HERALD_PRESENCE_TTL_S",

@@ -59,11 +59,6 @@ class TableBatch:
             store._db_for_partition(partition).write(batch)
         return count
 
-    def read(self, key: Any, partition: int) -> bytes | None:
-        """The stored bytes of ``key`` on ``partition`` (one RocksDB get, none of a table read's layers)."""
-        store = self.table.data
-        return store._db_for_partition(partition).get(store._encode_key(key))
-
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is None:
             partition, offset = msg.partition(), msg.offset()

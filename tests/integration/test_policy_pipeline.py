@@ -298,7 +298,9 @@ def herald(stack, tmp_path_factory):
 @pytest.fixture(scope="module")
 def throttled(stack, tmp_path_factory):
     # also the presence TTL's pipeline: no test here needs a user online for long
-    p = new_pipeline(tmp_path_factory, "rate", HERALD_RATE_PER_MINUTE="3", HERALD_PRESENCE_TTL_S="15")
+    # and the release chunk's: 3 users released a batch, so a digest period of many users takes several rounds
+    p = new_pipeline(tmp_path_factory, "rate", HERALD_RATE_PER_MINUTE="3", HERALD_PRESENCE_TTL_S="15",
+                     HERALD_RELEASE_CHUNK="3")
     try:
         p.start("worker")
         stage = Stage(p)
@@ -516,6 +518,23 @@ def test_low_priority_events_go_in_one_email_digest(herald):
         assert final["outcome"] == "DIGESTED" and final["delivery_id"] == digests[0]["delivery_id"]
         assert [r["kind"] for r in out.sent(user, "INAPP", event_id=e["event_id"])] == ["SINGLE"]
     assert out.sent(user, "PUSH") == [] and out.sent(user, "SMS") == []
+
+
+def test_more_users_due_than_a_release_chunk_all_get_their_digest_once(throttled):
+    """12 users' digests due at one period end, on a worker releasing 3 users a batch: the rest follow in
+    continuation rounds, each user's digest exactly once."""
+    out = throttled.out
+    users = [f"{throttled.unique}-chunk{n}" for n in range(12)]
+    align(6000, 2500)
+    low = [ev(user, f"c{n}", type="SYSTEM", priority="LOW", occurred_at=now_ms() + n) for n, user in enumerate(users)]
+    throttled.send(*low)
+    for e in low:
+        wait_for(lambda e=e: out.finals(e["user_id"]).get(e["event_id"]), 30, "finals", out, e["user_id"])
+    settle()
+    for e in low:
+        digests = out.sent(e["user_id"], "EMAIL")
+        assert [(d["kind"], d["event_ids"]) for d in digests] == [("DIGEST", [e["event_id"]])], out.dump(e["user_id"])
+        assert only_final(out, e["user_id"], e)["outcome"] == "DIGESTED"
 
 
 # -- 7. scheduling and cancellation ----------------------------------------------------------------

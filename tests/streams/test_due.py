@@ -21,3 +21,15 @@ def test_setting_the_same_time_twice_yields_the_user_once():
     index.set("a", 1000)
     index.set("a", 1000)
     assert index.pop_due(1000) == ["a"]
+
+
+def test_pop_due_takes_at_most_the_limit_and_leaves_the_rest_due():
+    index = DueIndex()
+    for n in range(7):
+        index.set(f"u{n}", 1_000 + n)
+    first = index.pop_due(2_000, limit=3)
+    assert first == ["u0", "u1", "u2"]
+    assert index.next() == 1_003
+    assert index.pop_due(2_000, limit=3) == ["u3", "u4", "u5"]
+    assert index.pop_due(2_000, limit=3) == ["u6"]
+    assert index.pop_due(2_000, limit=3) == [] and index.next() is None

@@ -8,20 +8,24 @@ What it measures, in this order (each phase prints its time; the whole default r
                   CRITICAL 5%; 10% duplicates; preferences for 20% of users), generated in memory
                   before any clock starts, then produced once to one topic that 3-5 all read.
   3. ceiling      passthrough_events_per_s: confluent-kafka consume -> produce of the same bytes.
-  4. peer         quix_events_per_s: the same dedup + rate count + tumbling batch in Quix Streams
-                  (its own venv, made on first use: a minute or two once).
-  5. pipeline     pipeline_events_per_s: a Herald worker (`python -m streams.cli worker`) started on
-                  the workload's topics once they are full; the rate at which events get their first
-                  decision, between 10% and 90% of them (start-up is not counted), and overall.
+  4. peer         quix_events_per_s: the same dedup + rate count + tumbling batch in Quix Streams, one
+                  process (its own venv, made on first use: a minute or two once); with a budget it gets
+                  10% of what is left and its rate is over the events it decided.
+  5. pipeline     pipeline_events_per_s: Herald workers (`python -m streams.cli worker`, one per core, or
+                  --workers) started on the workload's topics once they are full; the rate at which events
+                  get their first decision, between 10% and 90% of them (start-up is not counted), overall,
+                  and per worker.
   6. critical     critical_p50/p95/p99_ms: a mixed stream at half Herald's measured rate; each CRITICAL
                   event carries its send time, and the first delivery record of it on any delivery topic
-                  is timed when a consumer reads it.
-  7. digest       digest_s, digests_per_s: a fresh worker; one LOW event for each of --digest-users users,
-                  all in one fixed digest period (HERALD_DIGEST_PERIOD_S, chosen to outlast the intake);
-                  the time from the period's end to the last DIGEST delivery request. worker_rss_mb and
-                  worker_state_users: that worker's RSS once every user's state is loaded.
-  8. recovery     recovery_s: kill -9 of that worker mid-stream, a new one started at once; the time from
-                  the kill to the first decision the new one writes.
+                  is timed when a consumer reads it (fresh workers if the pipeline's still have work).
+  7. digest       digest_s, digests_per_s: --digest-users users' states, each holding one LOW event in one
+                  fixed digest period, are computed by the policy's own code and written to the workers'
+                  changelog (bench/digest_seed.py: taking a million events in would not fit the budget);
+                  fresh workers (one per core) restore them (digest_restore_s); then the time from the
+                  period's end to the last DIGEST delivery request. worker_rss_mb and worker_state_users:
+                  those workers' RSS, summed, once every user's state is loaded and indexed.
+  8. recovery     recovery_s: kill -9 of those workers with a stream going on, new ones started at once
+                  on the same disks; the time from the kill to the first decision they write.
   9. api          unread_p50_ms, unread_p99_ms: `herald api` under a fixed 5,000 requests/s (open loop).
 
 Then it writes bench/results/bench-<run>.json and bench/results/latest.json (every figure, the ratios
@@ -31,8 +35,8 @@ matplotlib: `.venv/bin/pip install -e '.[bench]'`; without it everything else is
 
 How long: about 15 minutes by default on a 2-core machine when Herald is fast enough; the phases that
 depend on Herald's speed are cut to fit --budget-min and say so in the results: the pipeline phase stops
-after its share of the budget (the rate is then over the events decided), and the digest phase loads only
-as many users as Herald can take in within what is left. --quick is a one-minute smoke run.
+after its share of the budget (the rate is then over the events decided), and the digest phase seeds only
+as many users as it can restore and release within what is left. --quick is a one-minute smoke run.
 
 examples:
   herald bench                                   # the full run, ~15 minutes
@@ -67,8 +71,8 @@ MARKDOWN = REPO_ROOT / "BENCHMARKS.md"
 SENT_KEY = "bench_sent_ns"
 DELIVERY_CHANNELS = ("push", "sms", "email", "inapp", "websocket")
 # rough rates on a 2-core machine, to fit the digest phase in the budget (the results hold the real ones)
-# (measured with two workers: 56,000 states/s seeded, 22,600 restored, ~4,000-6,000 digests/s)
-SEED_PER_S, RESTORE_PER_S, INDEX_PER_S, DIGEST_PER_S = 50_000, 20_000, 100_000, 6_000
+# (measured with two workers: 56,000 states/s seeded, 22,600 restored, 6,400 digests/s)
+SEED_PER_S, RESTORE_PER_S, INDEX_PER_S, DIGEST_PER_S = 50_000, 20_000, 100_000, 6_500
 DIGEST_DEDUP_WINDOW_S = 3_600  # longer than the digest phase: no dedup expiry visits every user inside it
 
 
@@ -1081,12 +1085,12 @@ class Run:
         requested = users = self.opts.digest_users
         left = self.left_s()
         if left != float("inf"):
-            # what follows this phase: recovery (~40 s), the API (its run, and seeding: ~4 ms a user), writing up
-            # and cleaning up (~15 s); this phase: seeding, restoring, the digests going out
+            # what follows this phase: recovery (~30 s), the API (its run, and seeding: ~4 ms a user), writing up
+            # and cleaning up (~10 s); this phase: seeding, restoring, the digests going out
             api = self.opts.api_warmup_s + self.opts.api_duration_s + self.opts.api_users * 0.004 + 15
-            after = 40 + (0 if self.opts.skip_api else api) + 15
+            after = 30 + (0 if self.opts.skip_api else api) + 10
             per_user_s = 1 / SEED_PER_S + 1 / RESTORE_PER_S + 1 / INDEX_PER_S + 1 / DIGEST_PER_S
-            affordable = round_down_nicely(int(max(10.0, left - after - 30) / per_user_s))
+            affordable = round_down_nicely(int(max(10.0, left - after - 10) / per_user_s))
             if affordable < users:
                 users = affordable
                 self.notes.append(

@@ -3,7 +3,10 @@
 Every write still goes to the table (so to RocksDB and the changelog); reads of keys this worker has
 already seen skip the table's decoding. The cache is only right while the worker owns the keys'
 partitions, so the pipeline clears it at every rebalance; it is also cleared when it holds more than
-``max_keys`` (crude, but it keeps memory bounded and costs one re-read per key).
+``max_keys`` (crude, but it keeps memory bounded and costs one re-read per key); ``max_keys=0`` keeps
+nothing (the states: a cache of many large dicts costs the garbage collector more than it saves).
+A read given the key's partition goes straight to that partition's RocksDB file. ``write`` hands a
+batch of changes to a ``TableBatch``.
 """
 from __future__ import annotations
 

@@ -44,8 +44,8 @@ from streams.app import create_app
 from streams.due import DueIndex
 from streams.mirror import Mirrored
 from streams.outbox import Outbox
-from streams.table_batch import TableBatch
 from streams.settings import Settings
+from streams.table_batch import TableBatch
 
 log = logging.getLogger("herald.pipeline")
 BEHIND = 1_000  # records still unread on a partition that make its clock wait for them
@@ -105,7 +105,7 @@ def build(settings: Settings | None = None) -> faust.App:
     users_batch = TableBatch(users_table, outbox, encode=orjson.dumps)  # a batch's states written at once
     # no read cache for the states: a RocksDB get is a few µs, and a cache of a few hundred thousand states
     # (dicts of dicts) made the garbage collector's full passes take ~0.5 s
-    users = Mirrored(users_table, max_keys=0, writer=users_batch, decode=orjson.loads)  # only this agent writes it: reads through a cache
+    users = Mirrored(users_table, max_keys=0, writer=users_batch, decode=orjson.loads)
     # preferences and presence are written by this worker's own agents, through the same caches
     prefs_table = Mirrored(app.Table("preferences", default=None, partitions=parts))
     presence = Mirrored(app.Table("presence", default=None, partitions=parts))

@@ -25,7 +25,7 @@ class Mirrored:
         self._cache: dict[str, Any] = {}
 
     def get(self, key: str, partition: int | None = None) -> Any:
-        """The value of ``key``; with its ``partition`` (and a ``writer``), read straight from its store."""
+        """The value of ``key``; given its ``partition``, read straight from that partition's RocksDB file."""
         value = self._cache.get(key, _MISSING)
         if value is _MISSING:
             value = self.table.get(key) if partition is None else self._read(key, partition)

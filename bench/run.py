@@ -10,7 +10,7 @@ What it measures, in this order (each phase prints its time; the whole default r
   3. ceiling      passthrough_events_per_s: confluent-kafka consume -> produce of the same bytes.
   4. peer         quix_events_per_s: the same dedup + rate count + tumbling batch in Quix Streams, one
                   process (its own venv, made on first use: a minute or two once); with a budget it gets
-                  10% of what is left and its rate is over the events it decided.
+                  5% of what is left (at least 45 s) and its rate is over the events it decided.
   5. pipeline     pipeline_events_per_s: Herald workers (`python -m streams.cli worker`, one per core, or
                   --workers) started on the workload's topics once they are full; the rate at which events
                   get their first decision, between 10% and 90% of them (start-up is not counted), overall,
@@ -905,7 +905,8 @@ class Run:
         from bench.peers import quix_peer
 
         topic = self._events_topic()
-        timeout = max(60.0, min(900.0, self.left_s() * 0.1))  # a steady rate needs no million events
+        # a steady rate needs no million events: ~40 s of Quix at full speed is ~400,000 of them
+        timeout = max(45.0, min(900.0, self.left_s() * 0.05))
         figures = quix_peer.run(topic, self.opts.events, settings=self.details["workload_settings"], timeout_s=timeout)
         self.groups.append(figures.get("quix_group"))
         self.figures.update({k: v for k, v in figures.items() if not k.endswith(("_topic", "_group"))})
@@ -929,7 +930,7 @@ class Run:
         self.figures["pipeline_workers"] = len(worker.members)
         self.console.say(f"  {len(worker.members)} worker(s) ready in {ready_s:.1f} s (one per core); reading "
                          f"{self.opts.events:,} events from {topic}")
-        limit = max(60.0, self.left_s() * 0.45) if self.opts.budget_min else float("inf")
+        limit = self.pipeline_limit_s()
         total = self.opts.events
         started = time.monotonic()
         cpu0 = time.process_time()
@@ -989,6 +990,31 @@ class Run:
             self.notes.append(f"{decided.finals:,} of {n:,} decided events were final {wait:.0f} s after the last "
                               "first decision (the rest were waiting in batches, digests or rate limits).")
         tap.stop()
+
+    def after_pipeline_s(self) -> float:
+        """About how long the phases after the pipeline take at full scale (from the rates measured on a 2-core
+        machine): what the pipeline phase must leave of the budget."""
+        latency = self.opts.latency_s + 30  # fresh workers' start, the stream, the late deliveries
+        return latency + self.digest_need_s(self.opts.digest_users) + self.after_digests_s()
+
+    def after_digests_s(self) -> float:
+        """Recovery (~30 s), the API phase (its run, and seeding: ~4 ms a user), writing up and cleaning up."""
+        api = self.opts.api_warmup_s + self.opts.api_duration_s + self.opts.api_users * 0.004 + 15
+        return 30 + (0 if self.opts.skip_api else api) + 10
+
+    @staticmethod
+    def digest_need_s(users: int) -> float:
+        """Seeding, restoring, indexing and releasing ``users`` digests, plus the workers' start and the wait for
+        the period's end."""
+        return users * (1 / SEED_PER_S + 1 / RESTORE_PER_S + 1 / INDEX_PER_S + 1 / DIGEST_PER_S) + 35
+
+    def pipeline_limit_s(self) -> float:
+        """The pipeline phase's share of the budget: what the later phases do not need, and never less than
+        40% of what is left (a slow pipeline then cuts the digests, which say so, rather than itself alone)."""
+        if not self.opts.budget_min:
+            return float("inf")
+        left = self.left_s()
+        return max(60.0, left * 0.4, left - self.after_pipeline_s())
 
     def critical(self) -> None:
         """CRITICAL produce → delivery topic latency, on the pipeline worker, at half its measured rate."""
@@ -1085,12 +1111,9 @@ class Run:
         requested = users = self.opts.digest_users
         left = self.left_s()
         if left != float("inf"):
-            # what follows this phase: recovery (~30 s), the API (its run, and seeding: ~4 ms a user), writing up
-            # and cleaning up (~10 s); this phase: seeding, restoring, the digests going out
-            api = self.opts.api_warmup_s + self.opts.api_duration_s + self.opts.api_users * 0.004 + 15
-            after = 30 + (0 if self.opts.skip_api else api) + 10
+            # this phase (seeding, restoring, the digests going out) and what follows it
             per_user_s = 1 / SEED_PER_S + 1 / RESTORE_PER_S + 1 / INDEX_PER_S + 1 / DIGEST_PER_S
-            affordable = round_down_nicely(int(max(10.0, left - after - 10) / per_user_s))
+            affordable = round_down_nicely(int(max(10.0, left - self.after_digests_s() - 10) / per_user_s))
             if affordable < users:
                 users = affordable
                 self.notes.append(

@@ -69,6 +69,22 @@ def test_rates_percentiles_and_trend():
     assert (run.round_down_nicely(123_456), run.round_down_nicely(99), run.round_down_nicely(0)) == (120_000, 99, 1)
 
 
+def test_the_pipeline_phase_leaves_the_later_phases_what_they_need_but_never_takes_under_40_percent(monkeypatch):
+    bench = run.Run(run.options_from([]), run.Console())
+    need = bench.after_pipeline_s()
+    # a million digest users at the rates the budget assumes, the latency stream, recovery and the API
+    assert 300 < need < 500
+    assert bench.digest_need_s(1_000_000) > bench.digest_need_s(100_000)
+    for left, expected in ((800.0, 800.0 - need), (500.0, 200.0), (100.0, 60.0)):
+        monkeypatch.setattr(bench, "left_s", lambda left=left: left)
+        assert bench.pipeline_limit_s() == pytest.approx(expected)
+    fewer = run.Run(run.options_from(["--digest-users", "100000", "--skip-api"]), run.Console())
+    monkeypatch.setattr(fewer, "left_s", lambda: 800.0)
+    assert fewer.pipeline_limit_s() > 800.0 - need  # fewer digests to make: more time for the pipeline
+    unbudgeted = run.Run(run.options_from(["--budget-min", "0"]), run.Console())
+    assert unbudgeted.pipeline_limit_s() == float("inf")
+
+
 def test_the_chosen_digest_period_starts_soon_after_the_worker_is_ready():
     for ready_at in (1_795_000_000.3, 1_795_000_123.9, 1_795_004_567.0):
         period = run.choose_period(100, ready_at)

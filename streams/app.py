@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import faust
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from infra.common import subdir
 from schemas.codec import Codec
@@ -11,6 +12,26 @@ from schemas.faust_codec import AvroCodec
 from schemas.registry import Registry
 from streams.settings import Settings
 from streams.topics import CHANNELS
+
+
+_faust_worker_consumer = AIOKafkaConsumerThread._create_worker_consumer
+
+
+def _worker_consumer(self: AIOKafkaConsumerThread, transport: object) -> object:
+    """Faust's aiokafka consumer with HERALD_FETCH_MAX_WAIT_MS instead of the 1,500 ms Faust hard-codes.
+
+    aiokafka keeps one fetch in flight per broker and leaves out of it the partitions that still have
+    records buffered; when the fetch in flight holds only quiet partitions (ticks, preferences,
+    presence), the broker parks it for the whole wait, and events that arrive meanwhile on the
+    partitions left out are not fetched until it returns: CRITICAL events waited ~1 s that way."""
+    consumer = _faust_worker_consumer(self, transport)
+    herald = getattr(self.app.conf, "herald", None)
+    if herald is not None:
+        consumer._fetch_max_wait_ms = herald.fetch_max_wait_ms  # read when the consumer starts its fetcher
+    return consumer
+
+
+AIOKafkaConsumerThread._create_worker_consumer = _worker_consumer
 
 
 def create_app(settings: Settings | None = None, codec: Codec | None = None) -> faust.App:
@@ -38,6 +59,7 @@ def create_app(settings: Settings | None = None, codec: Codec | None = None) -> 
         consumer_max_fetch_size=16 * 1024 * 1024,
         consumer_auto_offset_reset="earliest",
         table_cleanup_interval=60.0,
+        table_standby_replicas=settings.standby_replicas,
         # a worker killed with -9 holds its partitions until its session expires: keep that short
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,

@@ -58,6 +58,15 @@ class Settings:
     release_chunk: int = _setting(2000, "HERALD_RELEASE_CHUNK",
                                   "Users released (batches, digests, held events) in one batch of records at most; "
                                   "more due ones follow after the events already waiting, so those are not held up.")
+    fetch_max_wait_ms: int = _setting(10, "HERALD_FETCH_MAX_WAIT_MS",
+                                      "Longest time the broker may hold the worker's fetch for records to arrive "
+                                      "(Faust's own choice is 1,500 ms, which CRITICAL events then wait for). A "
+                                      "quiet worker sends about 1000/this many small fetches a second.")
+    standby_replicas: int = _setting(0, "HERALD_STANDBY_REPLICAS",
+                                     "Standby copies of each partition's tables that other workers keep up to date, "
+                                     "so a worker taking over a partition has its state at hand. Each one costs its "
+                                     "worker a changelog read and a RocksDB write per state change: 0 (Kafka Streams' "
+                                     "default too) suits workers sharing one machine, 1 workers on several.")
     presence_ttl_s: int = _setting(120, "HERALD_PRESENCE_TTL_S",
                                    "A connection not renewed within this many seconds counts as offline.")
     demo_rate: float = _setting(20.0, "HERALD_DEMO_RATE", "Events per second of the demo stream `herald up` starts.")

@@ -42,3 +42,10 @@ class DueIndex:
         while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
             heapq.heappop(self._heap)
         return self._heap[0][0] if self._heap else None
+
+
+def release_limit(chunk: int, waiting: int | None) -> int:
+    """How many due users one batch of records may release: ``chunk`` (HERALD_RELEASE_CHUNK) when no event of
+    the partition waits to be read (or that is not known), a tenth of it (at least one) while some do, so
+    that an event arriving behind a million due digests waits for a few hundred releases, not thousands."""
+    return chunk if not waiting else max(1, chunk // 10)

@@ -41,11 +41,12 @@ from schemas.codec import Codec, DecodeError
 from schemas.registry import Registry
 from streams import dlq
 from streams.app import create_app
-from streams.due import DueIndex
+from streams.due import DueIndex, release_limit
 from streams.mirror import Mirrored
 from streams.outbox import Outbox
 from streams.settings import Settings
 from streams.table_batch import TableBatch
+from streams.topics import CHANNELS
 
 log = logging.getLogger("herald.pipeline")
 BEHIND = 1_000  # records still unread on a partition that make its clock wait for them
@@ -94,6 +95,8 @@ def build(settings: Settings | None = None) -> faust.App:
     parts = settings.partitions
     events_topic = settings.topic("events")
     decisions_topic = settings.topic("decisions")
+    decisions_value = f"{decisions_topic}-value"
+    delivery_topics = {c: topics[f"delivery.{c.lower()}"].get_topic_name() for c in CHANNELS}
     ticks = app.topic(f"{settings.app_id}-ticks", key_type=bytes, value_type=bytes)
     # each batch logs every user it changed: roll segments often so compaction keeps the changelog (and a
     # new owner's recovery) near one record per user instead of one per event since the topic was created.
@@ -200,13 +203,13 @@ def build(settings: Settings | None = None) -> faust.App:
             self.home[user_id] = partition
             index_of(partition).set(user_id, None if policy.is_empty(state) else policy.next_due(state))
 
-        async def emit(self, out: policy.Outcome) -> None:
+        def emit(self, out: policy.Outcome) -> None:
             for request in out.requests:
-                topic = topics[f"delivery.{request['channel'].lower()}"].get_topic_name()
-                await send(topic, request["user_id"].encode(), codec.encode(f"{topic}-value", "DeliveryRequest", request))
+                topic = delivery_topics[request["channel"]]
+                outbox.send(topic, request["user_id"].encode(), codec.encode(f"{topic}-value", "DeliveryRequest", request))
             for decision in out.decisions:
-                await send(decisions_topic, decision["user_id"].encode(),
-                           codec.encode(f"{decisions_topic}-value", "Decision", decision))
+                outbox.send(decisions_topic, decision["user_id"].encode(),
+                            codec.encode(decisions_value, "Decision", decision))
 
         async def commit(self) -> None:
             await flushed()  # the outputs first: a state must never be durable before its outputs are
@@ -222,26 +225,31 @@ def build(settings: Settings | None = None) -> faust.App:
             await flushed()  # the states' changelog, before Faust may commit the records that made them
             users_batch.persist_offsets()
 
+    def unread(partition: int) -> int | None:
+        """Events of ``partition`` not read yet (None: not known, before its first event or fetch)."""
+        if partition not in last_event:
+            return None
+        try:
+            highwater = app.consumer.highwater(faust.types.TP(events_topic, partition))
+        except Exception:  # noqa: BLE001 - not known yet
+            return None
+        return None if highwater is None else max(0, highwater - 1 - last_event[partition][0])
+
     def tick_time(partition: int, tick_ms: int) -> int:
         """A tick's clock: its own time, unless many events of the partition are still unread (after a
         restart): then the time of the last event read, so nothing is released before they are."""
-        if partition not in last_event:
-            return tick_ms
-        offset, event_ms = last_event[partition]
-        try:
-            highwater = app.consumer.highwater(faust.types.TP(events_topic, partition))
-        except Exception:  # noqa: BLE001 - not known yet: the tick's own time
-            return tick_ms
-        if highwater is not None and highwater - offset > BEHIND:
-            return min(tick_ms, event_ms)
+        waiting = unread(partition)
+        if waiting is not None and waiting > BEHIND:
+            return min(tick_ms, last_event[partition][1])
         return tick_ms
 
     async def release(step: Step, partition: int, now_ms: int) -> None:
-        """Release the users due on ``partition``, at most HERALD_RELEASE_CHUNK in a batch: when more are due
-        (a daily digest for every user), a tick to this partition is queued to continue after the records
-        already waiting, so a CRITICAL event does not wait behind a million digests."""
+        """Release the users due on ``partition``, at most HERALD_RELEASE_CHUNK in a batch, a tenth of that
+        while events of the partition wait to be read: when more are due (a daily digest for every user), a
+        tick to this partition is queued to continue after the records already waiting, so a CRITICAL event
+        waits behind a few hundred releases at most, not a million digests."""
         index = index_of(partition)
-        budget = max(0, settings.release_chunk - step.released)
+        budget = max(0, release_limit(settings.release_chunk, unread(partition)) - step.released)
         chunk = index.pop_due(now_ms, limit=budget)
         step.released += len(chunk)
         if len(chunk) == budget and (index.next() or now_ms + 1) <= now_ms:
@@ -257,7 +265,7 @@ def build(settings: Settings | None = None) -> faust.App:
             prefs, is_online = user_context(user_id, partition, now_ms)
             out = policy.on_tick(state, prefs, is_online, now_ms, config)
             step.put(user_id, out.state, partition)
-            await step.emit(out)
+            step.emit(out)
 
     async def on_record(step: Step, event: faust.types.EventT) -> None:
         msg = event.message
@@ -283,7 +291,7 @@ def build(settings: Settings | None = None) -> faust.App:
         out = policy.on_event(step.state(user_id, msg.partition), record, prefs, is_online, now_ms,
                               f"{msg.topic}:{msg.partition}:{msg.offset}", config, offset=msg.offset)
         step.put(user_id, out.state, msg.partition)
-        await step.emit(out)
+        step.emit(out)
 
     source = app.topic(events_topic, f"{settings.app_id}-ticks", key_type=bytes, value_type=bytes)
 

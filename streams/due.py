@@ -44,8 +44,9 @@ class DueIndex:
         return self._heap[0][0] if self._heap else None
 
 
-def release_limit(chunk: int, waiting: int | None) -> int:
-    """How many due users one batch of records may release: ``chunk`` (HERALD_RELEASE_CHUNK) when no event of
-    the partition waits to be read (or that is not known), a tenth of it (at least one) while some do, so
-    that an event arriving behind a million due digests waits for a few hundred releases, not thousands."""
-    return chunk if not waiting else max(1, chunk // 10)
+def release_limit(chunk: int, busy: bool) -> int:
+    """How many due users one batch of records may release: ``chunk`` (HERALD_RELEASE_CHUNK) when the partition
+    is quiet, a tenth of it (at least one) while events arrive on it (some wait to be read, or one was read
+    in the last second), so that an event arriving behind a million due digests waits for a few hundred
+    releases, not thousands."""
+    return max(1, chunk // 10) if busy else chunk

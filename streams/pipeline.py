@@ -50,6 +50,7 @@ from streams.topics import CHANNELS
 
 log = logging.getLogger("herald.pipeline")
 BEHIND = 1_000  # records still unread on a partition that make its clock wait for them
+LIVE_S = 1.0  # a partition with an event read this recently is live: its releases go in small chunks
 STATES_TABLE = "states"  # users' states: raw bytes (the JSON-typed "users" table of 0.1 is not read)
 COMPACTED = {"segment.ms": str(10 * 60_000), "segment.bytes": str(64 * 1024 * 1024), "min.cleanable.dirty.ratio": "0.2"}
 
@@ -115,10 +116,11 @@ def build(settings: Settings | None = None) -> faust.App:
     effective_prefs: dict[str, dict] = {}  # user -> preferences with the defaults filled in
     indexes: dict[int, DueIndex] = {}  # partition -> who is due when; rebuilt from the users after a rebalance
     last_event: dict[int, tuple[int, int]] = {}  # partition -> (offset, timestamp) of the last event read on it
+    last_read: dict[int, float] = {}  # partition -> when (monotonic) its last event was read
 
     async def forget(app: faust.App, *args: object, **kwargs: object) -> None:  # noqa: ARG001
         """At every rebalance: the caches are only right for partitions this worker keeps owning."""
-        for cache in (users, prefs_table, presence, effective_prefs, indexes, last_event):
+        for cache in (users, prefs_table, presence, effective_prefs, indexes, last_event, last_read):
             cache.clear()
         users_batch.forget()
 
@@ -249,7 +251,8 @@ def build(settings: Settings | None = None) -> faust.App:
         tick to this partition is queued to continue after the records already waiting, so a CRITICAL event
         waits behind a few hundred releases at most, not a million digests."""
         index = index_of(partition)
-        budget = max(0, release_limit(settings.release_chunk, unread(partition)) - step.released)
+        busy = bool(unread(partition)) or time.monotonic() - last_read.get(partition, 0.0) < LIVE_S
+        budget = max(0, release_limit(settings.release_chunk, busy) - step.released)
         chunk = index.pop_due(now_ms, limit=budget)
         step.released += len(chunk)
         if len(chunk) == budget and (index.next() or now_ms + 1) <= now_ms:
@@ -274,6 +277,7 @@ def build(settings: Settings | None = None) -> faust.App:
             await release(step, msg.partition, tick_time(msg.partition, now_ms))
             return
         last_event[msg.partition] = (msg.offset, now_ms)
+        last_read[msg.partition] = time.monotonic()
         schema_id = codec.schema_id_of(msg.value)
         if schema_id is not None and not codec.registry.cached(schema_id):
             # a new or unknown id: ask the registry in a thread, so its retries never stall the loop

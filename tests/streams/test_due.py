@@ -35,10 +35,9 @@ def test_pop_due_takes_at_most_the_limit_and_leaves_the_rest_due():
     assert index.pop_due(2_000, limit=3) == [] and index.next() is None
 
 
-def test_a_batch_releases_a_tenth_of_the_chunk_while_events_wait_to_be_read():
+def test_a_batch_releases_a_tenth_of_the_chunk_while_events_arrive():
     from streams.due import release_limit
 
-    assert release_limit(2000, None) == 2000  # not known yet (no event read on the partition)
-    assert release_limit(2000, 0) == 2000  # nothing waiting: release at full speed
-    assert release_limit(2000, 1) == 200
-    assert release_limit(3, 50) == 1  # never zero: the releases always go on
+    assert release_limit(2000, busy=False) == 2000  # a quiet partition: release at full speed
+    assert release_limit(2000, busy=True) == 200
+    assert release_limit(3, busy=True) == 1  # never zero: the releases always go on

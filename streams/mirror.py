@@ -17,8 +17,9 @@ _MISSING = object()
 
 class Mirrored:
     def __init__(self, table: Any, max_keys: int = 200_000, writer: Any = None,
-                 decode: Callable[[bytes], Any] | None = None) -> None:
+                 decode: Callable[[bytes], Any] | None = None, encode_key: Callable[[Any], bytes] | None = None) -> None:
         self.table = table
+        self.encode_key = encode_key  # the table's own key serializer's result, without its layers (raw keys)
         self.writer = writer  # a TableBatch, for ``write``
         self.decode = decode  # for a raw-bytes table: its values' decoder
         self.max_keys = max_keys
@@ -47,7 +48,7 @@ class Mirrored:
         """``key``'s value read straight from the RocksDB file of its partition: one get, none of the layers of
         a table read (key encoding through the registry, a containment check, sensors)."""
         store = self.table.data
-        raw = store._db_for_partition(partition).get(store._encode_key(key))
+        raw = store._db_for_partition(partition).get(self.encode_key(key) if self.encode_key else store._encode_key(key))
         return None if raw is None else store._decode_value(raw)
 
     def write(self, changes: list[tuple[str, Any, int]]) -> None:

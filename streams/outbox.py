@@ -19,7 +19,7 @@ log = logging.getLogger("herald.outbox")
 
 
 class Outbox:
-    def __init__(self, bootstrap: str, linger_ms: int = 2) -> None:
+    def __init__(self, bootstrap: str, linger_ms: int = 20) -> None:
         self._producer = Producer({
             "bootstrap.servers": bootstrap,
             "partitioner": "murmur2_random",  # Kafka's (Java) default: the same partition as Faust's producer

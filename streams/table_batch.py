@@ -27,10 +27,12 @@ from streams.outbox import Outbox
 
 
 class TableBatch:
-    def __init__(self, table: Any, outbox: Outbox, encode: Callable[[Any], bytes] | None = None) -> None:
+    def __init__(self, table: Any, outbox: Outbox, encode: Callable[[Any], bytes] | None = None,
+                 encode_key: Callable[[Any], bytes] | None = None) -> None:
         self.table = table
         self.outbox = outbox
         self.encode = encode  # values to bytes before the table's serializer, for a raw-bytes table
+        self.encode_key = encode_key  # the table's key serializer's result, without its layers (raw keys)
         self._reached: dict[int, int] = {}  # changelog partition -> highest offset acknowledged
 
     @property
@@ -43,8 +45,9 @@ class TableBatch:
         topic = self.changelog
         batches: dict[int, WriteBatch] = defaultdict(lambda: WriteBatch(raw_mode=True))
         count = 0
+        encode_key = self.encode_key or store._encode_key
         for key, value, partition in changes:
-            key_bytes = store._encode_key(key)
+            key_bytes = encode_key(key)
             if value is not None and self.encode is not None:
                 value = self.encode(value)
             value_bytes = None if value is None else store._encode_value(value)

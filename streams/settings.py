@@ -67,11 +67,12 @@ class Settings:
                                        "to the broker. A batch of records flushes its outputs when it ends, so this "
                                        "adds no latency past the batch; at 2 ms the many small requests cost a third "
                                        "of the throughput (broker and producer threads contending for two cores).")
-    standby_replicas: int = _setting(0, "HERALD_STANDBY_REPLICAS",
+    standby_replicas: int = _setting(1, "HERALD_STANDBY_REPLICAS",
                                      "Standby copies of each partition's tables that other workers keep up to date, "
-                                     "so a worker taking over a partition has its state at hand. Each one costs its "
-                                     "worker a changelog read and a RocksDB write per state change: 0 (Kafka Streams' "
-                                     "default too) suits workers sharing one machine, 1 workers on several.")
+                                     "so a worker that takes a partition over (after a crash or a restart, when the "
+                                     "assignment moves) has its state at hand. 0 spares each worker the others' "
+                                     "changelogs, but then two workers killed and restarted on one machine replayed "
+                                     "~500,000 records each (73 s from kill -9 to a decision, against 17 s).")
     presence_ttl_s: int = _setting(120, "HERALD_PRESENCE_TTL_S",
                                    "A connection not renewed within this many seconds counts as offline.")
     demo_rate: float = _setting(20.0, "HERALD_DEMO_RATE", "Events per second of the demo stream `herald up` starts.")

@@ -987,8 +987,10 @@ class Run:
         if decided.finals >= n:
             self.figures["pipeline_all_final_s"] = round((decided.last_final_ms - stamps[0]) / 1000, 2)
         elif n >= total:
-            self.notes.append(f"{decided.finals:,} of {n:,} decided events were final {wait:.0f} s after the last "
-                              "first decision (the rest were waiting in batches, digests or rate limits).")
+            when = (f"{wait:.0f} s after the last first decision" if wait
+                    else "when the last event got its first decision (a budgeted run does not wait for the rest)")
+            self.notes.append(f"{decided.finals:,} of {n:,} decided events were final {when}; the rest were waiting in "
+                              "batches, digests or rate limits.")
         tap.stop()
 
     def after_pipeline_s(self) -> float:

@@ -27,6 +27,7 @@ import os
 import time
 import weakref
 from functools import lru_cache
+from pathlib import Path
 
 import faust
 import orjson
@@ -45,6 +46,7 @@ from streams.due import DueIndex, release_limit
 from streams.mirror import Mirrored
 from streams.outbox import Outbox
 from streams.settings import Settings
+from streams.sticky import keep_assignment
 from streams.table_batch import TableBatch
 from streams.topics import CHANNELS
 
@@ -91,6 +93,7 @@ def build(settings: Settings | None = None) -> faust.App:
     settings = settings or Settings.from_env()
     codec = Codec(Registry(settings.schema_registry_url), max_bytes=settings.max_event_bytes)
     app = create_app(settings, codec)
+    keep_assignment(app, Path(app.conf.datadir))  # a restarted worker asks for its partitions (and states) back
     topics = app.herald_topics  # type: ignore[attr-defined]
     config = policy_config(settings)
     parts = settings.partitions

@@ -17,7 +17,7 @@ def test_the_worker_consumer_fetches_with_herald_s_wait_and_the_standby_replicas
     wait_ms, standbys = asyncio.run(made())
     assert wait_ms == 7  # not the 1,500 ms Faust hard-codes, which CRITICAL events waited for
     assert standbys == 0  # set, not Faust's default
-    assert Settings().fetch_max_wait_ms == 10 and Settings().standby_replicas == 1
+    assert Settings().fetch_max_wait_ms == 10 and Settings().standby_replicas == 0
     assert Settings().producer_linger_ms == 20  # 2 ms cost a third of the throughput on two cores
 
 
@@ -34,3 +34,30 @@ def test_the_pipeline_s_raw_key_shortcut_writes_the_bytes_faust_would(tmp_path):
     encoded = asyncio.run(keys())
     assert encoded["states"] == "user-é 1".encode()
     assert encoded["preferences"] == b'"user-\xc3\xa9 1"'  # JSON: why those tables take no shortcut
+
+
+def test_a_rebuilt_worker_reports_the_assignment_its_last_run_saved(tmp_path):
+    """What makes a worker killed and started again on the same disk get its partitions back."""
+    from faust.assignor.client_assignment import ClientAssignment
+
+    from streams import sticky
+    from streams.pipeline import build
+
+    settings = Settings.from_env(app_id="test-sticky", data_dir=str(tmp_path))
+    held = ClientAssignment(actives={"t.events": [1, 3]}, standbys={"t.events": [0]})
+
+    async def run_once() -> None:
+        app = build(settings)
+        assert app.assignor._assignment.actives == {}  # nothing saved yet: a fresh worker
+        remember = sticky.keep_assignment(app, tmp_path)
+        app.assignor._assignment = held  # what the group gave it
+        await remember(app, assigned=set())  # what a rebalance runs
+
+    async def reported() -> ClientAssignment:
+        return build(settings).assignor._assignment
+
+    asyncio.run(run_once())
+    again = asyncio.run(reported())
+    assert (again.actives, again.standbys) == ({"t.events": [1, 3]}, {"t.events": [0]})
+    (tmp_path / sticky.FILE).write_text("{not json")
+    assert asyncio.run(reported()).actives == {}  # a broken file is ignored, not fatal

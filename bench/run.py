@@ -12,7 +12,8 @@ What it measures, in this order (each phase prints its time; the whole default r
                   process (its own venv, made on first use: a minute or two once); with a budget it gets
                   5% of what is left (at least 45 s) and its rate is over the events it decided.
   5. pipeline     pipeline_events_per_s: Herald workers (`python -m streams.cli worker`, one per core, or
-                  --workers) started on the workload's topics once they are full; the rate at which events
+                  --workers; without standby replicas unless HERALD_STANDBY_REPLICAS says otherwise: they
+                  share one machine) started on the workload's topics once they are full; the rate at which events
                   get their first decision, between 10% and 90% of them (start-up is not counted), overall,
                   and per worker.
   6. critical     critical_p50/p95/p99_ms: a mixed stream at half Herald's measured rate; each CRITICAL
@@ -810,6 +811,8 @@ class Run:
     def worker_env(self, settings: Any, digest_period_s: int) -> dict[str, str]:
         return {**os.environ, "HERALD_TOPIC_PREFIX": settings.topic_prefix, "HERALD_APP_ID": settings.app_id,
                 "HERALD_BATCH_WINDOW_S": str(self.opts.batch_window_s), "HERALD_DIGEST_PERIOD_S": str(digest_period_s),
+                # workers on one machine: a standby would only make each apply the other's changes on the same cores
+                "HERALD_STANDBY_REPLICAS": os.environ.get("HERALD_STANDBY_REPLICAS", "0"),
                 "PYTHONUNBUFFERED": "1"}
 
     def logs(self) -> Path:

@@ -67,13 +67,13 @@ class Settings:
                                        "to the broker. A batch of records flushes its outputs when it ends, so this "
                                        "adds no latency past the batch; at 2 ms the many small requests cost a third "
                                        "of the throughput (broker and producer threads contending for two cores).")
-    standby_replicas: int = _setting(0, "HERALD_STANDBY_REPLICAS",
+    standby_replicas: int = _setting(1, "HERALD_STANDBY_REPLICAS",
                                      "Standby copies of each partition's tables that other workers keep up to date, "
                                      "so a worker that takes a partition over has its state at hand. Each costs every "
-                                     "worker a read and a write of the others' changes: on two cores, 1 made CRITICAL "
-                                     "p99 3.1 s instead of 0.27 s at half load. A restarted worker gets its own "
-                                     "partitions back without them (streams/sticky.py); 1 suits workers on several "
-                                     "machines, where one may not come back.")
+                                     "worker a read and a write of the others' changes: workers sharing one machine "
+                                     "do better with 0 (what `herald bench` runs: CRITICAL p99 0.27-1.5 s instead of "
+                                     "3.1 s at half load on two cores), and a restarted worker gets its own "
+                                     "partitions back without them (streams/sticky.py).")
     presence_ttl_s: int = _setting(120, "HERALD_PRESENCE_TTL_S",
                                    "A connection not renewed within this many seconds counts as offline.")
     demo_rate: float = _setting(20.0, "HERALD_DEMO_RATE", "Events per second of the demo stream `herald up` starts.")

@@ -17,7 +17,7 @@ def test_the_worker_consumer_fetches_with_herald_s_wait_and_the_standby_replicas
     wait_ms, standbys = asyncio.run(made())
     assert wait_ms == 7  # not the 1,500 ms Faust hard-codes, which CRITICAL events waited for
     assert standbys == 0  # set, not Faust's default
-    assert Settings().fetch_max_wait_ms == 10 and Settings().standby_replicas == 0
+    assert Settings().fetch_max_wait_ms == 10 and Settings().standby_replicas == 1
     assert Settings().producer_linger_ms == 20  # 2 ms cost a third of the throughput on two cores
 
 

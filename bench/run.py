@@ -74,6 +74,7 @@ DELIVERY_CHANNELS = ("push", "sms", "email", "inapp", "websocket")
 # rough rates on a 2-core machine, to fit the digest phase in the budget (the results hold the real ones)
 # (measured with two workers: 42,000-58,000 states/s seeded, 21,600-24,300 restored, 13,700-14,100 digests/s)
 SEED_PER_S, RESTORE_PER_S, INDEX_PER_S, DIGEST_PER_S = 40_000, 20_000, 100_000, 11_000
+DIGEST_S_PER_USER = 1 / SEED_PER_S + 1 / RESTORE_PER_S + 1 / INDEX_PER_S + 1 / DIGEST_PER_S
 DIGEST_DEDUP_WINDOW_S = 3_600  # longer than the digest phase: no dedup expiry visits every user inside it
 
 
@@ -1011,7 +1012,7 @@ class Run:
     def digest_need_s(users: int) -> float:
         """Seeding, restoring, indexing and releasing ``users`` digests, plus the workers' start and the wait for
         the period's end."""
-        return users * (1 / SEED_PER_S + 1 / RESTORE_PER_S + 1 / INDEX_PER_S + 1 / DIGEST_PER_S) + 35
+        return users * DIGEST_S_PER_USER + 35
 
     def pipeline_limit_s(self) -> float:
         """The pipeline phase's share of the budget: what the later phases do not need, and never less than
@@ -1117,7 +1118,7 @@ class Run:
         left = self.left_s()
         if left != float("inf"):
             # this phase (seeding, restoring, the digests going out) and what follows it
-            per_user_s = 1 / SEED_PER_S + 1 / RESTORE_PER_S + 1 / INDEX_PER_S + 1 / DIGEST_PER_S
+            per_user_s = DIGEST_S_PER_USER
             affordable = round_down_nicely(int(max(10.0, left - self.after_digests_s() - 10) / per_user_s))
             if affordable < users:
                 users = affordable

@@ -2,6 +2,7 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY herald herald
 COPY streams streams
 COPY agents agents
 COPY schemas schemas

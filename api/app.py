@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from api import auth, store
 from schemas.codec import Codec
 from schemas.registry import Registry
-from streams.settings import Settings
+from herald.settings import Settings
 
 log = logging.getLogger("herald.api")
 

@@ -11,8 +11,8 @@ import time
 
 import jwt
 
-from infra.common import home
-from streams.settings import Settings
+from herald.paths import home
+from herald.settings import Settings
 
 ALGORITHM = "HS256"
 

@@ -405,7 +405,7 @@ def run(rate: float = 5000, duration: float = 20, warmup: float = 5, users: int 
     ``api_cwd`` runs the API from another checkout (a git worktree of an older commit, say) for a
     comparison in the same run."""
     from api import auth
-    from streams.settings import Settings
+    from herald.settings import Settings
 
     settings = Settings.from_env()
     prefix = reuse or f"lat{secrets.token_hex(3)}"

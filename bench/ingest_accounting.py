@@ -26,8 +26,8 @@ from confluent_kafka import Consumer, Producer
 from infra.common import REPO_ROOT
 from schemas.codec import Codec
 from schemas.registry import Registry
-from streams.settings import Settings
-from streams.topics import ensure_topics, register_schemas
+from herald.settings import Settings
+from herald.topics import ensure_topics, register_schemas
 
 
 def bad_record(rng: random.Random, good: bytes, schema_id: bytes, user: str) -> tuple[bytes | None, bytes | None]:

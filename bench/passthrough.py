@@ -38,7 +38,7 @@ def run(source_topic: str, events: int, *, bootstrap: str | None = None, target_
     from confluent_kafka import Consumer, Producer
 
     from bench.workload import create_topics, end_offsets_total, partitions_of, producer_config
-    from streams.settings import Settings
+    from herald.settings import Settings
 
     bootstrap = bootstrap or Settings.from_env().kafka_bootstrap
     target_topic = target_topic or f"{source_topic}.passthrough"
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from bench import workload
-    from streams.settings import Settings
+    from herald.settings import Settings
 
     figures: dict = {}
     prefix = None

@@ -805,7 +805,7 @@ class Run:
         return ok
 
     def settings(self, prefix: str, **overrides: Any) -> Any:
-        from streams.settings import Settings
+        from herald.settings import Settings
 
         return Settings.from_env(topic_prefix=prefix, app_id=f"{prefix}pipeline", **overrides)
 
@@ -841,7 +841,7 @@ class Run:
     def codec(self) -> Any:
         from schemas.codec import Codec
         from schemas.registry import Registry
-        from streams.settings import Settings
+        from herald.settings import Settings
 
         if "codec" not in self.details:
             self.details["codec"] = Codec(Registry(Settings.from_env().schema_registry_url))
@@ -852,7 +852,7 @@ class Run:
     def ensure_stack(self) -> None:
         """Use the servers at the HERALD_* addresses; start, as local processes, the ones that do not answer."""
         from infra import kafka, postgres, registry
-        from streams.settings import Settings
+        from herald.settings import Settings
 
         settings = Settings.from_env()
         up = {"postgres": _postgres_answers(settings.database_url), "kafka": _kafka_answers(settings.kafka_bootstrap),
@@ -1039,7 +1039,7 @@ class Run:
             if worker is not None:
                 worker.stop()
             from bench import workload
-            from streams.topics import ensure_topics, register_schemas
+            from herald.topics import ensure_topics, register_schemas
 
             prefix = workload.unique_prefix()
             self.prefixes.append(prefix)
@@ -1112,7 +1112,7 @@ class Run:
         time from the period's end to the last DIGEST request. The states are written to the worker's
         changelog first (``bench.digest_seed``: the policy's own states) and the worker restores them."""
         from bench import digest_seed, workload
-        from streams.topics import ensure_topics, register_schemas
+        from herald.topics import ensure_topics, register_schemas
 
         requested = users = self.opts.digest_users
         left = self.left_s()
@@ -1265,7 +1265,7 @@ class Run:
         if not self.opts.keep and self.prefixes:
             from bench.workload import delete_topics
             from infra.common import home
-            from streams.settings import Settings
+            from herald.settings import Settings
 
             prefixes, groups = tuple(self.prefixes), [g for g in self.groups if g]
             try:

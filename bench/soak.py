@@ -47,8 +47,8 @@ from bench.workload import generate_events, generate_preferences, producer_confi
 from infra.common import REPO_ROOT
 from schemas.codec import Codec
 from schemas.registry import Registry
-from streams.settings import Settings
-from streams.topics import CHANNELS, ensure_topics, register_schemas
+from herald.settings import Settings
+from herald.topics import CHANNELS, ensure_topics, register_schemas
 
 RESULTS = REPO_ROOT / "bench" / "results"
 

@@ -48,7 +48,7 @@ from schemas.codec import Codec
 from schemas.loader import load_schema
 
 if TYPE_CHECKING:
-    from streams.settings import Settings
+    from herald.settings import Settings
 
 PRIORITIES: tuple[tuple[str, float], ...] = (("LOW", 0.50), ("NORMAL", 0.35), ("HIGH", 0.10), ("CRITICAL", 0.05))
 TYPES: tuple[tuple[str, float], ...] = (("COMMENT", 0.25), ("TASK_DEADLINE", 0.20), ("MENTION", 0.15),
@@ -461,8 +461,8 @@ def run(events: int = 1_000_000, users: int = 100_000, seed: int = 1, *, setting
     ``topic_prefix``, ``events_topic``, ``preferences_topic``, ``partitions``, ``workload_*`` counts,
     ``generate_s``, ``generate_events_per_s``, ``produce_s``, ``produce_events_per_s``."""
     from schemas.registry import Registry
-    from streams.settings import Settings
-    from streams.topics import ensure_topics, register_schemas
+    from herald.settings import Settings
+    from herald.topics import ensure_topics, register_schemas
 
     if settings is None:
         prefix = unique_prefix()
@@ -517,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
 
-    from streams.settings import Settings
+    from herald.settings import Settings
 
     prefix = args.prefix or unique_prefix()
     settings = Settings.from_env(topic_prefix=prefix, app_id=f"{prefix}pipeline")

@@ -15,23 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from herald.paths import REPO_ROOT, home, subdir  # noqa: F401 - the state folder is shared with the API
 
 
 class InfraError(RuntimeError):
     """A server could not be fetched or started. The message is one line: what failed and what to do."""
-
-
-def home() -> Path:
-    path = Path(os.environ.get("HERALD_HOME", REPO_ROOT / ".herald"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def subdir(*parts: str) -> Path:
-    path = home().joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def log_path(service: str) -> Path:

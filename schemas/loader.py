@@ -18,7 +18,7 @@ AVRO_DIR = Path(__file__).parent / "avro"
 
 # The top-level record schemas of the contract, by short name.
 SCHEMA_NAMES = ("NotificationEvent", "DeliveryRequest", "DeliveryStatus", "Decision",
-                "ReadEvent", "Preferences", "Presence")
+                "ReadEvent", "Preferences", "Presence", "Contact")
 
 
 def _file_types() -> dict[str, dict]:

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import asyncpg
 
 from sinks.runner import Outcome, SinkRunner
-from streams.settings import Settings
+from herald.settings import Settings
 
 INSERT = """
 INSERT INTO notifications (notification_id, user_id, type, priority, kind, title, body, data, event_ids, created_at)

@@ -17,9 +17,9 @@ from confluent_kafka import Consumer, KafkaError, Producer
 
 from schemas.codec import Codec, DecodeError
 from schemas.registry import Registry
-from streams import dlq
-from streams.settings import Settings
-from streams.topics import delivery_topic
+from herald import dlq
+from herald.settings import Settings
+from herald.topics import delivery_topic
 
 log = logging.getLogger("herald.sink")
 

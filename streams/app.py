@@ -6,12 +6,12 @@ from pathlib import Path
 import faust
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-from infra.common import subdir
+from herald.paths import subdir
 from schemas.codec import Codec
 from schemas.faust_codec import AvroCodec
 from schemas.registry import Registry
-from streams.settings import Settings
-from streams.topics import CHANNELS
+from herald.settings import Settings
+from herald.topics import CHANNELS
 
 
 _faust_worker_consumer = AIOKafkaConsumerThread._create_worker_consumer

@@ -5,7 +5,7 @@ import argparse
 import sys
 import textwrap
 
-from streams.settings import describe
+from herald.settings import describe
 
 EPILOG = "settings (environment variables):\n" + describe()
 

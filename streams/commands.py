@@ -14,7 +14,7 @@ from typing import Iterator
 
 import orjson
 
-from streams.settings import Settings
+from herald.settings import Settings
 
 
 class UserError(Exception):
@@ -76,7 +76,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from faust import Worker
 
     from streams.pipeline import build
-    from streams.topics import ensure_topics
+    from herald.topics import ensure_topics
 
     settings = _settings()
     _require_kafka(settings)
@@ -264,7 +264,7 @@ def _json_default(value):
 def render(msg, codec) -> dict:
     """One consumed record as a JSON-able dict: Avro decoded, dead letters with their reasons."""
     from schemas.codec import DecodeError
-    from streams.dlq import reason_of
+    from herald.dlq import reason_of
 
     key = msg.key()
     out = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),

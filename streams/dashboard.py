@@ -20,9 +20,9 @@ from rich.table import Table
 from schemas.codec import Codec, DecodeError
 from schemas.registry import Registry
 from streams.demo import SAMPLE_USER
-from streams.dlq import reason_of
-from streams.settings import Settings
-from streams.topics import CHANNELS
+from herald.dlq import reason_of
+from herald.settings import Settings
+from herald.topics import CHANNELS
 
 
 class Flow:

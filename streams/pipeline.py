@@ -40,15 +40,15 @@ from agents.rate_limit import GlobalLimiter, Limits
 from agents.validate import ValidationError, to_ms, validate_event
 from schemas.codec import Codec, DecodeError
 from schemas.registry import Registry
-from streams import dlq
+from herald import dlq
 from streams.app import create_app
 from streams.due import DueIndex, release_limit
 from streams.mirror import Mirrored
 from streams.outbox import Outbox
-from streams.settings import Settings
+from herald.settings import Settings
 from streams.sticky import keep_assignment
 from streams.table_batch import TableBatch
-from streams.topics import CHANNELS
+from herald.topics import CHANNELS
 
 log = logging.getLogger("herald.pipeline")
 BEHIND = 1_000  # records still unread on a partition that make its clock wait for them

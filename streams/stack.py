@@ -16,7 +16,7 @@ from rich.console import Console
 
 from infra import kafka, postgres, registry
 from infra.common import InfraError, REPO_ROOT, ServiceStatus, log_path, read_pid, start_process, stop_process, wait_until
-from streams.settings import Settings
+from herald.settings import Settings
 
 console = Console(stderr=True, highlight=False)
 SERVERS = (("postgres", postgres), ("kafka", kafka), ("registry", registry))
@@ -57,7 +57,7 @@ def start_servers(settings: Settings) -> dict[str, ServiceStatus]:
 
 
 def start_pipeline(settings: Settings, demo: bool, rate: float | None) -> None:
-    from streams.topics import ensure_topics, register_schemas
+    from herald.topics import ensure_topics, register_schemas
 
     topics = ensure_topics(settings)
     ids = register_schemas(settings)

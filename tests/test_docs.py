@@ -13,8 +13,8 @@ from confluent_kafka import Consumer
 from infra.common import REPO_ROOT
 from schemas.codec import Codec
 from schemas.registry import Registry
-from streams.settings import Settings
-from streams.topics import ensure_topics, register_schemas
+from herald.settings import Settings
+from herald.topics import ensure_topics, register_schemas
 
 GUIDE = REPO_ROOT / "docs" / "producers.md"
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from streams.settings import Settings
+    from herald.settings import Settings
 
 PEER_SCRIPT = Path(__file__).resolve()
 
@@ -258,7 +258,7 @@ def run(source_topic: str, events: int, *, settings: Settings | None = None, win
     from bench.workload import create_topics, end_offsets_total, partitions_of
     from infra.common import subdir
     from schemas.registry import Registry
-    from streams.settings import Settings
+    from herald.settings import Settings
 
     settings = settings or Settings.from_env()
     python = python_of(ensure_venv(progress=progress))
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from bench import workload
-    from streams.settings import Settings
+    from herald.settings import Settings
 
     figures: dict = {}
     prefix = None

@@ -13,7 +13,7 @@ from api import auth
 from api.app import create_app
 from infra import postgres
 from sinks.inapp import InAppDeliverer
-from streams.settings import Settings
+from herald.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -178,7 +178,7 @@ def test_quick_run_end_to_end_writes_every_figure(stack, tmp_path):
     # nothing left behind: the benchmark's topics are deleted
     from confluent_kafka.admin import AdminClient
 
-    from streams.settings import Settings
+    from herald.settings import Settings
 
     topics = AdminClient({"bootstrap.servers": Settings.from_env().kafka_bootstrap}).list_topics(timeout=10).topics
     assert not [t for t in topics if t.startswith(figures["topic_prefix"])]

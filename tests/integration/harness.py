@@ -10,8 +10,8 @@ import urllib.request
 from pathlib import Path
 
 from infra.common import REPO_ROOT
-from streams.settings import Settings
-from streams.topics import ensure_topics, register_schemas
+from herald.settings import Settings
+from herald.topics import ensure_topics, register_schemas
 
 READY = {"worker": "Ready", "sink": "consuming"}
 

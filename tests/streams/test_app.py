@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 
 from streams.app import create_app
-from streams.settings import Settings
+from herald.settings import Settings
 
 
 def test_the_worker_consumer_fetches_with_herald_s_wait_and_the_standby_replicas_set(tmp_path):

@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 from infra.common import REPO_ROOT
-from streams.settings import Settings
-from streams.topics import ensure_topics, register_schemas
+from herald.settings import Settings
+from herald.topics import ensure_topics, register_schemas
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,7 @@ def test_produce_count_and_tail_max_and_dead_letters(topics):
     # a dead letter shows its reason headers and the original bytes
     from confluent_kafka import Producer
 
-    from streams.dlq import headers
+    from herald.dlq import headers
 
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
     producer.produce(settings.topic("dlq"), key=b"u9", value=b"{oops",

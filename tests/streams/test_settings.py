@@ -4,7 +4,7 @@ def test_per_type_dedup_windows_reach_the_policy_and_a_bad_one_says_what_is_wron
     import pytest
 
     from streams.pipeline import policy_config
-    from streams.settings import Settings
+    from herald.settings import Settings
 
     config = policy_config(Settings(dedup_window_by_type="COMMENT=60, SYSTEM=3600"))
     assert config.dedup_window_ms("COMMENT") == 60_000 and config.dedup_window_ms("SYSTEM") == 3_600_000

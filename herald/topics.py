@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from streams.settings import Settings
-
-CHANNELS = ("EMAIL", "PUSH", "SMS", "INAPP", "WEBSOCKET")
+from herald.enums import CHANNELS
+from herald.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -23,6 +22,7 @@ SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("reads", "ReadEvent"),
     TopicSpec("preferences", "Preferences", compacted=True),
     TopicSpec("presence", "Presence"),
+    TopicSpec("contacts", "Contact", compacted=True),
     TopicSpec("dlq", None),
 )
 

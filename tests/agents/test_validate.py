@@ -1,4 +1,5 @@
 import time
+import unicodedata
 
 import pytest
 from hypothesis import given, strategies as st
@@ -45,3 +46,48 @@ def test_a_null_key_is_allowed_since_the_user_is_in_the_record():
 @given(st.integers(min_value=EARLIEST_MS, max_value=NOW), st.integers(min_value=0, max_value=MAX_DATA_ENTRIES))
 def test_plausible_times_and_bounded_maps_always_pass(occurred, entries):
     validate_event(event(occurred_at=occurred, data={f"k{i}": "v" for i in range(entries)}), b"u1", NOW)
+
+
+CONTROL = ["\x00", "\x01", "\x1b", "\x7f", "\x85", "\x9f", "\r"]
+
+
+@pytest.mark.parametrize("char", CONTROL + ["\n", "\t"])
+@pytest.mark.parametrize("field", ["title", "type", "event_id", "user_id", "dedup_key", "cancel_key"])
+def test_a_control_character_in_a_text_field_is_refused_naming_the_field_not_the_content(field, char):
+    value = f"secret{char}x"
+    over = {field: value}
+    key = value.encode() if field == "user_id" else b"u1"
+    with pytest.raises(ValidationError) as info:
+        validate_event(event(**over), key, NOW)
+    assert info.value.reason == "VALIDATION"
+    assert info.value.message.startswith(f"{field} ") and "control character" in info.value.message
+    assert "secret" not in info.value.message and char not in info.value.message
+
+
+@pytest.mark.parametrize("char", CONTROL)
+def test_the_body_refuses_control_characters_but_line_breaks_and_tabs(char):
+    validate_event(event(body="line one\nline\ttwo\n"), b"u1", NOW)
+    with pytest.raises(ValidationError) as info:
+        validate_event(event(body=f"secret{char}"), b"u1", NOW)
+    assert info.value.message.startswith("body ") and "secret" not in info.value.message
+
+
+@pytest.mark.parametrize("char", CONTROL + ["\n", "\t"])
+def test_data_keys_and_values_refuse_every_control_character(char):
+    with pytest.raises(ValidationError) as info:
+        validate_event(event(data={"url": f"secret{char}"}), b"u1", NOW)
+    assert info.value.message.startswith("data value of key 'url'") and "secret" not in info.value.message
+    with pytest.raises(ValidationError) as info:
+        validate_event(event(data={"ok": "v", f"secret{char}": "v"}), b"u1", NOW)
+    assert info.value.message.startswith("data key #2") and "secret" not in info.value.message
+
+
+@given(st.text(max_size=40))
+def test_a_text_field_passes_exactly_when_it_has_no_cc_character(text):
+    clean = not any(unicodedata.category(c) == "Cc" for c in text)
+    try:
+        validate_event(event(title=text), b"u1", NOW)
+        passed = True
+    except ValidationError:
+        passed = False
+    assert passed == clean

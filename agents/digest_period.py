@@ -46,7 +46,10 @@ def period(prefs: dict, at_ms: int, period_override_s: int | None = None) -> tup
     weekday = prefs.get("digest_day")
     if isinstance(weekday, bool) or weekday not in range(7):
         weekday = DEFAULT_DAY
-    bounds = _boundaries(mode, tz, prefs.get("digest_time"), weekday, to_local(tz, at_ms).date())
+    digest_time = prefs.get("digest_time")
+    if not isinstance(digest_time, str):  # a malformed stored value (unhashable, too) takes the default
+        digest_time = None
+    bounds = _boundaries(mode, tz, digest_time, weekday, to_local(tz, at_ms).date())
     i = bisect_right(bounds, at_ms)
     return bounds[i - 1], bounds[i]
 

@@ -20,12 +20,11 @@ decisions and delivery requests to publish. Nothing is ever dropped silently:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-
 import orjson
 
 from agents import batching, digest, digest_period, quiet_hours, rate_limit, routing
 from agents.dedup import dedup_key, is_duplicate, seen, until as dedup_until
+from agents import preferences
 from agents.preferences import allows_type, meets_minimum
 from agents.route import make_decision, single_request
 from agents.validate import to_ms
@@ -86,10 +85,9 @@ def normalize(event: dict) -> dict:
 
 
 def _fmt(ms: int, prefs: dict) -> str:
-    from zoneinfo import ZoneInfo
-
-    local = datetime.fromtimestamp(ms / 1000, tz=timezone.utc).astimezone(ZoneInfo(prefs.get("timezone") or "UTC"))
-    return f"{local:%Y-%m-%d %H:%M} {prefs.get('timezone') or 'UTC'}"
+    """``ms`` as the user's local wall time, e.g. "2026-11-23 14:00 Europe/Berlin" (UTC for an unknown zone)."""
+    tz = preferences.zone(prefs)
+    return f"{preferences.to_local(tz, ms):%Y-%m-%d %H:%M} {tz.key}"
 
 
 # -- arrival ---------------------------------------------------------------------------------------
@@ -227,7 +225,7 @@ def _limited(state: dict, channel: str, event_priority: str, prefs: dict, now_ms
              config: PolicyConfig) -> int | None:
     if event_priority == "CRITICAL" or channel not in LIMITED:
         return None
-    limits = config.limits.with_max_per_hour(prefs.get("max_per_hour"))
+    limits = config.limits.with_max_per_hour(preferences.max_per_hour(prefs))
     later = rate_limit.next_allowed(state["rates"].get(channel), now_ms, limits)
     if later is None and channel in config.global_limits:
         later = config.global_limits[channel].take(now_ms)  # a token is taken only for a send that goes now
@@ -265,7 +263,7 @@ def _throttle(out: Outcome, events: list[dict], channel: str, until: int, prefs:
 
 def _join_batch(out: Outcome, event: dict, channel: str, prefs: dict, now_ms: int, config: PolicyConfig) -> str | None:
     """Add the part to its tumbling window's batch; the key of a batch that is now full, else None."""
-    window_s = config.batch_window_s or int(prefs.get("batch_window_s") or 30)
+    window_s = config.batch_window_s or preferences.batch_window_s(prefs)
     start, end = batching.window(now_ms, window_s)
     closed = _closed(out.state, f"B|{channel}|{event['type']}")
     if closed is not None and start < closed:  # late for a window already sent: the next one takes it
@@ -274,7 +272,7 @@ def _join_batch(out: Outcome, event: dict, channel: str, prefs: dict, now_ms: in
     group = out.state["groups"].setdefault(key, {"kind": "BATCH", "type": event["type"], "channel": channel,
                                                  "start": start, "end": end, "label": "", "events": {}})
     group["events"][event["event_id"]] = event
-    return key if len(group["events"]) >= int(prefs.get("max_batch_size") or 50) else None
+    return key if len(group["events"]) >= preferences.max_batch_size(prefs) else None
 
 
 def _join_digest(state: dict, event: dict, channel: str, prefs: dict, now_ms: int, config: PolicyConfig) -> None:
@@ -322,7 +320,7 @@ def _close_group(out: Outcome, key: str, prefs: dict, now_ms: int, config: Polic
         chunks = [events]
         note = f"in the {group['label']} ({channel.lower()})"
     else:
-        chunks = batching.split_full(events, int(prefs.get("max_batch_size") or 50))
+        chunks = batching.split_full(events, preferences.max_batch_size(prefs))
         requests = []
         for i, chunk in enumerate(chunks):
             if len(chunk) == 1:

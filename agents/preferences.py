@@ -6,21 +6,32 @@ Preferences are plain dicts shaped like the Avro record ``herald.Preferences``. 
   nullable in the schema (``timezone``, ``channels``, ``batching``, ...).
 - A missing entry in ``channels`` or ``types`` means enabled.
 - ``minimum_priority`` keeps an event whose priority ranks at or above it (CRITICAL > HIGH > NORMAL > LOW).
-- ``validate`` is for the API's PUT; the pipeline never rejects a stored record. A malformed value that
-  reaches the pipeline anyway (an admin writing to the topic) is read leniently by the helpers here:
-  an unknown zone is UTC and a malformed ``HH:MM`` is treated as absent.
+- ``validate`` (messages) and ``validate_fields`` (field -> problem) check a record: the API refuses an
+  invalid PUT with them and the pipeline dead-letters an invalid record, keeping the previous one.
+- Nothing here raises on a bad stored record all the same (an admin writing to the topic, a record
+  from before a check existed): ``effective`` replaces every field that fails its check with the
+  default (``channels``/``types`` keep their boolean entries, ``dnd`` its valid windows), and the
+  accessors the policy reads (``zone``, ``batch_window_s``, ``max_batch_size``, ``max_per_hour``,
+  ``allows_*``, ``meets_minimum``) read even a raw malformed dict leniently: an unknown zone is UTC,
+  a malformed ``HH:MM`` is absent, an out-of-range number takes the default.
+- Time zones are resolved in one place, ``zone()``.
 """
 from __future__ import annotations
 
 import re
 from datetime import date, datetime, time, timedelta, timezone
+from functools import lru_cache
+from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agents.validate import to_ms
+from herald.enums import DIGEST_MODES, PRIORITIES, urgency
 
-PRIORITIES = ("CRITICAL", "HIGH", "NORMAL", "LOW")
-DIGEST_MODES = ("IMMEDIATE", "HOURLY", "DAILY", "WEEKLY")
-_RANK = {p: len(PRIORITIES) - i for i, p in enumerate(PRIORITIES)}
+DEFAULT_BATCH_WINDOW_S = 30
+DEFAULT_MAX_BATCH_SIZE = 50
+BATCH_WINDOW_RANGE = (1, 86_400)
+MAX_BATCH_SIZE_RANGE = (1, 1_000)
+MAX_PER_HOUR_RANGE = (1, 100_000)
 _HHMM = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 _NULLABLE = frozenset({"quiet_hours", "digest_time", "digest_day", "max_per_hour"})
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -42,25 +53,34 @@ def defaults(user_id: str) -> dict:
         "digest_time": None,
         "digest_day": None,
         "batching": True,
-        "batch_window_s": 30,
-        "max_batch_size": 50,
+        "batch_window_s": DEFAULT_BATCH_WINDOW_S,
+        "max_batch_size": DEFAULT_MAX_BATCH_SIZE,
         "max_per_hour": None,
         "updated_at": 0,
     }
 
 
 def effective(prefs: dict | None, user_id: str) -> dict:
-    """``defaults(user_id)`` overlaid with ``prefs``, with ``updated_at`` as epoch ms.
+    """``defaults(user_id)`` overlaid with the valid fields of ``prefs``, with ``updated_at`` as epoch ms.
 
-    ``user_id`` is the topic key and wins over a ``user_id`` inside the record. Keys unknown to the
-    schema are kept (the caller decides what to do with them). Maps and lists are copied, so the
-    result may be changed without touching ``prefs``.
+    ``user_id`` is the topic key and wins over a ``user_id`` inside the record. A field that fails its
+    check (see ``validate_fields``) keeps its default, except that ``channels`` and ``types`` keep their
+    boolean entries and ``dnd`` its valid windows; never raises, whatever ``prefs`` holds (a non-dict
+    is no preferences at all). Keys unknown to the schema are kept (the caller decides what to do with
+    them). Maps and lists are copied, so the result may be changed without touching ``prefs``.
     """
     merged = defaults(user_id)
-    for key, value in (prefs or {}).items():
+    if not isinstance(prefs, dict):
+        return merged
+    for key, value in prefs.items():
         if value is None and key not in _NULLABLE:
             continue
-        if isinstance(value, (dict, list)):
+        check = _CHECKS.get(key)
+        if check is not None and check(value) is not None:
+            value = _salvage(key, value)
+            if value is None:
+                continue
+        elif isinstance(value, (dict, list)):
             value = _copy(value)
         merged[key] = value
     merged["user_id"] = user_id
@@ -68,68 +88,95 @@ def effective(prefs: dict | None, user_id: str) -> dict:
     return merged
 
 
+def _salvage(key: str, value: object) -> object | None:
+    """What is still usable of an invalid field: the boolean entries of a map, the valid DND windows."""
+    if key in ("channels", "types") and isinstance(value, dict):
+        return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, bool)}
+    if key == "dnd" and isinstance(value, list):
+        return [dict(w) for w in value if _check_window(w, ("day", "start", "end")) is None]
+    return None
+
+
 def allows_channel(prefs: dict | None, channel: str) -> bool:
-    """False only when the user explicitly disabled ``channel``."""
-    return bool(((prefs or {}).get("channels") or {}).get(channel, True))
+    """False only when the user explicitly disabled ``channel`` (a malformed map disables nothing)."""
+    flags = (prefs or {}).get("channels")
+    return not isinstance(flags, dict) or flags.get(channel, True) is not False
 
 
 def allows_type(prefs: dict | None, type_: str) -> bool:
     """False only when the user explicitly disabled the event type ``type_``."""
-    return bool(((prefs or {}).get("types") or {}).get(type_, True))
+    flags = (prefs or {}).get("types")
+    return not isinstance(flags, dict) or flags.get(type_, True) is not False
 
 
 def meets_minimum(prefs: dict | None, priority: str) -> bool:
     """True when ``priority`` ranks at or above the user's ``minimum_priority`` (default LOW).
 
     An unknown ``priority`` raises ``ValueError`` (the decoder already checked the enum); an unknown
-    stored minimum is read as LOW.
+    or malformed stored minimum is read as LOW.
     """
-    if priority not in _RANK:
+    if priority not in PRIORITIES:
         raise ValueError(f"unknown priority {priority!r}")
-    minimum = (prefs or {}).get("minimum_priority") or "LOW"
-    return _RANK[priority] >= _RANK.get(minimum, _RANK["LOW"])
+    minimum = (prefs or {}).get("minimum_priority")
+    return minimum not in PRIORITIES or urgency(priority) >= urgency(minimum)  # type: ignore[arg-type]
 
 
-def validate(prefs: dict) -> list[str]:
-    """Human-readable problems with a preferences document (as PUT to the API); empty means valid.
+def batch_window_s(prefs: dict | None) -> int:
+    """The user's batch window in seconds; the default when absent or out of range."""
+    return _bounded((prefs or {}).get("batch_window_s"), BATCH_WINDOW_RANGE, DEFAULT_BATCH_WINDOW_S)
+
+
+def max_batch_size(prefs: dict | None) -> int:
+    """How many events one batch request holds at most; the default when absent or out of range."""
+    return _bounded((prefs or {}).get("max_batch_size"), MAX_BATCH_SIZE_RANGE, DEFAULT_MAX_BATCH_SIZE)
+
+
+def max_per_hour(prefs: dict | None) -> int | None:
+    """The user's own cap on deliveries an hour per channel; None (no cap of their own) when absent or invalid."""
+    return _bounded((prefs or {}).get("max_per_hour"), MAX_PER_HOUR_RANGE, None)
+
+
+def _bounded(value: object, bounds: tuple[int, int], default: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int) or not bounds[0] <= value <= bounds[1]:
+        return default
+    return value
+
+
+def validate(prefs: object) -> list[str]:
+    """Human-readable problems with a preferences document; empty means valid.
+
+    Each message starts with the field's name ("max_batch_size must be a whole number from 1 to
+    1000"), except an unknown key ("unknown key 'colour'"). See ``validate_fields`` for the rules.
+    """
+    return [problem if problem.startswith("unknown key") else f"{key} {problem}"
+            for key, problem in validate_fields(prefs).items()]
+
+
+def validate_fields(prefs: object) -> dict[str, str]:
+    """Each invalid field of a preferences document and its problem (e.g. ``{"timezone": "'Mars/Olympus'
+    is not a known IANA time zone"}``); empty means valid. A document that is not an object is
+    ``{"preferences": "must be a JSON object"}``; an unknown key ``{"colour": "unknown key 'colour'"}``.
 
     Only the keys present are checked (missing ones take defaults). ``None`` is accepted only on the
     schema's nullable fields. ``updated_at`` may be epoch ms or a ``datetime``.
     """
     if not isinstance(prefs, dict):
-        return ["preferences must be a JSON object"]
-    known = defaults("")
-    problems = [f"unknown key {key!r}" for key in prefs if key not in known]
-    checks = {
-        "user_id": lambda v: None if isinstance(v, str) and v.strip() else "must be a non-empty string",
-        "timezone": _check_zone,
-        "channels": _check_flags,
-        "types": _check_flags,
-        "minimum_priority": lambda v: _check_symbol(v, PRIORITIES),
-        "quiet_hours": lambda v: None if v is None else _check_window(v, ("start", "end")),
-        "dnd": _check_dnd,
-        "digest_mode": lambda v: _check_symbol(v, DIGEST_MODES),
-        "digest_time": lambda v: None if v is None else _check_hhmm(v),
-        "digest_day": lambda v: None if v is None else _check_int(v, 0, 6),
-        "batching": lambda v: None if isinstance(v, bool) else "must be true or false",
-        "batch_window_s": lambda v: _check_int(v, 1, 86_400),
-        "max_batch_size": lambda v: _check_int(v, 1, 1_000),
-        "max_per_hour": lambda v: None if v is None else _check_int(v, 1, 100_000),
-        "updated_at": lambda v: None if isinstance(v, datetime) else _check_int(v, 0, None),
-    }
-    for key, check in checks.items():
-        if key in prefs:
-            problem = check(prefs[key])
-            if problem:
-                problems.append(f"{key} {problem}")
+        return {"preferences": "must be a JSON object"}
+    problems = {}
+    for key, value in prefs.items():
+        check = _CHECKS.get(key)
+        problem = f"unknown key {key!r}" if check is None else check(value)
+        if problem:
+            problems[str(key)] = problem
     return problems
 
 
 # Local time. Shared by quiet hours and digests so both read the record's clock the same way.
 
 def zone(prefs: dict | None) -> ZoneInfo:
-    """The record's IANA zone; UTC when absent or unknown."""
-    return _known_zone((prefs or {}).get("timezone")) or UTC
+    """The record's IANA zone; UTC when absent, malformed or unknown (the one place zones are resolved)."""
+    name = (prefs or {}).get("timezone")
+    return (_known_zone(name) if isinstance(name, str) else None) or UTC
 
 
 def parse_hhmm(value: object) -> int | None:
@@ -169,7 +216,8 @@ def _ms(dt: datetime) -> int:
     return (dt.astimezone(timezone.utc) - _EPOCH) // timedelta(milliseconds=1)
 
 
-def _known_zone(name: object) -> ZoneInfo | None:
+@lru_cache(maxsize=1_024)  # an unknown name would otherwise be looked for on disk at every event
+def _known_zone(name: str) -> ZoneInfo | None:
     # The host's zoneinfo directory also holds names that are not portable zones: "localtime" is the
     # host's own zone, and "right/..." zones count leap seconds, which epoch milliseconds do not.
     if not isinstance(name, str) or not name or name in _HOST_ONLY or name.startswith(("posix/", "right/")):
@@ -178,9 +226,11 @@ def _known_zone(name: object) -> ZoneInfo | None:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         return None
+    except Exception:  # noqa: BLE001 - a stored name must never stop the pipeline, whatever zoneinfo makes of it
+        return None
 
 
-def _copy(value):
+def _copy(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _copy(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -191,7 +241,13 @@ def _copy(value):
 def _check_zone(value: object) -> str | None:
     if not isinstance(value, str) or not value:
         return "must be an IANA time zone name such as Europe/Berlin"
+    if len(value) > 64:
+        return "is not a known IANA time zone"
     return None if _known_zone(value) else f"{value!r} is not a known IANA time zone"
+
+
+def _check_updated_at(value: object) -> str | None:
+    return None if isinstance(value, datetime) else _check_int(value, 0, None)
 
 
 def _check_flags(value: object) -> str | None:
@@ -237,3 +293,22 @@ def _check_dnd(value: object) -> str | None:
         if problem:
             return f"[{i}] {problem}"
     return None
+
+
+_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "user_id": lambda v: None if isinstance(v, str) and v.strip() else "must be a non-empty string",
+    "timezone": _check_zone,
+    "channels": _check_flags,
+    "types": _check_flags,
+    "minimum_priority": lambda v: _check_symbol(v, PRIORITIES),
+    "quiet_hours": lambda v: None if v is None else _check_window(v, ("start", "end")),
+    "dnd": _check_dnd,
+    "digest_mode": lambda v: _check_symbol(v, DIGEST_MODES),
+    "digest_time": lambda v: None if v is None else _check_hhmm(v),
+    "digest_day": lambda v: None if v is None else _check_int(v, 0, 6),
+    "batching": lambda v: None if isinstance(v, bool) else "must be true or false",
+    "batch_window_s": lambda v: _check_int(v, *BATCH_WINDOW_RANGE),
+    "max_batch_size": lambda v: _check_int(v, *MAX_BATCH_SIZE_RANGE),
+    "max_per_hour": lambda v: None if v is None else _check_int(v, *MAX_PER_HOUR_RANGE),
+    "updated_at": _check_updated_at,
+}

@@ -78,7 +78,8 @@ def _rules(prefs: dict) -> tuple[tuple[int | None, int, int, str], ...]:
     quiet = prefs.get("quiet_hours")
     if isinstance(quiet, dict):
         rules += _rule(None, quiet.get("start"), quiet.get("end"), QUIET)
-    for window in prefs.get("dnd") or ():
+    dnd = prefs.get("dnd")
+    for window in dnd if isinstance(dnd, list) else ():
         if isinstance(window, dict) and window.get("day") in range(7) and not isinstance(window.get("day"), bool):
             rules += _rule(window["day"], window.get("start"), window.get("end"), DND)
     return tuple(rules)

@@ -299,3 +299,40 @@ def test_a_state_written_by_the_previous_format_is_still_read():
     again = policy.on_event(old, ev(1, "HIGH"), effective(None, "u1"), False, T0 + 1000, "t:0:2", CONFIG, offset=2)
     assert [d["outcome"] for d in again.decisions] == ["DEDUPLICATED"]
     assert policy.is_empty(policy.on_tick(old, effective(None, "u1"), False, T0 + 300_000, CONFIG).state)
+
+
+GARBAGE = st.one_of(st.none(), st.integers(-10, 10**6), st.booleans(), st.text(max_size=12), st.floats(allow_nan=False),
+                    st.lists(st.integers(0, 9), max_size=2), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+                    st.sampled_from(["Mars/Olympus", "25:00", "HOURLY", "DAILY", "WEEKLY", "HIGH", "Europe/Berlin"]))
+BAD_PREFS = st.dictionaries(st.sampled_from(sorted(effective(None, "u1"))), GARBAGE, max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(BAD_PREFS, st.booleans(), st.sampled_from(["CRITICAL", "HIGH", "NORMAL", "LOW"]), st.booleans())
+def test_a_bad_stored_preferences_record_never_makes_the_policy_raise(raw, lenient_only, priority, online):
+    """Whether read through ``effective`` or handed over raw, a malformed record decides and releases."""
+    prefs = raw if lenient_only else effective(raw, "u1")
+    d = Driver(online=online)
+    d.prefs = prefs
+    d.send(ev(1, priority), T0)
+    d.send(ev(2, priority, deliver_after=T0 + 60_000, cancel_key="c"), T0 + 1)
+    d.send(ev(3, "NORMAL"), T0 + 2)
+    d.run_until(T0 + 9 * 24 * 3_600_000, step=3_600_000)
+    assert set(d.finals()) == {"e1", "e2", "e3"}
+
+
+def test_an_unknown_time_zone_reads_as_utc_in_reasons():
+    d = Driver({"timezone": "Mars/Olympus"})
+    d.prefs["timezone"] = "Mars/Olympus"  # as if stored before zones were checked
+    d.send(ev(1, "HIGH", deliver_after=T0 + 120_000), T0)
+    assert d.decisions[-1]["outcome"] == "SCHEDULED" and d.decisions[-1]["reason"].endswith(" UTC")
+
+
+def test_invalid_batch_sizes_and_windows_take_the_defaults():
+    d = Driver()
+    d.prefs.update(max_batch_size=-1, batch_window_s=-5)
+    for n in range(3):
+        d.send(ev(n), T0 + n)
+    d.run_until(T0 + 40_000)
+    push = [r for _, r in d.requests if r["channel"] == "PUSH"]
+    assert [len(r["event_ids"]) for r in push] == [3]

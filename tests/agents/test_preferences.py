@@ -9,13 +9,17 @@ from hypothesis import given, strategies as st
 from agents.preferences import (
     allows_channel,
     allows_type,
+    batch_window_s,
     defaults,
     effective,
     local_ms,
+    max_batch_size,
+    max_per_hour,
     meets_minimum,
     parse_hhmm,
     to_local,
     validate,
+    validate_fields,
     zone,
 )
 
@@ -226,3 +230,69 @@ def test_local_ms_is_non_decreasing_and_lands_on_its_wall_time_or_after_a_gap(na
         # Only in a gap, and then at its far edge: the instant before shows a wall time before the asked one.
         before = to_local(tz, at - 1).replace(tzinfo=None)
         assert before < datetime(day.year, day.month, day.day, minute // 60, minute % 60)
+
+
+# -- a bad stored record never stops the pipeline -------------------------------------------------
+
+BAD_VALUES = {
+    "timezone": ["Mars/Olympus", "", 5, ["UTC"], "../../etc/passwd", "Europe/Berlin\x00", "x" * 300],
+    "channels": [["SMS"], {"SMS": "no", "PUSH": False}, "off", 1],
+    "types": [["COMMENT"], {"COMMENT": 0}, 3],
+    "minimum_priority": ["low", ["LOW"], {"p": 1}, 7],
+    "quiet_hours": [{"start": "25:00", "end": "07:00"}, {"start": "22:00"}, "22:00-07:00", ["22:00", "07:00"], 1,
+                    {"start": ["x"], "end": {}}],
+    "dnd": [{"day": 0}, 5, "mon", [{"day": 9, "start": "07:00", "end": "09:00"}], [3], [{"day": [1], "start": 1}]],
+    "digest_mode": ["MONTHLY", ["DAILY"], 0],
+    "digest_time": ["9am", ["09:00"], {"h": 9}, 900],
+    "digest_day": [9, -1, "mon", [1], 1.5, True],
+    "batching": ["yes", 2, [True]],
+    "batch_window_s": [-5, 0, 86_401, 1.5, "30", [30]],
+    "max_batch_size": [-1, 0, 1_001, "50", 2.5, {}],
+    "max_per_hour": [-1, 0, "10", 1.5, [10]],
+    "updated_at": [-1, "yesterday", [1], 1.5],
+}
+
+
+@pytest.mark.parametrize("field, value", [(f, v) for f, vs in BAD_VALUES.items() for v in vs])
+def test_effective_replaces_an_invalid_field_with_its_default_and_validate_names_it(field, value):
+    problems = validate_fields({field: value})
+    assert list(problems) == [field], problems
+    assert validate({field: value})[0].startswith(f"{field} ")
+    prefs = effective({field: value, "digest_mode": "DAILY"} if field != "digest_mode" else {field: value}, "u")
+    if field in ("channels", "types", "dnd") and isinstance(value, (dict, list)):
+        assert validate_fields({field: prefs[field]}) == {}, "only the valid entries are kept"
+    else:
+        assert prefs[field] == defaults("u")[field]
+
+
+def test_effective_keeps_the_valid_entries_of_a_partly_invalid_map_or_list():
+    prefs = effective({"channels": {"SMS": False, "PUSH": "no"}, "types": {"COMMENT": False, "X": 1},
+                       "dnd": [{"day": 0, "start": "07:00", "end": "09:00"}, {"day": 9}]}, "u")
+    assert prefs["channels"] == {"SMS": False} and prefs["types"] == {"COMMENT": False}
+    assert prefs["dnd"] == [{"day": 0, "start": "07:00", "end": "09:00"}]
+    assert effective("not a dict", "u") == defaults("u")  # type: ignore[arg-type]
+
+
+def test_validate_fields_maps_each_field_to_its_problem():
+    assert validate_fields(defaults("u")) == {}
+    problems = validate_fields({"timezone": "Mars/Olympus", "max_batch_size": -1, "colour": "blue"})
+    assert problems == {"timezone": "'Mars/Olympus' is not a known IANA time zone",
+                        "max_batch_size": "must be a whole number from 1 to 1000",
+                        "colour": "unknown key 'colour'"}
+    assert validate_fields([]) == {"preferences": "must be a JSON object"}
+
+
+def test_every_schema_field_has_a_check():
+    from agents.preferences import _CHECKS
+
+    assert set(_CHECKS) == set(defaults("u"))
+
+
+def test_the_accessors_read_a_raw_malformed_record_leniently():
+    raw = {"batch_window_s": -5, "max_batch_size": -1, "max_per_hour": "10", "timezone": ["x"],
+           "channels": ["SMS"], "types": "none", "minimum_priority": ["HIGH"]}
+    assert (batch_window_s(raw), max_batch_size(raw), max_per_hour(raw)) == (30, 50, None)
+    assert zone(raw).key == "UTC" and zone({"timezone": "Mars/Olympus"}).key == "UTC"
+    assert allows_channel(raw, "SMS") and allows_type(raw, "COMMENT") and meets_minimum(raw, "LOW")
+    assert (batch_window_s({"batch_window_s": 60}), max_batch_size({"max_batch_size": 7}),
+            max_per_hour({"max_per_hour": 5})) == (60, 7, 5)

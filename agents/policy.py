@@ -179,13 +179,19 @@ def _route(out: Outcome, event: dict, prefs: dict, online: bool, now_ms: int, co
 
 
 def _placement(event: dict, channel: str, prefs: dict, config: PolicyConfig) -> str:
-    """"NOW", "BATCH" or "DIGEST" for one channel's part of ``event``."""
+    """"NOW", "BATCH" or "DIGEST" for one channel's part of ``event``.
+
+    At once: CRITICAL and HIGH, an event with ``batchable`` false, and the channels that are never held
+    (in-app, websocket, SMS). Otherwise an email part goes in the digest when the event is LOW or the
+    user's digest mode is not IMMEDIATE, and a NORMAL part in a batch when the user batches. An
+    event's explicit ``channels`` only choose the channels (``routing``): they change nothing here.
+    """
     priority = event["priority"]
-    if priority in ("CRITICAL", "HIGH") or channel in IMMEDIATE_ONLY or event.get("channels"):
+    if priority in ("CRITICAL", "HIGH") or channel in IMMEDIATE_ONLY or event.get("batchable") is False:
         return "NOW"
     if channel == "EMAIL" and (priority == "LOW" or prefs.get("digest_mode", "IMMEDIATE") != "IMMEDIATE"):
         return "DIGEST"
-    if priority == "NORMAL" and event.get("batchable", True) and prefs.get("batching", True):
+    if priority == "NORMAL" and prefs.get("batching", True):
         return "BATCH"
     return "NOW"
 

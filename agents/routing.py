@@ -1,7 +1,9 @@
 """Which channels an event goes to, from its priority, the user's presence and preferences.
 
 The rule:
-- An event's explicit ``channels`` win over the rules below.
+- An event's explicit ``channels`` win over the rules below. They choose only the channels: when each
+  part goes (at once, in a batch, in the digest, after quiet hours or a rate limit) is the policy's
+  rule as for any other event.
 - CRITICAL or HIGH, user offline: PUSH, SMS and EMAIL. User online: WEBSOCKET and PUSH.
 - NORMAL, user online: WEBSOCKET. NORMAL, user offline: PUSH and EMAIL (batched where batching is on).
 - LOW: EMAIL, by way of the digest.

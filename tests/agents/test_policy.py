@@ -336,3 +336,40 @@ def test_invalid_batch_sizes_and_windows_take_the_defaults():
     d.run_until(T0 + 40_000)
     push = [r for _, r in d.requests if r["channel"] == "PUSH"]
     assert [len(r["event_ids"]) for r in push] == [3]
+
+
+def test_explicit_channels_choose_the_channels_but_batching_and_digests_still_apply():
+    """Contract: ``channels`` overrides which channels routing picks; each part is then placed as usual."""
+    d = Driver()
+    d.send(ev(1, "NORMAL", channels=["PUSH", "EMAIL"]), T0)
+    d.send(ev(2, "NORMAL", channels=["PUSH"]), T0 + 1)
+    d.send(ev(3, "LOW", channels=["EMAIL"]), T0 + 2)
+    assert d.requests == [], "nothing at once: push and email parts wait for their batch or digest"
+    interim = {x["event_id"]: x["outcome"] for x in d.decisions if not x["final"]}
+    assert interim == {"e1": "BATCHED", "e2": "BATCHED", "e3": "DIGESTED"}
+    d.run_until(T0 + 3_600_000, step=30_000)
+    push = [r for _, r in d.requests if r["channel"] == "PUSH"]
+    assert [(r["kind"], r["event_ids"]) for r in push] == [("BATCH", ["e1", "e2"])]
+    email = sorted((r["kind"], r["event_ids"]) for _, r in d.requests if r["channel"] == "EMAIL")
+    assert email == [("DIGEST", ["e3"]), ("SINGLE", ["e1"])]
+    assert {e: f["outcome"] for e, f in d.finals().items()} == {"e1": "BATCHED", "e2": "BATCHED", "e3": "DIGESTED"}
+
+
+def test_explicit_channels_send_at_once_when_high_or_not_batchable_and_respect_quiet_hours():
+    d = Driver()
+    d.send(ev(1, "HIGH", channels=["PUSH", "EMAIL"]), T0)
+    d.send(ev(2, "NORMAL", channels=["PUSH", "EMAIL"], batchable=False), T0 + 1)
+    d.send(ev(3, "LOW", channels=["EMAIL"], batchable=False), T0 + 2)
+    assert sorted((r["channel"], r["event_ids"][0]) for _, r in d.requests) == [
+        ("EMAIL", "e1"), ("EMAIL", "e2"), ("EMAIL", "e3"), ("PUSH", "e1"), ("PUSH", "e2")]
+    assert all(r["kind"] == "SINGLE" for _, r in d.requests)
+    quiet = Driver({"quiet_hours": {"start": "11:00", "end": "13:00"}})
+    quiet.send(ev(4, "HIGH", channels=["PUSH"]), T0)
+    assert quiet.requests == [] and quiet.decisions[-1]["outcome"] == "DEFERRED_QUIET_HOURS"
+
+
+def test_explicit_channels_respect_the_rate_limit():
+    d = Driver(config=policy.PolicyConfig(limits=Limits(per_minute=1, per_hour=100, per_day=500)))
+    for n in range(2):
+        d.send(ev(n, "HIGH", channels=["PUSH"]), T0 + n)
+    assert len(d.requests) == 1 and d.decisions[-1]["outcome"] == "THROTTLED"

@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
             producer and show live counts of events, decisions, deliveries and dead letters.
             The first run downloads Kafka and the registry from Maven Central (a few minutes).
             Ctrl-C stops everything that `up` started.
+            Herald's processes are supervised: one that exits or is killed is started again after 1 s,
+            doubling up to 30 s while it keeps failing; `herald status` shows the restarts and last exits.
 
             examples:
               herald up                    # live view until Ctrl-C
@@ -42,8 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--no-demo", action="store_true", help="do not start the demo producer")
     up.add_argument("--rate", type=float, default=None, help="demo events per second (default HERALD_DEMO_RATE, 20)")
 
-    sub.add_parser("down", help="stop everything `herald up` started (data is kept)")
-    sub.add_parser("status", help="each part: up or down, address, version, topics, consumer lag")
+    sub.add_parser("down", help="stop everything `herald up` started, supervisor first (data is kept)")
+    sub.add_parser("status", help="each part: up or down, address, version, topics, restarts, consumer lag")
     sub.add_parser("worker", help="run the pipeline worker (Faust) in the foreground")
     sink = sub.add_parser("sink", help="run the delivery sink of one channel in the foreground")
     sink.add_argument("channel", choices=["inapp"], help="the channel (more arrive with their sinks)")

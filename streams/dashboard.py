@@ -1,7 +1,8 @@
 """The live view of ``herald up``: what flows through each topic, as it happens.
 
 It tails Herald's topics from the moment it starts (its own consumer group, nothing committed), so
-the counts are "since this view opened", and asks the API for the sample user's unread count.
+the counts are "since this view opened", asks the API for the sample user's unread count and shows
+each supervised process: up, starting or restarting, its restarts and its last exit.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter, deque
+from typing import Callable
 
 from confluent_kafka import Consumer
 from rich.console import Group
@@ -20,6 +22,7 @@ from rich.table import Table
 from schemas.codec import Codec, DecodeError
 from schemas.registry import Registry
 from streams.demo import SAMPLE_USER
+from streams.supervisor import rows
 from herald.dlq import reason_of
 from herald.settings import Settings
 from herald.topics import CHANNELS
@@ -38,6 +41,7 @@ class Flow:
         self.dead: Counter[str] = Counter()
         self.recent: deque[dict] = deque(maxlen=8)
         self.unread: dict | str = "…"
+        self.processes: dict = {}
 
     def add(self, msg, codec: Codec) -> None:
         topic = msg.topic()
@@ -80,13 +84,19 @@ class Flow:
             counts.add_row(f"  dead letter {reason}", str(n), "[yellow]bad input, kept in herald.dlq[/]")
         unread = self.unread if isinstance(self.unread, str) else f"{self.unread['unread']} unread, {self.unread['unseen']} unseen"
         counts.add_row(f"{SAMPLE_USER}", unread, "from the API")
+        procs = Table(title="processes", expand=True)
+        for col in ("process", "state", "detail"):
+            procs.add_column(col, overflow="ellipsis", no_wrap=True)
+        for name, label, detail in rows(self.processes, list(self.processes.get("processes", {}))):
+            procs.add_row(name, label, detail)
         recent = Table(title="latest decisions", expand=True)
         for col in ("user", "outcome", "channels", "reason"):
             recent.add_column(col, overflow="ellipsis", no_wrap=True)
         for d in self.recent:
             outcome = d["outcome"] if d.get("final", True) else f"{d['outcome']} …"
             recent.add_row(d["user_id"], outcome, ",".join(c.lower() for c in d["channels"]), d["reason"])
-        return Group(Panel(counts, title=f"Herald — flowing for {elapsed:.0f}s (Ctrl-C stops everything)"), recent)
+        return Group(Panel(counts, title=f"Herald — flowing for {elapsed:.0f}s (Ctrl-C stops everything)"), procs,
+                     recent)
 
 
 def _unread(settings: Settings, token: str) -> dict | str:
@@ -99,7 +109,8 @@ def _unread(settings: Settings, token: str) -> dict | str:
         return f"API not answering ({type(exc).__name__})"
 
 
-def watch(settings: Settings) -> None:
+def watch(settings: Settings, processes: Callable[[], dict] | None = None) -> None:
+    """Show the view until interrupted; ``processes`` gives the supervisor's state (see streams.supervisor)."""
     from api import auth
 
     token = auth.mint(auth.signing_secret(settings), SAMPLE_USER)
@@ -118,6 +129,7 @@ def watch(settings: Settings) -> None:
                         flow.add(msg, codec)
                 if time.monotonic() - last_api > 1:
                     flow.unread = _unread(settings, token)
+                    flow.processes = processes() if processes else {}
                     last_api = time.monotonic()
                 live.update(flow.render())
     finally:

@@ -1,111 +1,204 @@
 """``herald up``, ``down`` and ``status``: the local stack as processes, started in dependency order.
 
 Servers first (PostgreSQL, Kafka, then the registry, which keeps its schemas in Kafka), then the
-topics and schemas, then Herald's own processes (worker, in-app sink, API) and the demo producer.
-Every process logs to ``.herald/logs/<name>.log``; ``down`` stops them in reverse order.
+topics and schemas, then Herald's own processes (``PROCESSES``: worker, in-app sink, API, the demo
+producer), which a supervisor (``streams/supervisor.py``) keeps running: one that exits or is killed is
+started again, with backoff. A server already answering on its address is used as it is and left
+running by ``down``. Every process logs to ``.herald/logs/<name>.log``; ``down`` stops the supervisor
+first, then the processes in reverse order, then the servers it started.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import signal
+import subprocess
 import sys
+import threading
 import time
-import urllib.request
-from typing import Callable
 
 from rich.console import Console
 
 from infra import kafka, postgres, registry
-from infra.common import InfraError, REPO_ROOT, ServiceStatus, log_path, read_pid, start_process, stop_process, wait_until
+from infra.common import (InfraError, REPO_ROOT, ServiceStatus, _tail, log_path, read_pid, start_process,
+                          stop_process)
 from herald.settings import Settings
+from streams.supervisor import (NAME as SUPERVISOR, Proc, Supervisor, describe_exit, http_ok, log_line, read_state,
+                               rows, running)
 
 console = Console(stderr=True, highlight=False)
 SERVERS = (("postgres", postgres), ("kafka", kafka), ("registry", registry))
-PROCESSES = ("worker", "sink-inapp", "api")
 DEMO_WINDOWS = {"HERALD_BATCH_WINDOW_S": "10", "HERALD_DIGEST_PERIOD_S": "60"}
+READY_TIMEOUT_S = 120
+
+# Every process `herald up` starts and supervises, in start order (`down` stops them in reverse).
+# One line each: name, `herald` arguments (or "-m", "module"), readiness check; see supervisor.Proc.
+PROCESSES: list[Proc] = [
+    Proc("worker", ("worker",), log_line("Ready")),
+    Proc("sink-inapp", ("sink", "inapp"), log_line("consuming")),
+    Proc("api", ("api",), http_ok("http://127.0.0.1:{api_port}/readyz")),
+    # -- delivery: the mail catcher, the provider sandbox and the email/push/sms sinks go here --
+    Proc("demo", ("produce", "--demo", "--quiet", "--rate", "{demo_rate:g}"), running(), demo_only=True,
+         after_ready=True),
+]
 
 
 def _say(text: str) -> None:
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}")
 
 
-def _herald(*args: str) -> list[str]:
-    return [sys.executable, "-m", "streams.cli", *args]
-
-
-def _ready_by_log(name: str, marker: str) -> Callable[[], bool]:
-    def check() -> bool:
-        path = log_path(name)
-        return path.exists() and marker in path.read_text(errors="replace")[-200_000:]
-    return check
-
-
-def _api_ready(settings: Settings) -> Callable[[], bool]:
-    def check() -> bool:
-        with urllib.request.urlopen(f"http://127.0.0.1:{settings.api_port}/readyz", timeout=1) as r:
-            return r.status == 200
-    return check
-
-
 def start_servers(settings: Settings) -> dict[str, ServiceStatus]:
+    """Start each server unless one already answers on its address (then it is used as it is)."""
     started = {}
     for name, module in SERVERS:
         t0 = time.monotonic()
-        status = module.start(progress=_say)
+        if name == "registry" and read_pid(name) is None and _answers(module):
+            # infra.registry.start refuses a taken port; a registry answering there is one we can use
+            status = module.status()
+            _say(f"{name}: a registry already answers on {status.address}; using it")
+        else:
+            status = module.start(progress=_say)
         started[name] = status
         _say(f"[green]✓[/] {name} ready on {status.address} ({time.monotonic() - t0:.1f}s)")
     return started
 
 
-def start_pipeline(settings: Settings, demo: bool, rate: float | None) -> None:
+def _answers(module) -> bool:
+    try:
+        return module.status().up
+    except Exception:  # noqa: BLE001 - not answering, whatever the reason
+        return False
+
+
+def prepare(settings: Settings) -> None:
     from herald.topics import ensure_topics, register_schemas
 
     topics = ensure_topics(settings)
     ids = register_schemas(settings)
     _say(f"[green]✓[/] {len(topics)} topics, {len(ids)} schemas registered (BACKWARD_TRANSITIVE)")
-    checks = {"worker": _ready_by_log("worker", "Ready"), "sink-inapp": _ready_by_log("sink-inapp", "consuming"),
-              "api": _api_ready(settings)}
-    argv = {"worker": _herald("worker"), "sink-inapp": _herald("sink", "inapp"), "api": _herald("api")}
-    # the demo runs short windows, so batches and digests go out while you watch (unless you chose yours)
+
+
+def _environment(demo: bool, rate: float | None) -> dict[str, str]:
+    """What the processes get on top of our environment: the demo's short windows (unless you chose yours)."""
     env = {k: v for k, v in DEMO_WINDOWS.items() if demo and not os.environ.get(k)}
-    procs = {}
-    for name in PROCESSES:
-        if read_pid(name) is None:
-            log_path(name).write_text("")
-            procs[name] = start_process(name, argv[name], env=env, cwd=REPO_ROOT)
-    for name in PROCESSES:
-        t0 = time.monotonic()
-        wait_until(checks[name], 90, f"{name}", log_path(name), procs.get(name))
-        _say(f"[green]✓[/] {name} ready ({time.monotonic() - t0:.1f}s, log: {log_path(name)})")
-    if demo and read_pid("demo") is None:
-        start_process("demo", _herald("produce", "--demo", "--quiet", "--rate", str(rate or settings.demo_rate)),
-                      cwd=REPO_ROOT)
-        _say(f"[green]✓[/] demo producer: {rate or settings.demo_rate:g} events/s to {settings.topic('events')}")
+    if rate:
+        env["HERALD_DEMO_RATE"] = f"{rate:g}"
+    return env
+
+
+def _wait_ready(snapshot, names: list[str], supervisor_proc: subprocess.Popen | None = None) -> None:
+    """Wait until every process in ``names`` is up, saying so for each; fail on its first exit before it was ready."""
+    t0 = time.monotonic()
+    pending = list(names)
+    while pending:
+        if supervisor_proc is not None and supervisor_proc.poll() is not None:
+            raise InfraError(f"supervisor: exited with code {supervisor_proc.returncode} before every process was "
+                             f"ready; see {log_path(SUPERVISOR)}{_tail(log_path(SUPERVISOR))}")
+        procs = snapshot().get("processes", {})
+        for name in list(pending):
+            info = procs.get(name)
+            if info is None:
+                continue
+            if info["state"] == "up":
+                pending.remove(name)
+                _say(f"[green]✓[/] {name} ready ({time.monotonic() - t0:.1f}s, log: {log_path(name)})")
+            elif info.get("last_exit") and not info.get("ever_ready"):
+                raise InfraError(f"{name}: the process exited ({describe_exit(info['last_exit'])}) before it was "
+                                 f"ready; see {log_path(name)}{_tail(log_path(name))}")
+        if pending and time.monotonic() - t0 > READY_TIMEOUT_S:
+            name = pending[0]
+            raise InfraError(f"{name}: not ready after {READY_TIMEOUT_S}s; see {log_path(name)}{_tail(log_path(name))}")
+        time.sleep(0.25)
 
 
 def up(settings: Settings, detach: bool, demo: bool, rate: float | None) -> int:
     t0 = time.monotonic()
+    env = _environment(demo, rate)
+    if rate:
+        settings = dataclasses.replace(settings, demo_rate=rate)
+    names = [p.name for p in PROCESSES if demo or not p.demo_only]
+    running = read_state()
     try:
         start_servers(settings)
-        start_pipeline(settings, demo, rate)
+        prepare(settings)
+        if running.get("alive"):
+            _say(f"already running, supervised by pid {running['pid']} ({running['mode']})")
+            _wait_ready(read_state, [n for n in names if n in running.get("processes", {})])
+        elif detach:
+            proc = start_process(SUPERVISOR, [sys.executable, "-m", "streams.supervisor",
+                                              *([] if demo else ["--no-demo"])], env=env, cwd=REPO_ROOT)
+            _say(f"supervisor started (pid {proc.pid}, log: {log_path(SUPERVISOR)})")
+            # until the new supervisor writes its state, the file may hold a previous run's
+            _wait_ready(lambda: _state_of(proc.pid), names, proc)
     except InfraError as exc:
         console.print(f"[red]✗ {exc}[/]")
-        if not detach:
+        if detach:
+            _stop_supervisor()
+            _say("Herald's processes stopped; the servers keep running (`herald down` stops them)")
+        else:
             down()
         return 1
-    _say(f"[bold]Herald is up[/] in {time.monotonic() - t0:.1f}s")
-    _where(settings)
-    if detach:
-        _say("running in the background; `herald down` stops it")
+    if detach or running.get("alive"):
+        _say(f"[bold]Herald is up[/] in {time.monotonic() - t0:.1f}s")
+        _where(settings)
+        if detach:
+            _say("running in the background, supervised; `herald down` stops it")
+            return 0
+        _watch(settings, read_state)
+        _say("still running in the background; `herald down` stops it")
         return 0
+    return _foreground(settings, demo, env, names, t0)
+
+
+def _state_of(pid: int) -> dict:
+    state = read_state()
+    return state if state.get("pid") == pid else {}
+
+
+def _foreground(settings: Settings, demo: bool, env: dict, names: list[str], t0: float) -> int:
+    """Supervise in this process (a thread) while the live view runs; Ctrl-C or SIGTERM stops everything."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `herald down` from another terminal
+    supervisor = Supervisor(PROCESSES, settings, demo=demo, env=env, mode="foreground")
+    stop = threading.Event()
+    thread = threading.Thread(target=supervisor.run, args=(stop,), name="supervisor", daemon=True)
+    thread.start()
+    try:
+        _wait_ready(lambda: _thread_snapshot(supervisor, thread), names)
+        _say(f"[bold]Herald is up[/] in {time.monotonic() - t0:.1f}s")
+        _where(settings)
+        return _watch(settings, lambda: _thread_snapshot(supervisor, thread))
+    except InfraError as exc:
+        console.print(f"[red]✗ {exc}[/]")
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the stopping short
+        console.print()
+        stop.set()
+        thread.join()
+        supervisor.stop()
+        down()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _thread_snapshot(supervisor: Supervisor, thread: threading.Thread) -> dict:
+    if not thread.is_alive():
+        raise InfraError(f"supervisor: its thread ended; see {log_path(SUPERVISOR)}")
+    return supervisor.snapshot()
+
+
+def _watch(settings: Settings, processes) -> int:
     from streams.dashboard import watch
 
     try:
-        watch(settings)
+        watch(settings, processes)
     except KeyboardInterrupt:
         pass
-    finally:
-        console.print()
-        down()
     return 0
 
 
@@ -127,12 +220,30 @@ def _where(settings: Settings) -> None:
 
 
 def down() -> None:
-    for name in ("demo", *reversed(PROCESSES)):
-        if stop_process(name, timeout=20):
-            _say(f"stopped {name}")
+    """Stop the supervisor first (so nothing restarts what follows), then the processes, then our servers."""
+    _stop_supervisor()
+    for proc in reversed(PROCESSES):
+        if stop_process(proc.name, timeout=20):
+            _say(f"stopped {proc.name}")
     for name, module in reversed(SERVERS):
         if module.stop():
             _say(f"stopped {name}")
+
+
+def _stop_supervisor(timeout: float = 150) -> None:
+    """Stop a detached supervisor (it stops its processes), or ask a foreground ``herald up`` elsewhere to stop."""
+    if stop_process(SUPERVISOR, timeout=timeout):
+        _say("stopped the supervisor and its processes")
+        return
+    state = read_state()
+    pid = state.get("pid")
+    if not state.get("alive") or pid == os.getpid():
+        return
+    os.kill(pid, signal.SIGTERM)  # a foreground `herald up`: it stops everything, as on Ctrl-C
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and read_state().get("alive"):
+        time.sleep(0.2)
+    _say(f"stopped `herald up` (pid {pid})")
 
 
 def show_status(settings: Settings) -> int:
@@ -155,9 +266,19 @@ def show_status(settings: Settings) -> int:
             detail["topics"] = len([t for t in s.detail["topics"] if t.startswith(settings.topic_prefix)])
         table.add_row(name, "[green]up[/]" if s.up else "[red]down[/]", s.address, s.version,
                       ", ".join(f"{k}={v}" for k, v in detail.items()))
-    for name in (*PROCESSES, "demo"):
-        pid = read_pid(name)
-        table.add_row(name, "[green]up[/]" if pid else "[red]down[/]", "", "", f"pid={pid}" if pid else "")
+    state = read_state()
+    if state.get("alive"):
+        table.add_row(SUPERVISOR, "[green]up[/]", "", "", f"pid={state['pid']}, {state['mode']}")
+    else:
+        table.add_row(SUPERVISOR, "[red]down[/]", "", "", "nothing restarts a process that exits")
+        # a dead supervisor's states are stale: up or down is what the pid files say now
+        state = {"processes": {name: {**info, "state": "up" if read_pid(name) else "down"}
+                               for name, info in state.get("processes", {}).items()}}
+        for proc in PROCESSES:
+            if proc.name not in state["processes"] and read_pid(proc.name):
+                state["processes"][proc.name] = {"state": "up", "pid": read_pid(proc.name)}
+    for name, label, detail in rows(state, [p.name for p in PROCESSES]):
+        table.add_row(name, label, "", "", detail)
     console.print(table)
     try:
         lag = consumer_lag(settings) if kafka_up else {}

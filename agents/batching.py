@@ -21,8 +21,7 @@ import re
 
 from agents.ids import delivery_id
 from agents.validate import to_ms
-
-PRIORITY_RANK = {"CRITICAL": 0, "HIGH": 1, "NORMAL": 2, "LOW": 3}
+from herald.enums import most_urgent
 BODY_LINES = 10
 MAX_EVENT_IDS_CHARS = 1_000
 
@@ -69,15 +68,9 @@ def title(type_: str, count: int) -> str:
     return f"{count} {singular if count == 1 else plural}"
 
 
-def rank(priority: str) -> int:
-    try:
-        return PRIORITY_RANK[priority]
-    except KeyError:
-        raise ValueError(f"unknown priority {priority!r}") from None
-
-
 def highest_priority(events: list[dict]) -> str:
-    return min((e["priority"] for e in events), key=rank)
+    """The most urgent priority among ``events`` (``herald.enums.most_urgent``)."""
+    return most_urgent(e["priority"] for e in events)
 
 
 def canonical(events: list[dict]) -> list[dict]:

@@ -8,9 +8,10 @@ twice counts once, so a replay yields the same ``delivery_id``.
 """
 from __future__ import annotations
 
-from agents.batching import canonical, highest_priority, one_line, rank, type_words
+from agents.batching import canonical, highest_priority, one_line, type_words
 from agents.ids import delivery_id
 from agents.validate import to_ms
+from herald.enums import urgency
 
 _GROUP_NAMES = {
     "TASK_DEADLINE": "Task deadlines",
@@ -31,7 +32,7 @@ def _group_line(type_: str, events: list[dict], top_n: int) -> str:
     head = f"{group_name(type_)} ({len(events)})"
     if top_n <= 0:
         return head
-    top = sorted(events, key=lambda e: (rank(e["priority"]), -to_ms(e["occurred_at"]), e["event_id"]))[:top_n]
+    top = sorted(events, key=lambda e: (-urgency(e["priority"]), -to_ms(e["occurred_at"]), e["event_id"]))[:top_n]
     items = [one_line(e["title"]) for e in top]
     if len(events) > len(top):
         items.append(f"and {len(events) - len(top)} more")
@@ -55,7 +56,7 @@ def digest_request(user_id: str, channel: str, events: list[dict], period_start:
     groups: dict[str, list[dict]] = {}
     for event in ordered:
         groups.setdefault(event["type"], []).append(event)
-    order = sorted(groups, key=lambda t: (rank(highest_priority(groups[t])), -len(groups[t]), t))
+    order = sorted(groups, key=lambda t: (-urgency(highest_priority(groups[t])), -len(groups[t]), t))
     ids = [e["event_id"] for e in ordered]
     n = len(ids)
     data = {f"count.{t}": str(len(groups[t])) for t in order}

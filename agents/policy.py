@@ -20,18 +20,19 @@ decisions and delivery requests to publish. Nothing is ever dropped silently:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 import orjson
 
-from agents import batching, digest, digest_period, quiet_hours, rate_limit, routing
+from agents import batching, digest, digest_period, preferences, quiet_hours, rate_limit, routing
 from agents.dedup import dedup_key, is_duplicate, seen, until as dedup_until
-from agents import preferences
 from agents.preferences import allows_type, meets_minimum
 from agents.route import make_decision, single_request
 from agents.validate import to_ms
+from herald.enums import most_urgent
 
-IMMEDIATE_ONLY = ("INAPP", "WEBSOCKET", "SMS")
+IMMEDIATE_ONLY = ("INAPP", "WEBSOCKET", "SMS")  # channels whose parts are never batched or digested
 CLOSED_MEMORY_MS = 3_600_000  # how long the end of a sent window is remembered, to put late parts after it
-LIMITED = ("PUSH", "SMS", "EMAIL")
+LIMITED = ("PUSH", "SMS", "EMAIL")  # channels the per-user rate limits count
 TIME_FIELDS = ("occurred_at", "deliver_after")
 
 
@@ -317,7 +318,7 @@ def _close_group(out: Outcome, key: str, prefs: dict, now_ms: int, config: Polic
         closed = out.state.setdefault("closed", {})
         closed[series] = max(closed.get(series, 0), group["end"])
     channel = group["channel"]
-    later = _limited(out.state, channel, max((e["priority"] for e in events), key=_rank), prefs, now_ms, config)
+    later = _limited(out.state, channel, most_urgent(e["priority"] for e in events), prefs, now_ms, config)
     if later is not None:
         _throttle(out, events, channel, later, prefs, now_ms)
         return
@@ -350,10 +351,6 @@ def _finish_if_done(out: Outcome, event_id: str, now_ms: int) -> None:
     plan = out.state["plans"].get(event_id)
     if plan is not None and plan["pending"] == 0:
         _interim_or_final(out, event_id, now_ms)
-
-
-def _rank(priority: str) -> int:
-    return {"CRITICAL": 0, "HIGH": 1, "NORMAL": 2, "LOW": 3}[priority]
 
 
 # -- cancellation ----------------------------------------------------------------------------------

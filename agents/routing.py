@@ -13,7 +13,9 @@ The rule:
 from __future__ import annotations
 
 from agents.preferences import allows_channel
+from herald.enums import urgency
 
+# The order an event's channels are listed in (its decision, its requests): every channel, in-app first.
 ORDER = ("INAPP", "WEBSOCKET", "PUSH", "SMS", "EMAIL")
 
 
@@ -24,7 +26,7 @@ def channels(event: dict, prefs: dict, online: bool) -> list[str]:
         wanted = set(event["channels"])
     else:
         wanted = {"INAPP"}
-        if priority in ("CRITICAL", "HIGH"):
+        if urgency(priority) >= urgency("HIGH"):
             wanted |= {"WEBSOCKET", "PUSH"} if online else {"PUSH", "SMS", "EMAIL"}
         elif priority == "NORMAL":
             wanted |= {"WEBSOCKET"} if online else {"PUSH", "EMAIL"}

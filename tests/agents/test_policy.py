@@ -373,3 +373,26 @@ def test_explicit_channels_respect_the_rate_limit():
     for n in range(2):
         d.send(ev(n, "HIGH", channels=["PUSH"]), T0 + n)
     assert len(d.requests) == 1 and d.decisions[-1]["outcome"] == "THROTTLED"
+
+
+def test_the_channel_lists_are_the_contracts_channels():
+    from agents import routing
+    from herald.enums import CHANNELS
+
+    assert sorted(routing.ORDER) == sorted(CHANNELS)
+    assert set(policy.IMMEDIATE_ONLY) <= set(CHANNELS) and set(policy.LIMITED) <= set(CHANNELS)
+
+
+def test_a_group_is_rate_limited_as_its_most_urgent_event():
+    """A group holding a CRITICAL part is not held back by the rate limit (CRITICAL bypasses it); the old
+    ranking (CRITICAL = 0, max) took the least urgent priority of the group instead."""
+    config = policy.PolicyConfig(limits=Limits(per_minute=1, per_hour=100, per_day=500))
+    state = policy.new_state()
+    state["rates"]["PUSH"] = {"m": [T0 // 60_000 * 60_000, 1], "h": [T0 // 3_600_000 * 3_600_000, 1],
+                              "d": [T0 // 86_400_000 * 86_400_000, 1]}
+    events = {"e1": policy.normalize(ev(1, "CRITICAL")), "e2": policy.normalize(ev(2, "LOW"))}
+    state["groups"][f"T|PUSH|COMMENT|{T0}"] = {"kind": "BATCH", "type": "COMMENT", "channel": "PUSH", "start": T0,
+                                               "end": T0, "label": "", "events": events}
+    out = policy.on_tick(state, effective(None, "u1"), False, T0, config)
+    assert [(r["channel"], sorted(r["event_ids"])) for r in out.requests] == [("PUSH", ["e1", "e2"])]
+    assert not [d for d in out.decisions if d["outcome"] == "THROTTLED"]

@@ -34,6 +34,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         micros, notification_id = raw.split("|", 1)
+        if "\x00" in notification_id:
+            raise ValueError("NUL")
         return datetime.fromtimestamp(int(micros) / 1_000_000, tz=timezone.utc), notification_id
     except Exception:  # noqa: BLE001 - anything malformed is the caller's mistake
         raise BadCursor("cursor is not one this API returned") from None
@@ -98,14 +100,30 @@ class UnreadCounts:
             self._start_batches()
 
 
-async def page(pool: asyncpg.Pool, user_id: str, limit: int, cursor: str | None, unread_only: bool) -> dict:
-    after = decode_cursor(cursor) if cursor else (None, None)
-    rows = await pool.fetch(PAGE, user_id, unread_only, after[0], after[1], limit + 1)
-    items = [{
+def item(r) -> dict:
+    """An inbox item as the API shows it (the notifications list and the WebSocket's notification frame)."""
+    return {
         "notification_id": r["notification_id"], "type": r["type"], "priority": r["priority"], "kind": r["kind"],
         "title": r["title"], "body": r["body"], "data": r["data"], "event_ids": list(r["event_ids"]),
         "created_at": r["created_at"].isoformat(), "read": r["read_at"] is not None, "seen": r["seen_at"] is not None,
-    } for r in rows[:limit]]
+    }
+
+
+ITEMS = """
+SELECT notification_id, user_id, type, priority, kind, title, body, data, event_ids, created_at, read_at, seen_at
+FROM notifications WHERE notification_id = ANY($1::text[]) AND archived_at IS NULL
+"""
+
+
+async def items(pool: asyncpg.Pool, notification_ids: list[str]) -> dict[str, tuple[str, dict]]:
+    """``{notification_id: (user_id, item)}`` for those that exist and are not archived."""
+    return {r["notification_id"]: (r["user_id"], item(r)) for r in await pool.fetch(ITEMS, notification_ids)}
+
+
+async def page(pool: asyncpg.Pool, user_id: str, limit: int, cursor: str | None, unread_only: bool) -> dict:
+    after = decode_cursor(cursor) if cursor else (None, None)
+    rows = await pool.fetch(PAGE, user_id, unread_only, after[0], after[1], limit + 1)
+    items = [item(r) for r in rows[:limit]]
     next_cursor = encode_cursor(rows[limit - 1]["created_at"], rows[limit - 1]["notification_id"]) if len(rows) > limit else None
     return {"user_id": user_id, "notifications": items, "next_cursor": next_cursor}
 
@@ -123,3 +141,20 @@ async def mark_all_read(pool: asyncpg.Pool, user_id: str) -> int:
         "UPDATE notifications SET read_at = now(), seen_at = coalesce(seen_at, now()) "
         "WHERE user_id = $1 AND read_at IS NULL AND archived_at IS NULL", user_id)
     return int(status.split()[-1])
+
+
+async def mark_seen(pool: asyncpg.Pool, user_id: str, notification_id: str) -> bool:
+    """True if the notification exists for this user (seeing twice, or seeing a read one, is fine)."""
+    result = await pool.fetchval(
+        "UPDATE notifications SET seen_at = coalesce(seen_at, now()) "
+        "WHERE user_id = $1 AND notification_id = $2 RETURNING 1", user_id, notification_id)
+    return result is not None
+
+
+async def archive(pool: asyncpg.Pool, user_id: str, notification_id: str) -> bool:
+    """True if the notification exists for this user. An archived one leaves the list and the counts;
+    archiving it again is fine and keeps its first archive time."""
+    result = await pool.fetchval(
+        "UPDATE notifications SET archived_at = coalesce(archived_at, now()) "
+        "WHERE user_id = $1 AND notification_id = $2 RETURNING 1", user_id, notification_id)
+    return result is not None

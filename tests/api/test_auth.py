@@ -63,6 +63,7 @@ def test_a_remembered_token_is_refused_once_it_expires(monkeypatch):
 
 def test_a_token_with_not_before_is_checked_every_time():
     verifier = Verifier(SECRET)
-    token = jwt.encode({"sub": "u1", "exp": int(time.time()) + 60, "nbf": int(time.time()) - 1}, SECRET, algorithm="HS256")
+    token = jwt.encode({"sub": "u1", "exp": int(time.time()) + 60, "nbf": int(time.time()) - 1, "iss": "herald",
+                        "aud": "herald-api"}, SECRET, algorithm="HS256")
     assert verifier.authorize(f"Bearer {token}", "u1")["sub"] == "u1"
     assert not verifier._claims

@@ -3,7 +3,12 @@
 Decoding resolves the writer's schema (fetched by id, cached) to Herald's reader schema, so records
 from older and newer producers both read as the reader's shape. Every way a record can fail to
 decode raises ``DecodeError`` with a stable reason code from the contract, which is what the
-dead-letter topic's ``herald.error.reason`` header carries.
+dead-letter topic's ``herald.error.reason`` header carries. A registry that cannot answer raises
+``RegistryUnavailable`` instead, which is not a ``DecodeError``: the record is not at fault, so the caller
+pauses and tries again rather than dead-lettering it.
+
+On an event loop, ``await codec.prepare(data)`` before ``decode(data, ...)``: it resolves the record's
+schema id off the loop (see ``Registry.ensure``), so ``decode`` never waits on the registry.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import fastavro
 from fastavro._read_common import SchemaResolutionError
 
 from schemas.loader import parsed
-from schemas.registry import Registry, SchemaNotFound
+from schemas.registry import Registry, RegistryUnavailable, SchemaNotFound
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")
@@ -37,10 +42,14 @@ class Codec:
     def __init__(self, registry: Registry, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.registry = registry
         self.max_bytes = max_bytes
-        # (writer id, reader name) -> reader schema to pass, or None when writer == reader
-        self._resolution: dict[tuple[int, str], dict | None] = {}
+        # (writer id, reader name or None) -> (writer schema, reader schema to pass or None when the
+        # reader is the writer): the whole per-record schema work of a known id in one dict look-up
+        self._resolved: dict[tuple[int, str | None], tuple[dict, dict | None]] = {}
 
     def encode(self, subject: str, schema_name: str, record: dict) -> bytes:
+        """``record`` in the wire format under ``subject``'s id for ``schema_name``. The first call per
+        subject registers the schema (``Registry.register_all`` at start-up does it ahead of time);
+        raises ``RegistryUnavailable`` when that registration cannot reach the registry."""
         schema_id = self.registry.register(subject, schema_name)
         buf = io.BytesIO()
         buf.write(HEADER.pack(MAGIC, schema_id))
@@ -54,24 +63,38 @@ class Codec:
             return None
         return int.from_bytes(data[1:5], "big")
 
-    def decode(self, data: bytes | None, reader: str | None) -> dict[str, Any]:
+    async def prepare(self, data: bytes | None) -> None:
+        """Resolve the schema id in ``data``'s header off the event loop, so that ``decode(data, ...)``
+        answers from the cache. Returns at once for a record without a wire-format header (``decode``
+        reports it) or whose id is cached; raises ``RegistryUnavailable`` when the registry cannot answer."""
+        if data is not None and len(data) >= HEADER.size and data[0] == MAGIC:
+            schema_id = int.from_bytes(data[1:5], "big")
+            if schema_id not in self.registry._writers:
+                await self.registry.ensure(schema_id)
+
+    def decode(self, data: bytes | None, reader: str | None, max_bytes: int | None = None) -> dict[str, Any]:
         """Decode ``data`` into the shape of the ``reader`` schema (e.g. ``"NotificationEvent"``), or of
-        the writer's own schema when ``reader`` is None (for tools that print any topic)."""
+        the writer's own schema when ``reader`` is None (for tools that print any topic).
+
+        ``max_bytes`` overrides the codec's size limit for this call. Raises ``DecodeError`` for a record
+        that cannot be read, ``RegistryUnavailable`` when the registry had to be asked and could not
+        answer (never after ``prepare``/``Registry.ensure`` resolved the id)."""
         if data is None:
             raise DecodeError("TOMBSTONE", "null value (tombstone): nothing to decode")
-        if len(data) > self.max_bytes:
-            raise DecodeError("TOO_LARGE", f"record of {len(data)} bytes is over the limit of {self.max_bytes}")
-        if len(data) < HEADER.size:
-            raise DecodeError("INVALID_MAGIC_BYTE", f"record of {len(data)} bytes is shorter than the 5-byte wire-format header")
+        size = len(data)
+        limit = self.max_bytes if max_bytes is None else max_bytes
+        if size > limit:
+            raise DecodeError("TOO_LARGE", f"record of {size} bytes is over the limit of {limit}")
+        if size < HEADER.size:
+            raise DecodeError("INVALID_MAGIC_BYTE", f"record of {size} bytes is shorter than the 5-byte wire-format header")
         if data[0] != MAGIC:
             hint = " (it looks like JSON: use the Avro serializer)" if data[:1] in (b"{", b"[") else ""
             raise DecodeError("INVALID_MAGIC_BYTE", f"first byte is {data[0]}, not 0: not the Confluent wire format{hint}")
         schema_id = int.from_bytes(data[1:5], "big")
-        try:
-            writer = self.registry.writer(schema_id)
-        except SchemaNotFound:
-            raise DecodeError("SCHEMA_NOT_FOUND", f"schema id {schema_id} is not in the registry") from None
-        reader_schema = self._reader_for(schema_id, writer, reader) if reader else None
+        resolved = self._resolved.get((schema_id, reader))
+        if resolved is None:
+            resolved = self._resolve(schema_id, reader)
+        writer, reader_schema = resolved
         buf = io.BytesIO(data)
         buf.seek(HEADER.size)
         try:
@@ -80,20 +103,29 @@ class Codec:
             raise DecodeError("DECODE_ERROR", f"cannot read schema id {schema_id} as {reader}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - any corrupt body is the producer's mistake, not ours
             raise DecodeError("DECODE_ERROR", f"body does not decode with schema id {schema_id}: {type(exc).__name__}: {exc}") from None
-        if buf.tell() != len(data):
-            raise DecodeError("DECODE_ERROR", f"{len(data) - buf.tell()} bytes left over after the record (schema id {schema_id})")
+        if buf.tell() != size:
+            raise DecodeError("DECODE_ERROR", f"{size - buf.tell()} bytes left over after the record (schema id {schema_id})")
         if not isinstance(record, dict):
             raise DecodeError("SCHEMA_MISMATCH", f"schema id {schema_id} is not a record schema")
         return record
 
-    def _reader_for(self, schema_id: int, writer: dict, reader: str) -> dict | None:
-        key = (schema_id, reader)
-        if key not in self._resolution:
+    def _resolve(self, schema_id: int, reader: str | None) -> tuple[dict, dict | None]:
+        try:
+            writer = self.registry.writer(schema_id)
+        except SchemaNotFound as exc:
+            raise DecodeError("SCHEMA_NOT_FOUND", str(exc)) from None
+        if reader is None:
+            resolved: tuple[dict, dict | None] = (writer, None)
+        else:
             reader_schema = parsed(reader)
             writer_name = writer.get("name") if isinstance(writer, dict) else None
             if writer_name != reader_schema["name"]:
                 raise DecodeError("SCHEMA_MISMATCH", f"schema id {schema_id} is {writer_name}, not {reader_schema['name']}: "
                                   "the record was written for another topic")
             same = fastavro.schema.to_parsing_canonical_form(writer) == fastavro.schema.to_parsing_canonical_form(reader_schema)
-            self._resolution[key] = None if same else reader_schema
-        return self._resolution[key]
+            resolved = (writer, None if same else reader_schema)
+        self._resolved[(schema_id, reader)] = resolved
+        return resolved
+
+
+__all__ = ["Codec", "DecodeError", "RegistryUnavailable", "DEFAULT_MAX_BYTES"]

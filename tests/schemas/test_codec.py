@@ -61,3 +61,24 @@ def test_trailing_bytes_are_an_error(codec):
     with pytest.raises(DecodeError) as info:
         codec.decode(codec.encode("t-value", "NotificationEvent", EVENT) + b"xx", "NotificationEvent")
     assert info.value.reason == "DECODE_ERROR"
+
+
+def test_the_size_limit_can_be_chosen_per_call(codec):
+    big = codec.encode("t-value", "NotificationEvent", {**EVENT, "body": "x" * 1500})
+    with pytest.raises(DecodeError) as info:
+        codec.decode(big, "NotificationEvent")
+    assert info.value.reason == "TOO_LARGE" and "limit of 1024" in info.value.message
+    assert codec.decode(big, "NotificationEvent", max_bytes=4096)["body"] == "x" * 1500
+    small = codec.encode("t-value", "NotificationEvent", EVENT)
+    with pytest.raises(DecodeError) as info:
+        codec.decode(small, "NotificationEvent", max_bytes=10)
+    assert info.value.reason == "TOO_LARGE" and "limit of 10" in info.value.message
+
+
+def test_a_record_decodes_into_the_writers_shape_without_a_reader(codec):
+    data = codec.encode("t-value", "NotificationEvent", EVENT)
+    assert codec.decode(data, None)["title"] == "t"
+    assert codec.decode(data, "NotificationEvent")["title"] == "t"
+    with pytest.raises(DecodeError) as info:
+        codec.decode(data, "Decision")
+    assert info.value.reason == "SCHEMA_MISMATCH"

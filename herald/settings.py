@@ -77,6 +77,10 @@ class Settings:
     presence_ttl_s: int = _setting(120, "HERALD_PRESENCE_TTL_S",
                                    "A connection not renewed within this many seconds counts as offline.")
     demo_rate: float = _setting(20.0, "HERALD_DEMO_RATE", "Events per second of the demo stream `herald up` starts.")
+    allowed_origins: str = _setting("", "HERALD_ALLOWED_ORIGINS",
+                                    "Comma-separated browser origins that may open the API's WebSocket stream "
+                                    "(e.g. 'https://app.example.com'); empty means the API's own origin only "
+                                    "(http://127.0.0.1:<port> and http://localhost:<port>).")
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":

@@ -87,13 +87,17 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--max", type=int, default=0, help="stop after this many records")
 
     token = sub.add_parser("token", help="mint an API token for a user",
-                           description="Mint an HS256 token for USER_ID with the local secret.\n\n"
-                                       "example:\n  curl -H \"Authorization: Bearer $(herald token u1)\" "
-                                       "http://127.0.0.1:8080/v1/users/u1/unread-count",
+                           description="Mint an HS256 token for USER_ID with the local secret (at most 30 days).\n\n"
+                                       "examples:\n  curl -H \"Authorization: Bearer $(herald token u1)\" "
+                                       "http://127.0.0.1:8080/v1/users/u1/unread-count\n"
+                                       "  herald token u1 --url      # the inbox page, signed in as u1",
                            formatter_class=fmt)
     token.add_argument("user_id")
     token.add_argument("--admin", action="store_true", help="scope admin: may act for any user")
-    token.add_argument("--ttl", type=int, default=30 * 24 * 3600, help="seconds until it expires (default 30 days)")
+    token.add_argument("--ttl", type=int, default=30 * 24 * 3600,
+                       help="seconds until it expires, 1 to 2592000 (default 30 days)")
+    token.add_argument("--url", action="store_true",
+                       help="print the inbox page's address with the token in its fragment (HERALD_API_PORT)")
 
     replay = sub.add_parser("replay", formatter_class=fmt, help="copy a topic's records (a time range) to a topic",
                             description=textwrap.dedent("""\

@@ -140,9 +140,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 # -- tools -----------------------------------------------------------------------------------------
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from api import auth
+    from api import auth, inbox
 
-    print(auth.mint(auth.signing_secret(_settings()), args.user_id, admin=args.admin, ttl_s=args.ttl))
+    settings = _settings()
+    if not 0 < args.ttl <= auth.MAX_TTL_S:
+        raise UserError(f"--ttl must be from 1 to {auth.MAX_TTL_S} seconds (30 days)")
+    try:
+        token = auth.mint(auth.signing_secret(settings), args.user_id, admin=args.admin, ttl_s=args.ttl)
+    except auth.WeakSecret as exc:
+        raise UserError(str(exc)) from None
+    print(inbox.url(settings.api_port, token) if getattr(args, "url", False) else token)
     return 0
 
 

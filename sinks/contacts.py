@@ -1,0 +1,127 @@
+"""Recipients: the compacted ``herald.contacts`` topic read into memory, kept current by a thread.
+
+The book reads every partition from the beginning at start-up (``wait_ready`` returns once it has reached
+the end offsets seen then), then follows new records: a contact written to the topic is used by the next
+request, typically within a second (the poll waits at most ``poll_s``). A null value (tombstone) forgets
+the user. A record that does not decode is skipped (the API and producers validate contacts; a sink must
+not stop on one). ``update`` writes a changed contact back to the topic (push: a token FCM calls
+UNREGISTERED) and uses it at once.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from herald.kafka import make_producer, produce
+from herald.settings import Settings
+from schemas.codec import Codec, DecodeError
+
+log = logging.getLogger("herald.sink.contacts")
+
+
+class ContactBook:
+    def __init__(self, settings: Settings, codec: Codec, poll_s: float = 0.5) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.topic = settings.topic("contacts")
+        self.poll_s = poll_s
+        self.contacts: dict[str, dict] = {}
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._producer = None
+
+    def get(self, user_id: str) -> dict | None:
+        return self.contacts.get(user_id)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="herald-contacts", daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        return self._ready.wait(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+        if self._producer is not None:
+            self._producer.flush(5)
+
+    def update(self, contact: dict) -> None:
+        """Write ``contact`` (a whole ``herald.Contact``) to the topic and use it from now on."""
+        contact = {**contact, "updated_at": int(time.time() * 1000)}
+        self.contacts[contact["user_id"]] = contact
+        if self._producer is None:
+            self._producer = make_producer(self.settings.kafka_bootstrap)
+        value = self.codec.encode(f"{self.topic}-value", "Contact", contact)
+        produce(self._producer, self.topic, value, contact["user_id"].encode())
+        self._producer.poll(0)
+
+    def _run(self) -> None:
+        consumer = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap,
+                             "group.id": f"herald-contacts-{uuid.uuid4().hex}", "enable.auto.commit": False,
+                             "enable.partition.eof": True})
+        try:
+            ends = self._assign(consumer)
+            while not self._stop.is_set():
+                msg = consumer.poll(self.poll_s)
+                if msg is None:
+                    if ends is None:
+                        ends = self._assign(consumer)
+                    continue
+                if msg.error():
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        if ends is not None:
+                            ends.pop(msg.partition(), None)
+                            if not ends:
+                                self._ready.set()
+                    continue
+                if ends is not None and msg.offset() + 1 >= ends.get(msg.partition(), 0):
+                    ends.pop(msg.partition(), None)
+                    if not ends:
+                        self._ready.set()
+                self._apply(msg)
+        except Exception:  # noqa: BLE001 - logged; the sink then sees no new contacts but keeps running
+            log.exception("contacts reader stopped")
+        finally:
+            consumer.close()
+
+    def _assign(self, consumer: Consumer) -> dict[int, int] | None:
+        """Assign every partition from the beginning; the end offsets to reach. None when the topic is not
+        there yet (then the book is ready, empty, and tries again)."""
+        try:
+            meta = consumer.list_topics(self.topic, timeout=10)
+        except Exception:  # noqa: BLE001 - the broker is away: try again on the next poll
+            return None
+        topic = meta.topics.get(self.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            self._ready.set()
+            return None
+        parts = sorted(topic.partitions)
+        consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
+        ends = {}
+        for p in parts:
+            low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+            if high > low:
+                ends[p] = high
+        if not ends:
+            self._ready.set()
+        return ends
+
+    def _apply(self, msg) -> None:
+        key = msg.key().decode(errors="replace") if msg.key() else None
+        if msg.value() is None:
+            if key:
+                self.contacts.pop(key, None)
+            return
+        try:
+            contact = self.codec.decode(msg.value(), "Contact")
+        except DecodeError as exc:
+            log.warning("contacts: skipped a record at %s/%s: %s", msg.partition(), msg.offset(), exc.reason)
+            return
+        self.contacts[contact["user_id"]] = contact

@@ -1,0 +1,147 @@
+"""The once-only ledger and the retry schedule, in PostgreSQL's ``delivery_ledger`` (migrations 001 and 003).
+
+Rules:
+
+- ``claim`` before a provider sees a request: ``INSERT ... ON CONFLICT DO NOTHING``. Only the process whose
+  insert went in may send; everyone else learns the row's status (SENT, SUPPRESSED, DEAD: done; RETRYING:
+  the schedule owns it; CLAIMED: another process is sending it) and sends nothing. That is what makes a
+  record read again after a crash, a rebalance or a replay harmless.
+- ``record`` writes each outcome after the send: a final status (the request's bytes are dropped), or
+  RETRYING with ``due_at`` and the bytes kept, so the Kafka offset can be committed and the partition goes
+  on while the request waits here.
+- ``take_due`` claims due RETRYING rows (``FOR UPDATE SKIP LOCKED``: each goes to one process) for another
+  attempt.
+- ``take_in_doubt`` settles claims older than the lease, whose process died between claim and outcome: the
+  provider may or may not have the message, and once-only forbids a second try, so they become DEAD
+  (``IN_DOUBT``) for an operator to look at. The window is one send (a few ms, at most the send timeout)
+  plus the ledger write of the batch.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+
+import asyncpg
+
+FINAL = ("SENT", "SUPPRESSED", "DEAD")
+
+CLAIM = """
+INSERT INTO delivery_ledger (delivery_id, channel, status, attempts, user_id, claimed_by, claimed_at, request,
+                             source, updated_at)
+SELECT t.delivery_id, $5, 'CLAIMED', 0, t.user_id, $6, now(), t.request, t.source, now()
+FROM unnest($1::text[], $2::text[], $3::bytea[], $4::jsonb[]) AS t(delivery_id, user_id, request, source)
+ON CONFLICT (delivery_id) DO NOTHING
+RETURNING delivery_id
+"""
+
+EXISTING = """
+SELECT delivery_id, status, claimed_at < now() - make_interval(secs => $2) AS stale
+FROM delivery_ledger WHERE delivery_id = ANY($1::text[])
+"""
+
+RECORD = """
+UPDATE delivery_ledger AS l
+SET status = r.status, attempts = r.attempts, provider = $7, last_error = r.error,
+    due_at = CASE WHEN r.status = 'RETRYING' THEN now() + make_interval(secs => r.delay) END,
+    done = string_to_array(r.done, E'\\n'),
+    sent_at = CASE WHEN r.status = 'SENT' THEN now() ELSE l.sent_at END,
+    request = CASE WHEN r.status = 'RETRYING' THEN l.request END,
+    claimed_by = NULL, updated_at = now()
+FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::float8[], $6::text[])
+     AS r(delivery_id, status, attempts, error, delay, done)
+WHERE l.delivery_id = r.delivery_id AND l.status = 'CLAIMED'
+"""
+
+TAKE_DUE = """
+UPDATE delivery_ledger AS l SET status = 'CLAIMED', claimed_by = $2, claimed_at = now(), updated_at = now()
+WHERE l.delivery_id IN (SELECT delivery_id FROM delivery_ledger
+                        WHERE channel = $1 AND status = 'RETRYING' AND due_at <= now()
+                        ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+RETURNING l.delivery_id, l.attempts, l.request, l.source, l.done
+"""
+
+TAKE_IN_DOUBT = """
+UPDATE delivery_ledger AS l
+SET status = 'DEAD', claimed_by = NULL, request = NULL, updated_at = now(),
+    last_error = 'IN_DOUBT: the sending process stopped between claim and outcome'
+WHERE l.delivery_id IN (SELECT delivery_id FROM delivery_ledger
+                        WHERE channel = $1 AND status = 'CLAIMED' AND claimed_at < now() - make_interval(secs => $2)
+                        LIMIT $3 FOR UPDATE SKIP LOCKED)
+RETURNING l.delivery_id, l.attempts, l.request, l.source
+"""
+
+
+@dataclass
+class Source:
+    """Where a request was read: for the dead-letter headers and the original key and headers."""
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        enc = lambda b: base64.b64encode(b).decode() if b is not None else None  # noqa: E731
+        return json.dumps({"topic": self.topic, "partition": self.partition, "offset": self.offset,
+                           "key": enc(self.key), "headers": [[k, enc(v)] for k, v in self.headers]})
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "Source":
+        if not text:
+            return cls("", -1, -1)
+        d = json.loads(text)
+        dec = lambda s: base64.b64decode(s) if s is not None else None  # noqa: E731
+        return cls(d["topic"], d["partition"], d["offset"], dec(d.get("key")),
+                   [(k, dec(v) or b"") for k, v in d.get("headers") or []])
+
+
+@dataclass
+class Mark:
+    """One outcome to write: the ledger status, the attempts made, and for RETRYING its delay."""
+    delivery_id: str
+    status: str
+    attempts: int
+    error: str | None = None
+    delay_s: float = 0.0
+    done: set[str] = field(default_factory=set)
+
+
+class Ledger:
+    def __init__(self, pool: asyncpg.Pool, channel: str, worker_id: str, lease_s: float) -> None:
+        self.pool = pool
+        self.channel = channel
+        self.worker_id = worker_id
+        self.lease_s = lease_s
+
+    async def claim(self, items: list[tuple[str, str, bytes, Source]]) -> tuple[set[str], dict[str, str]]:
+        """Claim ``(delivery_id, user_id, raw, source)`` items. Returns the ids claimed now, and for the
+        others their current status (``CLAIMED_STALE`` for a claim past its lease)."""
+        if not items:
+            return set(), {}
+        async with self.pool.acquire() as conn:
+            claimed = {r["delivery_id"] for r in await conn.fetch(
+                CLAIM, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items],
+                [i[3].to_json() for i in items], self.channel, self.worker_id)}
+            others = [i[0] for i in items if i[0] not in claimed]
+            existing: dict[str, str] = {}
+            if others:
+                for r in await conn.fetch(EXISTING, others, self.lease_s):
+                    existing[r["delivery_id"]] = "CLAIMED_STALE" if r["status"] == "CLAIMED" and r["stale"] else r["status"]
+        return claimed, existing
+
+    async def record(self, marks: list[Mark], provider: str) -> None:
+        if not marks:
+            return
+        async with self.pool.acquire() as conn:
+            await conn.execute(RECORD, [m.delivery_id for m in marks], [m.status for m in marks],
+                               [m.attempts for m in marks], [m.error for m in marks], [m.delay_s for m in marks],
+                               ["\n".join(sorted(m.done)) for m in marks], provider)
+
+    async def take_due(self, limit: int) -> list[asyncpg.Record]:
+        async with self.pool.acquire() as conn:
+            return await conn.fetch(TAKE_DUE, self.channel, self.worker_id, limit)
+
+    async def take_in_doubt(self, limit: int = 100) -> list[asyncpg.Record]:
+        async with self.pool.acquire() as conn:
+            return await conn.fetch(TAKE_IN_DOUBT, self.channel, self.lease_s, limit)

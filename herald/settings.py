@@ -77,6 +77,39 @@ class Settings:
     presence_ttl_s: int = _setting(120, "HERALD_PRESENCE_TTL_S",
                                    "A connection not renewed within this many seconds counts as offline.")
     demo_rate: float = _setting(20.0, "HERALD_DEMO_RATE", "Events per second of the demo stream `herald up` starts.")
+    smtp_url: str = _setting("smtp://127.0.0.1:2525", "HERALD_SMTP_URL",
+                             "The email sink's SMTP server: smtp://host:port (STARTTLS when ?starttls=1), "
+                             "smtps://host:port (TLS), with user:pass@ for AUTH.")
+    email_from: str = _setting("Herald <herald@localhost>", "HERALD_EMAIL_FROM", "The From of every email.")
+    email_unsubscribe_url: str = _setting("http://127.0.0.1:8080/inbox", "HERALD_EMAIL_UNSUBSCRIBE_URL",
+                                          "The List-Unsubscribe link of every email (the user id is appended as ?user=).")
+    smtp_connections: int = _setting(8, "HERALD_SMTP_CONNECTIONS",
+                                     "SMTP connections the email sink keeps open and reuses, one message at a time each.")
+    push_url: str = _setting("http://127.0.0.1:8090", "HERALD_PUSH_URL", "Base URL of the FCM HTTP v1 API.")
+    push_project: str = _setting("herald-local", "HERALD_PUSH_PROJECT", "FCM project id.")
+    push_token: str = _setting("", "HERALD_PUSH_TOKEN", "OAuth bearer token for FCM; empty sends none.")
+    sms_url: str = _setting("http://127.0.0.1:8090", "HERALD_SMS_URL", "Base URL of the Twilio Messages REST API.")
+    sms_account: str = _setting("ACherald", "HERALD_SMS_ACCOUNT", "Twilio account SID (basic-auth user).")
+    sms_token: str = _setting("", "HERALD_SMS_TOKEN", "Twilio auth token (basic-auth password).")
+    sms_from: str = _setting("+15005550006", "HERALD_SMS_FROM", "The From number of every SMS (E.164).")
+    templates_dir: str = _setting("", "HERALD_TEMPLATES_DIR",
+                                  "Folder of Jinja2 templates <channel>/<name>.<part>.j2 that override the shipped ones.")
+    sink_max_attempts: int = _setting(5, "HERALD_SINK_MAX_ATTEMPTS",
+                                      "Attempts per delivery before it is DEAD and dead-lettered MAX_ATTEMPTS.")
+    sink_batch_size: int = _setting(500, "HERALD_SINK_BATCH_SIZE", "Delivery requests a sink reads at a time.")
+    sink_concurrency: int = _setting(64, "HERALD_SINK_CONCURRENCY", "Sends a sink has in flight at once.")
+    sink_send_timeout_s: float = _setting(10.0, "HERALD_SINK_SEND_TIMEOUT_S",
+                                          "A provider call not answered within this is a timeout (retried).")
+    sink_retry_base_s: float = _setting(1.0, "HERALD_SINK_RETRY_BASE_S",
+                                        "First retry delay; each later one doubles, with jitter.")
+    sink_retry_max_s: float = _setting(300.0, "HERALD_SINK_RETRY_MAX_S", "Longest delay between two attempts.")
+    sink_claim_lease_s: float = _setting(120.0, "HERALD_SINK_CLAIM_LEASE_S",
+                                         "A ledger claim older than this with no outcome belongs to a process that "
+                                         "died mid-send: the delivery is DEAD (IN_DOUBT), never sent again.")
+    sink_breaker_failures: int = _setting(5, "HERALD_SINK_BREAKER_FAILURES",
+                                          "Consecutive retryable failures of a provider that open its circuit.")
+    sink_breaker_open_s: float = _setting(10.0, "HERALD_SINK_BREAKER_OPEN_S",
+                                          "How long an open circuit waits before one probe request is let through.")
     allowed_origins: str = _setting("", "HERALD_ALLOWED_ORIGINS",
                                     "Comma-separated browser origins that may open the API's WebSocket stream "
                                     "(e.g. 'https://app.example.com'); empty means the API's own origin only "

@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="each part: up or down, address, version, topics, restarts, consumer lag")
     sub.add_parser("worker", help="run the pipeline worker (Faust) in the foreground")
     sink = sub.add_parser("sink", help="run the delivery sink of one channel in the foreground")
-    sink.add_argument("channel", choices=["inapp"], help="the channel (more arrive with their sinks)")
+    sink.add_argument("channel", choices=["email", "push", "sms", "inapp", "websocket"],
+                      help="the channel: email (SMTP), push (FCM HTTP v1), sms (Twilio REST), inapp (PostgreSQL); "
+                           "websocket is not available yet")
     sub.add_parser("api", help="run the query API in the foreground")
 
     produce = sub.add_parser("produce", formatter_class=fmt, help="publish JSON lines as Avro events",

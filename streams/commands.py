@@ -102,9 +102,17 @@ def _tune_gc() -> None:
 
 def cmd_sink(args: argparse.Namespace) -> int:
     _logging()
-    from sinks import inapp
+    channel = args.channel.upper()
+    if channel == "WEBSOCKET":
+        raise UserError("the websocket sink is not available yet: `herald sink` takes email, push, sms or inapp")
+    from herald.topics import ensure_topics, register_schemas
+    from sinks import runtime
 
-    _run_until_signal(lambda: inapp.run(_settings()))
+    settings = _settings()
+    _require_kafka(settings)
+    ensure_topics(settings)
+    register_schemas(settings)
+    _run_until_signal(lambda: runtime.run(settings, channel))
     return 0
 
 

@@ -28,7 +28,7 @@ FIELDS = {"type": "COMMENT", "priority": "LOW", "title": "New comment", "body": 
 
 def changelog_topic(app_id: str) -> str:
     """Faust's name for the users table's changelog."""
-    from streams.pipeline import STATES_TABLE
+    from streams.states import STATES_TABLE
 
     return f"{app_id}-{STATES_TABLE}-changelog"
 
@@ -39,7 +39,8 @@ def _seed_range(args: tuple[Any, int, int, int, str]) -> int:
 
     from agents import policy
     from agents.preferences import effective
-    from streams.pipeline import home_partition, policy_config
+    from herald.kafka import home_partition
+    from streams.config import policy_config
 
     config = policy_config(settings)
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20, "batch.size": 1_000_000,
@@ -70,7 +71,7 @@ def seed(settings: Any, users: int, at_ms: int, prefix: str = "digest-user-", pr
     """Write ``users`` states (one LOW event each, at ``at_ms``) to the users changelog of ``settings.app_id``."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from streams.pipeline import COMPACTED
+    from streams.states import COMPACTED
 
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     topic = changelog_topic(settings.app_id)

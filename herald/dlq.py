@@ -22,3 +22,17 @@ def headers(reason: str, message: str, stage: str, topic: str, partition: int, o
 def reason_of(record_headers: list[tuple[str, bytes]] | None) -> dict[str, str]:
     """The ``herald.*`` headers of a dead letter as text, for ``herald tail``."""
     return {k: v.decode(errors="replace") for k, v in (record_headers or []) if k.startswith("herald.")}
+
+
+# Under the default record limit of Kafka's producers and brokers (about 1 MB), with room for the key and
+# the headers: a dead letter must never fail for its size, or the record behind it would be lost with it.
+MAX_VALUE_BYTES = 900_000
+
+
+def fit(value: bytes | None, record_headers: list[tuple[str, bytes]],
+        limit: int = MAX_VALUE_BYTES) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    """A dead letter's value and headers that a producer can send: a value over ``limit`` bytes is cut to
+    ``limit``, and ``herald.error.truncated`` then says how many bytes the original had."""
+    if value is None or len(value) <= limit:
+        return value, record_headers
+    return value[:limit], record_headers + [("herald.error.truncated", str(len(value)).encode())]

@@ -6,8 +6,10 @@ for room when librdkafka's local queue is full instead of raising ``BufferError`
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Callable
 
+from aiokafka.partitioner import murmur2
 from confluent_kafka import Producer
 
 PARTITIONER = "murmur2_random"
@@ -43,3 +45,13 @@ def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | No
             return
         except BufferError:
             producer.poll(0.05)
+
+
+def home_partition(key: bytes, partitions: int) -> int:
+    """Where a record keyed ``key`` belongs: Kafka's default (Java) partitioner, murmur2 of the key."""
+    return _home(key, partitions)
+
+
+@lru_cache(maxsize=65_536)
+def _home(key: bytes, partitions: int) -> int:
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

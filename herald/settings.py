@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
+from typing import Any
 from urllib.parse import urlparse
 
 
@@ -60,19 +61,18 @@ class Settings:
                                   "more due ones follow after the events already waiting, so those are not held up.")
     fetch_max_wait_ms: int = _setting(10, "HERALD_FETCH_MAX_WAIT_MS",
                                       "Longest time the broker may hold the worker's fetch for records to arrive "
-                                      "(Faust's own choice is 1,500 ms, which CRITICAL events then wait for). A "
+                                      "(Faust hard-codes a much longer wait, which CRITICAL events then wait for). A "
                                       "quiet worker sends about 1000/this many small fetches a second.")
     producer_linger_ms: int = _setting(20, "HERALD_PRODUCER_LINGER_MS",
                                        "How long the pipeline's outputs gather in its producer before a request goes "
                                        "to the broker. A batch of records flushes its outputs when it ends, so this "
-                                       "adds no latency past the batch; at 2 ms the many small requests cost a third "
-                                       "of the throughput (broker and producer threads contending for two cores).")
+                                       "adds no latency past the batch; a very short linger sends many small requests "
+                                       "whose broker and producer threads compete with the workers for the cores.")
     standby_replicas: int = _setting(1, "HERALD_STANDBY_REPLICAS",
                                      "Standby copies of each partition's tables that other workers keep up to date, "
                                      "so a worker that takes a partition over has its state at hand. Each costs every "
                                      "worker a read and a write of the others' changes: workers sharing one machine "
-                                     "do better with 0 (what `herald bench` runs: CRITICAL p99 0.27-1.5 s instead of "
-                                     "3.1 s at half load on two cores), and a restarted worker gets its own "
+                                     "do better with 0 (what `herald bench` runs), and a restarted worker gets its own "
                                      "partitions back without them (streams/sticky.py).")
     presence_ttl_s: int = _setting(120, "HERALD_PRESENCE_TTL_S",
                                    "A connection not renewed within this many seconds counts as offline.")
@@ -116,12 +116,14 @@ class Settings:
                                     "(http://127.0.0.1:<port> and http://localhost:<port>).")
 
     @classmethod
-    def from_env(cls, **overrides) -> "Settings":
-        values = {}
+    def from_env(cls, **overrides: Any) -> "Settings":
+        """The settings from the environment (a variable set to "" counts as unset), then ``overrides``."""
+        values: dict[str, Any] = {}
         for f in fields(cls):
             raw = os.environ.get(f.metadata["env"])
             if raw is not None and raw != "":
-                values[f.name] = type(f.default)(raw)
+                kind: Any = type(f.default)
+                values[f.name] = kind(raw)
         values.update(overrides)
         return cls(**values)
 

@@ -75,14 +75,14 @@ def _use_uvloop() -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     from faust import Worker
 
-    from streams.pipeline import build
     from herald.topics import ensure_topics
+    from streams.worker import create_worker
 
     settings = _settings()
     _require_kafka(settings)
     ensure_topics(settings)
     _use_uvloop()
-    app = build(settings)
+    app = create_worker(settings)
     worker = Worker(app, loglevel="INFO", quiet=True)
     _quiet_clients()
     _tune_gc()
@@ -176,85 +176,91 @@ def _lines(files: list[str]) -> Iterator[tuple[str, int, str]]:
                 yield path, n, line
 
 
-def cmd_produce(args: argparse.Namespace) -> int:
-    from confluent_kafka import KafkaException, Producer
-
+def _producer_codec(settings: Settings, topic: str):  # noqa: ANN202 - (Codec, Producer)
+    """The codec with the topic's schema registered, and a producer with Kafka's default partitioner (records
+    land on the user's home partition directly); a clear error when the registry does not answer."""
+    from herald.kafka import make_producer
     from schemas.codec import Codec
     from schemas.registry import Registry
-    from streams import demo
-    from streams.events import EventError, from_json
 
-    settings = _settings()
-    _require_kafka(settings)
-    topic = args.topic or settings.topic("events")
     codec = Codec(Registry(settings.schema_registry_url))
     try:
         codec.registry.register(f"{topic}-value", "NotificationEvent")
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"the schema registry at {settings.schema_registry_url} did not answer ({type(exc).__name__}); "
                         "is the stack up? (`herald up --detach` or `herald status`)") from None
-    # murmur2_random is Kafka's (Java) default: records land on the user's home partition directly
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20, "enable.idempotence": True,
-                         "partitioner": "murmur2_random"})
+    return codec, make_producer(settings.kafka_bootstrap, **{"linger.ms": 20})
+
+
+def _demo_records(codec, topic: str) -> Iterator[tuple[bytes, bytes]]:  # noqa: ANN001
+    from streams import demo
+
+    for kind, payload in demo.stream(seed=int(time.time())):
+        if kind == "bad":
+            yield b"demo-user-2", payload
+        else:
+            event = {**payload, "occurred_at": int(time.time() * 1000)}
+            yield payload["user_id"].encode(), codec.encode(f"{topic}-value", "NotificationEvent", event)
+
+
+def _json_records(codec, topic: str, files: list[str], bad: list[int]) -> Iterator[tuple[bytes, bytes]]:  # noqa: ANN001
+    """Events from JSON lines; a bad line is reported with its place and counted in ``bad[0]``."""
+    from streams.events import EventError, from_json
+
+    for where, n, line in _lines(files):
+        if not line.strip():
+            continue
+        try:
+            event = from_json(json.loads(line))
+        except json.JSONDecodeError as exc:
+            print(f"{where}:{n}: not JSON: {exc.msg} (column {exc.colno})", file=sys.stderr)
+            bad[0] += 1
+            continue
+        except EventError as exc:
+            print(f"{where}:{n}: {exc}", file=sys.stderr)
+            bad[0] += 1
+            continue
+        yield event["user_id"].encode(), codec.encode(f"{topic}-value", "NotificationEvent", event)
+
+
+def _progress(args: argparse.Namespace, topic: str):  # noqa: ANN202 - (Progress | None, task id)
+    if args.quiet or not sys.stderr.isatty():
+        return None, None
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed} events"),
+                        TimeElapsedColumn(), transient=False)
+    task = progress.add_task(f"producing to {topic}", total=args.count or None)
+    progress.start()
+    return progress, task
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from confluent_kafka import KafkaException
+
+    from herald.kafka import produce
+
+    settings = _settings()
+    _require_kafka(settings)
+    topic = args.topic or settings.topic("events")
+    codec, producer = _producer_codec(settings, topic)
     failures: list[str] = []
-
-    def on_delivery(err, msg):
-        if err is not None:
-            failures.append(str(err))
-
-    def records() -> Iterator[tuple[str, bytes | None, bytes]]:
-        if args.demo:
-            for kind, payload in demo.stream(seed=int(time.time())):
-                if kind == "bad":
-                    yield "demo", b"demo-user-2", payload
-                else:
-                    yield "demo", payload["user_id"].encode(), codec.encode(f"{topic}-value", "NotificationEvent",
-                                                                            {**payload, "occurred_at": int(time.time() * 1000)})
-            return
-        for where, n, line in _lines(args.files):
-            if not line.strip():
-                continue
-            try:
-                event = from_json(json.loads(line))
-            except json.JSONDecodeError as exc:
-                print(f"{where}:{n}: not JSON: {exc.msg} (column {exc.colno})", file=sys.stderr)
-                bad[0] += 1
-                continue
-            except EventError as exc:
-                print(f"{where}:{n}: {exc}", file=sys.stderr)
-                bad[0] += 1
-                continue
-            yield where, event["user_id"].encode(), codec.encode(f"{topic}-value", "NotificationEvent", event)
-
     bad = [0]
-    sent = 0
-    started = time.monotonic()
-    progress = None
-    if not args.quiet and sys.stderr.isatty():
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed} events"),
-                            TimeElapsedColumn(), transient=False)
-        task = progress.add_task(f"producing to {topic}", total=args.count or None)
-        progress.start()
+    records = _demo_records(codec, topic) if args.demo else _json_records(codec, topic, args.files, bad)
+    sent, started = 0, time.monotonic()
+    progress, task = _progress(args, topic)
     try:
-        for _, key, value in records():
-            while True:
-                try:
-                    producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-                except KafkaException as exc:
-                    raise UserError(f"Kafka refused the record: {exc}") from None
+        for key, value in records:
+            try:
+                produce(producer, topic, value, key, on_delivery=lambda err, _msg: err and failures.append(str(err)))
+            except KafkaException as exc:
+                raise UserError(f"Kafka refused the record: {exc}") from None
             sent += 1
             producer.poll(0)
             if progress:
                 progress.update(task, completed=sent)
-            if args.rate:
-                delay = started + sent / args.rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+            if args.rate and (delay := started + sent / args.rate - time.monotonic()) > 0:
+                time.sleep(delay)
             if args.count and sent >= args.count:
                 break
     finally:
@@ -264,9 +270,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
     if remaining or failures:
         raise UserError(f"{remaining + len(failures)} events were not acknowledged by Kafka at {settings.kafka_bootstrap}"
                         + (f": {failures[0]}" if failures else ""))
-    elapsed = time.monotonic() - started
-    print(f"produced {sent} events to {topic} in {elapsed:.1f}s" + (f"; {bad[0]} bad lines skipped" if bad[0] else ""),
-          file=sys.stderr)
+    print(f"produced {sent} events to {topic} in {time.monotonic() - started:.1f}s"
+          + (f"; {bad[0]} bad lines skipped" if bad[0] else ""), file=sys.stderr)
     return 1 if bad[0] else 0
 
 
@@ -358,7 +363,9 @@ def _when(text: str | None, default: int) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    from herald.kafka import make_producer, produce
 
     settings = _settings()
     _require_kafka(settings)
@@ -372,7 +379,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     starts = consumer.offsets_for_times([TopicPartition(args.topic, p, since) for p in meta.partitions], timeout=10)
     ends = {p: consumer.get_watermark_offsets(TopicPartition(args.topic, p), timeout=10)[1] for p in meta.partitions}
     todo = [tp for tp in starts if tp.offset >= 0 and tp.offset < ends[tp.partition]]
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20, "enable.idempotence": True})
+    # Kafka's default partitioner, as producers use: a replayed event lands on its user's home partition
+    producer = make_producer(settings.kafka_bootstrap, **{"linger.ms": 20})
     copied = 0
     if todo:
         consumer.assign(todo)
@@ -390,12 +398,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 done.add(msg.partition())
                 consumer.incremental_unassign([TopicPartition(msg.topic(), msg.partition())])
                 continue
-            while True:
-                try:
-                    producer.produce(args.to, key=msg.key(), value=msg.value(), headers=msg.headers())
-                    break
-                except BufferError:
-                    producer.poll(0.1)
+            produce(producer, args.to, msg.value(), msg.key(), headers=msg.headers())
             copied += 1
             producer.poll(0)
             if args.max and copied >= args.max:

@@ -43,10 +43,3 @@ class DueIndex:
             heapq.heappop(self._heap)
         return self._heap[0][0] if self._heap else None
 
-
-def release_limit(chunk: int, busy: bool) -> int:
-    """How many due users one batch of records may release: ``chunk`` (HERALD_RELEASE_CHUNK) when the partition
-    is quiet, a tenth of it (at least one) while events arrive on it (some wait to be read, or one was read
-    in the last second), so that an event arriving behind a million due digests waits for a few hundred
-    releases, not thousands."""
-    return max(1, chunk // 10) if busy else chunk

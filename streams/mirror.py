@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from streams import faust_adapter
+
 _MISSING = object()
 
 
@@ -47,9 +49,9 @@ class Mirrored:
     def _read(self, key: str, partition: int) -> Any:
         """``key``'s value read straight from the RocksDB file of its partition: one get, none of the layers of
         a table read (key encoding through the registry, a containment check, sensors)."""
-        store = self.table.data
-        raw = store._db_for_partition(partition).get(self.encode_key(key) if self.encode_key else store._encode_key(key))
-        return None if raw is None else store._decode_value(raw)
+        key_bytes = self.encode_key(key) if self.encode_key else faust_adapter.encode_key(self.table, key)
+        raw = faust_adapter.read_raw(self.table, key_bytes, partition)
+        return None if raw is None else faust_adapter.decode_value(self.table, raw)
 
     def write(self, changes: list[tuple[str, Any, int]]) -> None:
         """Write a batch of ``(key, value or None to delete, partition)`` through the ``writer``."""

@@ -13,20 +13,25 @@ import asyncio
 import logging
 from typing import Any, Callable
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaException
+
+from herald.kafka import make_producer, produce
 
 log = logging.getLogger("herald.outbox")
 
 
+# The largest record the outbox sends: the states' changelog is created to take records this large, so a
+# user's state a little over the usual 1 MB record limit is still written rather than failing the batch.
+MAX_RECORD_BYTES = 8 * 1024 * 1024
+
+
 class Outbox:
     def __init__(self, bootstrap: str, linger_ms: int = 20) -> None:
-        self._producer = Producer({
-            "bootstrap.servers": bootstrap,
-            "partitioner": "murmur2_random",  # Kafka's (Java) default: the same partition as Faust's producer
+        self._producer = make_producer(bootstrap, **{
             "linger.ms": linger_ms,
             "batch.size": 1_000_000,
             "queue.buffering.max.messages": 1_000_000,
-            "enable.idempotence": True,
+            "message.max.bytes": MAX_RECORD_BYTES,
             "message.timeout.ms": 0,
         })
         self._failed: list[str] = []
@@ -35,14 +40,8 @@ class Outbox:
              headers: list | None = None, on_delivery: Callable[[Any, Any], None] | None = None) -> None:
         """Queue one record; ``on_delivery(err, msg)`` replaces the default report (which notes failures:
         a replacement must call ``failed`` for its errors)."""
-        kwargs = {"partition": partition} if partition is not None else {}
-        while True:
-            try:
-                self._producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery or self._delivered,
-                                       **kwargs)
-                return
-            except BufferError:  # the local queue is full: let it drain, then try again
-                self._producer.poll(0.05)
+        produce(self._producer, topic, value, key, partition=partition, headers=headers,
+                on_delivery=on_delivery or self._delivered)
 
     def _delivered(self, err, msg) -> None:  # noqa: ANN001
         if err is not None:
@@ -55,9 +54,9 @@ class Outbox:
     async def flush(self) -> None:
         """Wait until every queued output is acknowledged by the broker (without blocking the loop)."""
         self._producer.poll(0)
-        if len(self._producer) == 0:
-            return
-        remaining = await asyncio.get_running_loop().run_in_executor(None, self._producer.flush, 3600)
-        if remaining or self._failed:
+        remaining = 0
+        if len(self._producer):
+            remaining = await asyncio.get_running_loop().run_in_executor(None, self._producer.flush, 3600)
+        if remaining or self._failed:  # failures reported before this flush count too
             failed, self._failed = self._failed, []
             raise KafkaException(f"{remaining} outputs not delivered; failures: {failed[:5]}")

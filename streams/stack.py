@@ -23,8 +23,8 @@ from infra import kafka, postgres, registry
 from infra.common import (InfraError, REPO_ROOT, ServiceStatus, _tail, log_path, read_pid, start_process,
                           stop_process)
 from herald.settings import Settings
-from streams.supervisor import (NAME as SUPERVISOR, Proc, Supervisor, describe_exit, http_ok, log_line, read_state,
-                               rows, running)
+from streams.supervisor import (NAME as SUPERVISOR, Proc, Supervisor, alive, describe_exit, http_ok, log_line,
+                               read_state, rows, running)
 
 console = Console(stderr=True, highlight=False)
 SERVERS = (("postgres", postgres), ("kafka", kafka), ("registry", registry))
@@ -177,7 +177,7 @@ def _foreground(settings: Settings, demo: bool, env: dict, names: list[str], t0:
         console.print()
         stop.set()
         thread.join()
-        supervisor.stop()
+        supervisor.stop(say=_say)
         down()
         signal.signal(signal.SIGTERM, previous)
 
@@ -241,7 +241,7 @@ def _stop_supervisor(timeout: float = 150) -> None:
         return
     os.kill(pid, signal.SIGTERM)  # a foreground `herald up`: it stops everything, as on Ctrl-C
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and read_state().get("alive"):
+    while time.monotonic() < deadline and alive(pid):  # it stops the processes, then our servers, then exits
         time.sleep(0.2)
     _say(f"stopped `herald up` (pid {pid})")
 

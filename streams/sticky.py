@@ -3,9 +3,8 @@ partitions back and finds their states already in its RocksDB files.
 
 Faust's assignor is sticky only on what each member reports it held, and it keeps that in memory: a
 worker killed and started again reports nothing, the assignment can move, and each worker then replays
-from the changelog the partitions it was not holding (two workers on one machine, a million users:
-~500,000 records each, 73 s from kill -9 to the next decision, against 17 s with the old partitions).
-Standby replicas avoid that replay too, but cost every worker a read and a write of the others' changes
+from the changelog the whole state of the partitions it was not holding (see BENCHMARKS.md for what that
+costs with a million users). Standby replicas avoid that replay too, but cost every worker a read and a write of the others' changes
 all the time. The file is written after every assignment and read once when the app is built; a stale
 or foreign one is harmless: the assignor drops partitions claimed twice or beyond a member's share.
 """
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from faust.assignor.client_assignment import ClientAssignment
+
+from streams import faust_adapter
 
 log = logging.getLogger("herald.sticky")
 FILE = "herald-assignment.json"
@@ -54,11 +55,11 @@ def keep_assignment(app: Any, folder: Path) -> Callable[..., Awaitable[None]]:
     path = Path(folder) / FILE
     previous = load(path)
     if previous is not None:
-        app.assignor._assignment = previous  # what its metadata reports when the worker joins the group
+        faust_adapter.set_assignor_assignment(app, previous)  # what it reports when the worker joins the group
 
     async def remember(*args: object, **kwargs: object) -> None:  # noqa: ARG001
         try:
-            save(path, app.assignor._assignment)
+            save(path, faust_adapter.assignor_assignment(app))
         except OSError as exc:  # never worth stopping a worker for: a restart only replays more
             log.warning("could not save the partition assignment to %s: %s", path, exc)
 

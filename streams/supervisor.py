@@ -160,11 +160,11 @@ def read_state() -> dict:
         state = json.loads(state_path().read_text())
     except (OSError, ValueError):
         return {}
-    state["alive"] = state.get("state") == "running" and _alive(state.get("pid"))
+    state["alive"] = state.get("state") == "running" and alive(state.get("pid"))
     return state
 
 
-def _alive(pid: int | None) -> bool:
+def alive(pid: int | None) -> bool:
     """True if ``pid`` names a process that has not exited (a zombie has)."""
     if not pid:
         return False
@@ -287,15 +287,17 @@ class Supervisor:
         if changed:
             self._write()
 
-    def stop(self, timeout: float = 20) -> None:
-        """End supervision (nothing restarts after this), then stop the processes in reverse table order."""
+    def stop(self, timeout: float = 20, say: Callable[[str], None] | None = None) -> None:
+        """End supervision (nothing restarts after this), then stop the processes in reverse table order;
+        ``say`` hears "stopped <name>" for each one that was running."""
         from infra.common import stop_process
 
         self.state = "stopping"
         self._write()
         for child in reversed(self.children):
             if child.state in ("starting", "up") or child.pid:
-                stop_process(child.proc.name, timeout=timeout)
+                if stop_process(child.proc.name, timeout=timeout) and say:
+                    say(f"stopped {child.proc.name}")
                 if child.popen is not None:
                     try:
                         child.popen.wait(1)
@@ -313,7 +315,7 @@ class Supervisor:
 
         for child in self.children:
             pid = read_pid(child.proc.name)
-            if pid is not None and _alive(pid):
+            if pid is not None and alive(pid):
                 child.pid, child.state, child.started, child.since = pid, "starting", self.clock(), time.time()
                 child.log_since = 0
                 self.log.info("%s already runs (pid %s): adopted", child.proc.name, pid)
@@ -341,7 +343,7 @@ class Supervisor:
     def _exited(self, child: Child) -> bool:
         if child.popen is not None:
             return child.popen.poll() is not None
-        return not _alive(child.pid)
+        return not alive(child.pid)
 
     def _on_exit(self, child: Child, now: float) -> None:
         code = child.popen.returncode if child.popen is not None else None

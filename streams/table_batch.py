@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Callable, Iterable
 
-from faust.types import TP
 from rocksdict import WriteBatch
 
+from streams import faust_adapter
 from streams.outbox import Outbox
 
 
@@ -41,25 +41,23 @@ class TableBatch:
 
     def write(self, changes: Iterable[tuple[Any, Any, int]]) -> int:
         """Queue ``(key, value or None, partition)`` to the changelog and write them to RocksDB; the count."""
-        store = self.table.data
-        topic = self.changelog
+        table, topic = self.table, self.changelog
         batches: dict[int, WriteBatch] = defaultdict(lambda: WriteBatch(raw_mode=True))
         count = 0
-        encode_key = self.encode_key or store._encode_key
         for key, value, partition in changes:
-            key_bytes = encode_key(key)
+            key_bytes = self.encode_key(key) if self.encode_key else faust_adapter.encode_key(table, key)
             if value is not None and self.encode is not None:
                 value = self.encode(value)
-            value_bytes = None if value is None else store._encode_value(value)
+            value_bytes = None if value is None else faust_adapter.encode_value(table, value)
             self.outbox.send(topic, key_bytes, value_bytes, partition, on_delivery=self._delivered)
             if value_bytes is None:
                 batches[partition].delete(key_bytes)
             else:
                 batches[partition].put(key_bytes, value_bytes)
-            store._key_index[key_bytes] = partition
+            faust_adapter.note_key_partition(table, key_bytes, partition)
             count += 1
         for partition, batch in batches.items():
-            store._db_for_partition(partition).write(batch)
+            faust_adapter.partition_db(table, partition).write(batch)
         return count
 
     def _delivered(self, err: Any, msg: Any) -> None:
@@ -72,9 +70,8 @@ class TableBatch:
 
     def persist_offsets(self) -> None:
         """After a flush: remember in RocksDB how far the changelog is known to be applied locally."""
-        store, topic = self.table.data, self.changelog
         for partition, offset in self._reached.items():
-            store.set_persisted_offset(TP(topic, partition), offset)
+            faust_adapter.persist_offset(self.table, partition, offset)
         self._reached.clear()
 
     def forget(self) -> None:

@@ -34,7 +34,7 @@ from schemas.codec import Codec
 from schemas.registry import Registry
 from tests.conftest import free_port
 from tests.integration.harness import Pipeline
-from streams.pipeline import home_partition
+from herald.kafka import home_partition
 from tests.integration.test_end_to_end import standard_producer
 
 pytestmark = pytest.mark.integration

@@ -25,10 +25,10 @@ def test_the_pipeline_s_raw_key_shortcut_writes_the_bytes_faust_would(tmp_path):
     """The pipeline reads and writes the states' RocksDB files with ``str.encode`` as the key serializer:
     that must stay what the table's own serializer makes, or reads would miss what recovery wrote. (The
     preferences and presence tables keep Faust's JSON keys, and their reads go through it.)"""
-    from streams.pipeline import build
+    from streams.worker import create_worker
 
     async def keys() -> dict[str, bytes]:
-        app = build(Settings.from_env(app_id="test-raw-keys", data_dir=str(tmp_path)))
+        app = create_worker(Settings.from_env(app_id="test-raw-keys", data_dir=str(tmp_path)), register=False)
         return {name: app.tables[name].data._encode_key("user-é 1") for name in ("states", "preferences")}
 
     encoded = asyncio.run(keys())
@@ -41,20 +41,20 @@ def test_a_rebuilt_worker_reports_the_assignment_its_last_run_saved(tmp_path):
     from faust.assignor.client_assignment import ClientAssignment
 
     from streams import sticky
-    from streams.pipeline import build
+    from streams.worker import create_worker
 
     settings = Settings.from_env(app_id="test-sticky", data_dir=str(tmp_path))
     held = ClientAssignment(actives={"t.events": [1, 3]}, standbys={"t.events": [0]})
 
     async def run_once() -> None:
-        app = build(settings)
+        app = create_worker(settings, register=False)
         assert app.assignor._assignment.actives == {}  # nothing saved yet: a fresh worker
         remember = sticky.keep_assignment(app, tmp_path)
         app.assignor._assignment = held  # what the group gave it
         await remember(app, assigned=set())  # what a rebalance runs
 
     async def reported() -> ClientAssignment:
-        return build(settings).assignor._assignment
+        return create_worker(settings, register=False).assignor._assignment
 
     asyncio.run(run_once())
     again = asyncio.run(reported())

@@ -33,11 +33,3 @@ def test_pop_due_takes_at_most_the_limit_and_leaves_the_rest_due():
     assert index.pop_due(2_000, limit=3) == ["u3", "u4", "u5"]
     assert index.pop_due(2_000, limit=3) == ["u6"]
     assert index.pop_due(2_000, limit=3) == [] and index.next() is None
-
-
-def test_a_batch_releases_a_tenth_of_the_chunk_while_events_arrive():
-    from streams.due import release_limit
-
-    assert release_limit(2000, busy=False) == 2000  # a quiet partition: release at full speed
-    assert release_limit(2000, busy=True) == 200
-    assert release_limit(3, busy=True) == 1  # never zero: the releases always go on

@@ -3,7 +3,7 @@
 def test_per_type_dedup_windows_reach_the_policy_and_a_bad_one_says_what_is_wrong():
     import pytest
 
-    from streams.pipeline import policy_config
+    from streams.config import policy_config
     from herald.settings import Settings
 
     config = policy_config(Settings(dedup_window_by_type="COMMENT=60, SYSTEM=3600"))

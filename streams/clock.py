@@ -1,0 +1,127 @@
+"""The clock: releasing held events, closed batches and digests when they fall due.
+
+A timer puts a tick on every partition of an internal topic co-partitioned with the events; the
+pipeline's agent, reading it in stream context for that partition, releases the users due there (Faust
+tables can only be written from a stream, and ``on_window_close`` is not to be trusted). Who is due when
+is an in-memory index per partition (``DueIndex``), derived from the users' states and rebuilt from the
+states table after every rebalance, so no crash leaves it out of step with them.
+
+Rules (pure, in ``agents.clock``): a partition's clock never runs ahead of the events still waiting to be
+read on it; a batch of records releases at most ``HERALD_RELEASE_CHUNK`` users, a tenth of that while the
+partition is live, and queues a tick to continue after the records already waiting, so an event arriving
+behind a million due digests waits for a few hundred releases, not all of them. A user whose release
+fails (a bug, or data the policy cannot handle) is logged and tried again later; the others go on.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from agents import clock as rules
+from agents import policy
+from streams import faust_adapter
+from streams.context import UserContext
+from streams.due import DueIndex
+from streams.outbox import Outbox
+from streams.states import UserStates
+from streams.step import Step
+
+log = logging.getLogger("herald.clock")
+BEHIND = 1_000  # records still unread on a partition that make its clock wait for them
+LIVE_S = 1.0  # a partition with an event read this recently is live: its releases go in small chunks
+RETRY_MS = 60_000  # a user whose release failed is tried again this much later
+
+
+class Clock:
+    def __init__(self, app: Any, states: UserStates, context: UserContext, config: policy.PolicyConfig,
+                 outbox: Outbox, events_topic: str, ticks_topic: str, release_chunk: int) -> None:
+        self._app = app
+        self._states = states
+        self._context = context
+        self._config = config
+        self._outbox = outbox
+        self._events_topic = events_topic
+        self._ticks_topic = ticks_topic
+        self._release_chunk = release_chunk
+        self._indexes: dict[int, DueIndex] = {}
+        self._last_event: dict[int, tuple[int, int]] = {}  # partition -> (offset, time) of its last event read
+        self._last_read: dict[int, float] = {}  # partition -> when (monotonic) its last event was read
+
+    def note_event(self, partition: int, offset: int, now_ms: int) -> None:
+        self._last_event[partition] = (offset, now_ms)
+        self._last_read[partition] = time.monotonic()
+
+    def reindex(self, user_id: str, partition: int, state: dict) -> None:
+        """Index ``user_id`` by when ``state`` next needs the clock."""
+        due = None if policy.is_empty(state) else policy.next_due(state)
+        self.index(partition).set(user_id, due)
+
+    def index(self, partition: int) -> DueIndex:
+        if partition not in self._indexes:
+            self._rebuild(partition)
+        return self._indexes[partition]
+
+    def _rebuild(self, partition: int) -> None:
+        """Index every user of the partitions held but not indexed yet, straight from their RocksDB files."""
+        started = time.monotonic()
+        held = {tp.partition for tp in self._app.consumer.assignment() if tp.topic == self._events_topic}
+        fresh = (held | {partition}) - set(self._indexes)
+        count = 0
+        for p in fresh:
+            index = self._indexes[p] = DueIndex()
+            for user_id, state in self._states.scan(p):
+                due = policy.next_due(state)
+                if due is not None:
+                    index.set(user_id, due)
+                    count += 1
+        log.info("indexed %d users of partitions %s in %.2f s", count, sorted(fresh), time.monotonic() - started)
+
+    def unread(self, partition: int) -> int | None:
+        """Events of ``partition`` not read yet (None: not known, before its first event or fetch)."""
+        if partition not in self._last_event:
+            return None
+        try:
+            highwater = faust_adapter.highwater(self._app, self._events_topic, partition)
+        except Exception:  # noqa: BLE001 - not known yet
+            return None
+        return None if highwater is None else max(0, highwater - 1 - self._last_event[partition][0])
+
+    def tick_time(self, partition: int, tick_ms: int) -> int:
+        last = self._last_event.get(partition)
+        return rules.tick_time(tick_ms, self.unread(partition), last[1] if last else None, BEHIND)
+
+    def release(self, step: Step, partition: int, tick_ms: int) -> None:
+        """Release the users due on ``partition`` at the tick's clock, within this batch's budget."""
+        now_ms = self.tick_time(partition, tick_ms)
+        index = self.index(partition)
+        live = time.monotonic() - self._last_read.get(partition, 0.0) < LIVE_S
+        busy = bool(self.unread(partition)) or live
+        budget = max(0, rules.release_limit(self._release_chunk, busy) - step.released)
+        chunk = index.pop_due(now_ms, limit=budget)
+        step.released += len(chunk)
+        if len(chunk) == budget and (index.next() or now_ms + 1) <= now_ms:
+            self._outbox.send(self._ticks_topic, b"tick", b"", partition)  # more are due: continue later
+        for user_id in chunk:
+            try:
+                self._release_one(step, user_id, partition, now_ms)
+            except Exception:  # noqa: BLE001 - one user's failure must not strand the others popped with it
+                log.exception("a release on partition %d failed; that user is tried again in %d s",
+                              partition, RETRY_MS // 1000)
+                index.set(user_id, now_ms + RETRY_MS)
+
+    def _release_one(self, step: Step, user_id: str, partition: int, now_ms: int) -> None:
+        state = step.state(user_id, partition)
+        when = policy.next_due(state) if state else None
+        if when is None:
+            return
+        if when > now_ms:  # its due time moved
+            self.index(partition).set(user_id, when)
+            return
+        prefs, online = self._context.of(user_id, partition, now_ms)
+        step.apply(user_id, partition, policy.on_tick(state, prefs, online, now_ms, self._config))
+
+    def forget(self) -> None:
+        """At a rebalance: rebuilt for the partitions held after it."""
+        for cache in (self._indexes, self._last_event, self._last_read):
+            cache.clear()

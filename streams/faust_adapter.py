@@ -1,0 +1,101 @@
+"""Every private attribute of Faust and aiokafka that the worker relies on, behind one small function each.
+
+Faust's public API does not offer what the worker needs for its batch path: reading and writing one
+partition's RocksDB file directly, storing the table's persisted changelog offsets after a bulk write,
+setting the fetch wait of the consumer it creates, telling table reads which record they serve, and
+reporting the last assignment to its sticky assignor. Each of those touches a private name; they are all
+here, so an upgrade that removes one breaks this module's test (``tests/streams/test_faust_adapter.py``)
+instead of a worker at run time.
+
+``install_fetch_max_wait`` replaces Faust's consumer factory once, explicitly (``streams.worker`` calls
+it), to use ``HERALD_FETCH_MAX_WAIT_MS`` instead of the wait Faust hard-codes: aiokafka keeps one fetch in
+flight per broker and leaves out of it the partitions that still have records buffered, so a fetch that
+holds only quiet partitions (ticks, preferences, presence) is parked at the broker for the whole wait while
+events pile up on the partitions left out.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any, Iterator
+
+from faust.streams import _current_event
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.types import TP
+
+_PATCHED = "_herald_fetch_wait"
+
+
+def install_fetch_max_wait() -> None:
+    """Make Faust's aiokafka consumers use ``app.conf.herald.fetch_max_wait_ms`` (idempotent)."""
+    original = AIOKafkaConsumerThread._create_worker_consumer
+    if getattr(original, _PATCHED, False):
+        return
+
+    def create_worker_consumer(self: AIOKafkaConsumerThread, transport: Any) -> Any:
+        consumer = original(self, transport)
+        herald = getattr(self.app.conf, "herald", None)
+        if herald is not None:
+            consumer._fetch_max_wait_ms = herald.fetch_max_wait_ms  # read when its fetcher starts
+        return consumer
+
+    setattr(create_worker_consumer, _PATCHED, True)
+    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
+
+
+def serve_event(event: Any) -> None:
+    """Table reads made now belong to ``event``'s record (its partition is looked in first)."""
+    _current_event.set(weakref.ref(event))
+
+
+def partition_db(table: Any, partition: int) -> Any:
+    """The rocksdict database of one partition of ``table``."""
+    return table.data._db_for_partition(partition)
+
+
+def read_raw(table: Any, key_bytes: bytes, partition: int) -> bytes | None:
+    """The stored bytes of ``key_bytes`` on ``partition``, without a table read's layers."""
+    return partition_db(table, partition).get(key_bytes)
+
+
+def scan(table: Any, partition: int) -> Iterator[tuple[bytes, bytes]]:
+    """Every (key, value) stored for ``partition``, without Faust's own offset record."""
+    offset_key = table.data.offset_key
+    for key, value in partition_db(table, partition).items():
+        if key != offset_key and value is not None:
+            yield key, value
+
+
+def encode_key(table: Any, key: Any) -> bytes:
+    return table.data._encode_key(key)
+
+
+def encode_value(table: Any, value: Any) -> bytes:
+    return table.data._encode_value(value)
+
+
+def decode_value(table: Any, raw: bytes) -> Any:
+    return table.data._decode_value(raw)
+
+
+def note_key_partition(table: Any, key_bytes: bytes, partition: int) -> None:
+    """Tell the store which partition holds ``key_bytes`` (what its own ``set`` would note)."""
+    table.data._key_index[key_bytes] = partition
+
+
+def persist_offset(table: Any, partition: int, offset: int) -> None:
+    """Record that ``table``'s changelog up to ``offset`` of ``partition`` is applied locally."""
+    table.data.set_persisted_offset(TP(table.changelog_topic.get_topic_name(), partition), offset)
+
+
+def assignor_assignment(app: Any) -> Any:
+    """What the sticky assignor reports it holds when the worker joins the group."""
+    return app.assignor._assignment
+
+
+def set_assignor_assignment(app: Any, assignment: Any) -> None:
+    app.assignor._assignment = assignment
+
+
+def highwater(app: Any, topic: str, partition: int) -> int | None:
+    """The partition's high-water mark as the consumer last saw it (None: not known yet)."""
+    return app.consumer.highwater(TP(topic, partition))

@@ -1,0 +1,73 @@
+"""Intake: from a raw record to what the policy takes, or to where the record belongs instead.
+
+- A record that does not decode or validate goes to the dead-letter topic, byte for byte, with the
+  contract's headers saying why (cut to a size a producer can send, with a header saying so: a dead
+  letter must never fail, or the records behind it would be lost with it).
+- A record that a producer's partitioner put on another partition than its user's home (Kafka's default
+  partitioner on the key) is moved there first: a user's state lives on that partition only.
+- A schema id not seen yet is looked up off the event loop; while the registry cannot be reached the
+  record waits (and so does its batch) and is retried, never dead-lettered: the event is valid.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from agents.validate import ValidationError, validate_event
+from herald import dlq
+from herald.kafka import home_partition
+from schemas.codec import Codec, DecodeError
+from streams.outbox import Outbox
+
+log = logging.getLogger("herald.intake")
+
+
+class Intake:
+    def __init__(self, codec: Codec, outbox: Outbox, dlq_topic: str, partitions: int) -> None:
+        self.codec = codec
+        self.outbox = outbox
+        self.dlq_topic = dlq_topic
+        self.partitions = partitions
+
+    async def event(self, msg: Any, now_ms: int) -> dict | None:
+        """The validated ``NotificationEvent`` of ``msg``; None when it was dead-lettered or moved home."""
+        record = await self.decode(msg, "NotificationEvent", "ingest")
+        if record is None:
+            return None
+        try:
+            validate_event(record, msg.key, now_ms)
+        except ValidationError as exc:
+            self.dead_letter(msg, exc.reason, exc.message, "ingest")
+            return None
+        if self.misrouted(msg, record["user_id"].encode()):
+            return None
+        return record
+
+    async def decode(self, msg: Any, schema: str, stage: str) -> dict | None:
+        """``msg``'s value read as ``schema``; None when it was dead-lettered."""
+        await self._schema_ready(msg.value)
+        try:
+            return self.codec.decode(msg.value, schema)
+        except DecodeError as exc:
+            self.dead_letter(msg, exc.reason, exc.message, stage)
+            return None
+
+    async def _schema_ready(self, value: bytes | None) -> None:
+        schema_id = self.codec.schema_id_of(value)
+        if schema_id is not None and not self.codec.registry.cached(schema_id):
+            await asyncio.get_running_loop().run_in_executor(None, self.codec.registry.prefetch, schema_id)
+
+    def dead_letter(self, msg: Any, reason: str, message: str, stage: str) -> None:
+        """Queue ``msg`` unchanged to the dead-letter topic with the reason in its headers."""
+        headers = dlq.headers(reason, message, stage, msg.topic, msg.partition, msg.offset, list(msg.headers or []))
+        value, headers = dlq.fit(msg.value, headers)
+        self.outbox.send(self.dlq_topic, msg.key, value, None, headers)
+
+    def misrouted(self, msg: Any, key: bytes) -> bool:
+        """Move ``msg`` to its user's home partition if it is not there; True if it was moved."""
+        home = home_partition(key, self.partitions)
+        if msg.partition == home:
+            return False
+        self.outbox.send(msg.topic, key, msg.value, home, list(msg.headers or []))
+        return True

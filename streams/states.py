@@ -1,0 +1,55 @@
+"""Users' states: one JSON value per user in the RocksDB table ``states``, on the user's home partition.
+
+The table holds raw bytes (JSON made and read here with orjson): Faust would decode every record it
+restores only to write the bytes back. Reads go straight to the partition's RocksDB file, with no cache (a
+cache of many large dicts costs the garbage collector more than a RocksDB get). Writes go in bulk, once per
+batch of records, through ``TableBatch``: RocksDB and the changelog, flushed with the batch's outputs.
+
+Each batch logs every user it changed, so the changelog rolls segments often: compaction then keeps it
+near one record per user, and a new owner's recovery reads that, not one record per event ever seen.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+import orjson
+
+from herald.settings import Settings
+from streams import faust_adapter
+from streams.outbox import MAX_RECORD_BYTES, Outbox
+from streams.table_batch import TableBatch
+
+STATES_TABLE = "states"
+COMPACTED = {"segment.ms": str(10 * 60_000), "segment.bytes": str(64 * 1024 * 1024), "min.cleanable.dirty.ratio": "0.2",
+             "max.message.bytes": str(MAX_RECORD_BYTES)}
+
+
+class UserStates:
+    def __init__(self, app: Any, settings: Settings, outbox: Outbox) -> None:
+        self.table = app.Table(STATES_TABLE, default=None, partitions=settings.partitions, extra_topic_configs=COMPACTED,
+                               key_type=bytes, value_type=bytes, recovery_buffer_size=10_000)
+        # the keys are a user id's UTF-8 bytes, made without Faust's key layers (what its raw serializer makes)
+        self._batch = TableBatch(self.table, outbox, encode=orjson.dumps, encode_key=str.encode)
+
+    def get(self, user_id: str, partition: int) -> dict | None:
+        """The user's state as stored on ``partition`` (None: none)."""
+        raw = faust_adapter.read_raw(self.table, user_id.encode(), partition)
+        return None if raw is None else orjson.loads(raw)
+
+    def write(self, changes: Iterable[tuple[str, dict | None, int]]) -> int:
+        """Queue ``(user_id, state or None to delete, partition)`` to the changelog and write RocksDB. Raises
+        when a change cannot be queued: the caller must then not let the batch's records be committed."""
+        return self._batch.write(changes)
+
+    def persist_offsets(self) -> None:
+        """After the outbox is flushed: the changelog offsets written are applied locally."""
+        self._batch.persist_offsets()
+
+    def scan(self, partition: int) -> Iterator[tuple[str, dict]]:
+        """Every user's state stored on ``partition``."""
+        for key, value in faust_adapter.scan(self.table, partition):
+            yield key.decode(), orjson.loads(value)
+
+    def forget(self) -> None:
+        """At a rebalance: changelog offsets acknowledged for partitions that may have moved are not ours."""
+        self._batch.forget()

@@ -1,0 +1,67 @@
+"""One batch of records as one transaction: outputs first, then users' states, then offsets.
+
+Each user's state is read once per batch and changed in memory by every record of the batch in order.
+At the end (``commit``) the outputs are flushed to Kafka and acknowledged, only then are the changed
+states written (RocksDB and changelog, flushed too), and only after that may Faust commit the records'
+offsets. A crash at any point therefore loses nothing: a state that survived has its outputs in Kafka
+(so the policy may ignore a record read again, its offset not above the state's ``upto``), and a record
+whose state was lost is decided again the same way, on its own timestamp.
+
+An outcome is encoded before its state is kept (``apply``): if encoding fails, nothing of it is kept.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from agents import policy
+from streams.outbox import Outbox
+from streams.outputs import Outputs
+from streams.states import UserStates
+
+Reindex = Callable[[str, int, dict], None]  # (user id, partition, new state): when the user next needs the clock
+
+
+class Step:
+    def __init__(self, states: UserStates, outputs: Outputs, outbox: Outbox, reindex: Reindex) -> None:
+        self._states = states
+        self._outputs = outputs
+        self._outbox = outbox
+        self._reindex = reindex
+        self._current: dict[str, dict | None] = {}
+        self._home: dict[str, int] = {}  # users changed in this batch -> their partition
+        self._stored: set[str] = set()  # users read with a state in the table
+        self.released = 0  # users the clock released in this batch
+
+    def state(self, user_id: str, partition: int) -> dict | None:
+        """The user's state as this batch has it so far."""
+        if user_id not in self._current:
+            state = self._current[user_id] = self._states.get(user_id, partition)
+            if state is not None:
+                self._stored.add(user_id)
+        return self._current[user_id]
+
+    def apply(self, user_id: str, partition: int, out: policy.Outcome) -> None:
+        """Keep ``out.state`` as the user's state and queue the outcome's records (encoded first: an outcome
+        that cannot be encoded raises and changes nothing)."""
+        records = self._outputs.encode(out)
+        self._current[user_id] = out.state
+        self._home[user_id] = partition
+        self._reindex(user_id, partition, out.state)
+        for topic, key, value in records:
+            self._outbox.send(topic, key, value)
+
+    async def commit(self) -> None:
+        """Outputs, then states, both acknowledged by Kafka; raises if either cannot be written, in which case
+        the batch's records must not be committed."""
+        await self._outbox.flush()
+        changes: list[tuple[str, dict | None, int]] = []
+        for user_id, partition in self._home.items():
+            state = self._current[user_id]
+            if state is not None and not policy.is_empty(state):
+                changes.append((user_id, state, partition))
+            elif user_id in self._stored:
+                changes.append((user_id, None, partition))
+        self._states.write(changes)
+        self._home.clear()
+        await self._outbox.flush()
+        self._states.persist_offsets()

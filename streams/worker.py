@@ -1,0 +1,204 @@
+"""The worker: a Faust app whose agents are a thin shell around the policy in ``agents/``.
+
+Nothing here decides anything. ``create_worker`` assembles the named parts, each in its own module:
+
+- ``Intake`` (``streams.intake``): decode, validate, dead-letter, move misrouted records home;
+- ``Step`` (``streams.step``): one batch of records as one transaction (outputs, then states, then offsets);
+- ``Clock`` (``streams.clock``): who is due when, and releasing them on ticks;
+- ``UserStates`` and ``UserContext`` (``streams.states``, ``streams.context``): the tables the policy reads;
+- ``Outputs`` (``streams.outputs``): the outcome's records, encoded before anything is kept.
+
+The agents: ``pipeline`` takes events and ticks in batches; ``preferences`` and ``presence`` keep those
+tables from their topics; a timer puts the ticks. A record that fails on its own is dead-lettered with
+its reason and the stream goes on. A failure of a batch as a whole (its outputs or states cannot be
+written) stops the process instead: Faust acks a batch even when the loop raises, and a batch acked
+without its outputs would be lost; a supervisor (``herald up``) restarts the worker, which reads the
+records again from the last commit.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import faust
+
+from agents import clock as rules
+from agents import policy
+from agents.presence import expiry
+from agents.preferences import validate as validate_preferences
+from agents.validate import to_ms
+from herald.settings import Settings
+from herald.topics import ticks_topic
+from schemas.codec import Codec
+from schemas.registry import Registry
+from streams import faust_adapter
+from streams.app import create_app
+from streams.clock import Clock
+from streams.config import policy_config
+from streams.context import UserContext
+from streams.intake import Intake
+from streams.outbox import Outbox
+from streams.outputs import Outputs
+from streams.states import UserStates
+from streams.step import Step
+from streams.sticky import keep_assignment
+
+log = logging.getLogger("herald.worker")
+EXIT_UNWRITTEN = 70  # the process's exit status when a batch's outputs or states could not be written
+
+
+def record_time_ms(msg: Any) -> int:
+    """The decision clock of a record: its own timestamp (see ``agents.clock.decision_time``)."""
+    ts = msg.timestamp
+    return rules.decision_time(int(round(ts * 1000)) if ts and ts > 0 else None, int(time.time() * 1000))
+
+
+class Pipeline:
+    """The worker's parts, and what its agents do with each record."""
+
+    def __init__(self, app: faust.App, settings: Settings, codec: Codec,
+                 fatal: Callable[[int], Any] = os._exit) -> None:
+        self.settings = settings
+        self.fatal = fatal
+        self.events_topic = settings.topic("events")
+        self.outbox = Outbox(settings.kafka_bootstrap, linger_ms=settings.producer_linger_ms)
+        self.states = UserStates(app, settings, self.outbox)
+        self.context = UserContext(app, settings)
+        self.config = policy_config(settings)
+        self.outputs = Outputs(codec, settings)
+        self.intake = Intake(codec, self.outbox, settings.topic("dlq"), settings.partitions)
+        self.clock = Clock(app, self.states, self.context, self.config, self.outbox, self.events_topic,
+                           ticks_topic(settings), settings.release_chunk)
+
+    def register_outputs(self) -> None:
+        """Register every output subject now, so that encoding never asks the registry mid-batch."""
+        for subject, schema in self.outputs.subjects():
+            self.outputs.codec.registry.register(subject, schema)
+
+    async def forget(self, *args: object, **kwargs: object) -> None:
+        """At every rebalance: what is cached is only right for partitions this worker keeps owning."""
+        self.context.forget()
+        self.clock.forget()
+        self.states.forget()
+
+    async def batch(self, events: Sequence[Any]) -> None:
+        """Decide on every record of the batch in order, then commit the batch as one transaction."""
+        step = Step(self.states, self.outputs, self.outbox, self.clock.reindex)
+        for event in events:
+            faust_adapter.serve_event(event)
+            await self.record(step, event.message)
+        await step.commit()
+
+    async def record(self, step: Step, msg: Any) -> None:
+        now_ms = record_time_ms(msg)
+        if msg.topic != self.events_topic:
+            self.clock.release(step, msg.partition, now_ms)
+            return
+        self.clock.note_event(msg.partition, msg.offset, now_ms)
+        try:
+            event = await self.intake.event(msg, now_ms)
+            if event is None:
+                return
+            user_id = event["user_id"]
+            prefs, online = self.context.of(user_id, msg.partition, now_ms)
+            out = policy.on_event(step.state(user_id, msg.partition), event, prefs, online, now_ms,
+                                  f"{msg.topic}:{msg.partition}:{msg.offset}", self.config, offset=msg.offset)
+            step.apply(user_id, msg.partition, out)
+        except Exception as exc:  # noqa: BLE001 - a bug on one record must not stop the stream; it is kept
+            log.exception("failed on %s:%s@%s", msg.topic, msg.partition, msg.offset)
+            self.intake.dead_letter(msg, "INTERNAL", f"{type(exc).__name__}: {exc}", "pipeline")
+
+    async def preferences(self, msg: Any) -> None:
+        """A preferences record: validated, then stored; a bad one is dead-lettered and the previous kept."""
+        user_id = (msg.key or b"").decode("utf-8", errors="replace")
+        if not user_id:
+            self.intake.dead_letter(msg, "VALIDATION", "a preferences record needs the user_id as its key", "preferences")
+        elif self.intake.misrouted(msg, msg.key):
+            pass
+        elif msg.value is None:
+            self.context.set_preferences(user_id, None)  # a tombstone resets to the defaults
+        else:
+            record = await self.intake.decode(msg, "Preferences", "preferences")
+            problems = validate_preferences(record) if record is not None else []
+            if problems:
+                self.intake.dead_letter(msg, "VALIDATION", "; ".join(problems), "preferences")
+            elif record is not None:
+                record["updated_at"] = to_ms(record.get("updated_at") or 0)
+                self.context.set_preferences(user_id, record)
+        await self.outbox.flush()
+
+    async def presence(self, msg: Any) -> None:
+        """A connect or disconnect; an online entry is trusted for the presence TTL at most."""
+        if msg.key is None or msg.value is None:
+            return
+        if not self.intake.misrouted(msg, msg.key):
+            record = await self.intake.decode(msg, "Presence", "presence")
+            if record is not None and record["online"]:
+                until = expiry(to_ms(record["expires_at"]), record_time_ms(msg), self.settings.presence_ttl_s)
+                self.context.set_presence(record["user_id"], {"online": True, "expires_at": until,
+                                                              "connection_id": record["connection_id"]})
+            elif record is not None:
+                self.context.set_presence(record["user_id"], None)
+        await self.outbox.flush()
+
+    async def guarded(self, what: str, work: Any) -> None:
+        """Await ``work``; if it raises, stop the process rather than let Faust ack what was not done."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except BaseException:  # noqa: BLE001
+            log.critical("%s failed; stopping so that its records are read again, not committed unprocessed",
+                         what, exc_info=True)
+            self.fatal(EXIT_UNWRITTEN)
+            raise
+
+
+def create_worker(settings: Settings | None = None, register: bool = True) -> faust.App:
+    """The worker's Faust app with its agents; ``register`` the output schemas first (needs the registry)."""
+    settings = settings or Settings.from_env()
+    codec = Codec(Registry(settings.schema_registry_url), max_bytes=settings.max_event_bytes)
+    app = create_app(settings)
+    keep_assignment(app, Path(app.conf.datadir))  # a restarted worker asks for its partitions (and states) back
+    pipeline = Pipeline(app, settings, codec)
+    if register:
+        pipeline.register_outputs()
+    app.on_partitions_revoked.connect(pipeline.forget)
+    app.on_partitions_assigned.connect(pipeline.forget)
+    _agents(app, settings, pipeline)
+    app.herald_pipeline = pipeline  # type: ignore[attr-defined]
+    return app
+
+
+def _raw_topic(app: faust.App, *names: str) -> Any:
+    """Topics read as raw bytes: Herald's codec decodes them, so a bad record is dead-lettered, not raised."""
+    return app.topic(*names, key_type=bytes, value_type=bytes)
+
+
+def _agents(app: faust.App, settings: Settings, pipeline: Pipeline) -> None:
+    ticks = _raw_topic(app, ticks_topic(settings))
+    source = _raw_topic(app, settings.topic("events"), ticks_topic(settings))
+
+    @app.agent(source, concurrency=1, name="pipeline")
+    async def decide(stream: Any) -> None:
+        async for batch in stream.take_events(settings.take_max, within=settings.take_within_s):
+            await pipeline.guarded("a batch of events", pipeline.batch(batch))
+
+    @app.agent(_raw_topic(app, settings.topic("preferences")), concurrency=1, name="preferences")
+    async def preferences(stream: Any) -> None:
+        async for event in stream.events():
+            await pipeline.guarded("a preferences record", pipeline.preferences(event.message))
+
+    @app.agent(_raw_topic(app, settings.topic("presence")), concurrency=1, name="presence")
+    async def presence(stream: Any) -> None:
+        async for event in stream.events():
+            await pipeline.guarded("a presence record", pipeline.presence(event.message))
+
+    @app.timer(interval=settings.tick_interval_s)
+    async def tick() -> None:
+        for partition in range(settings.partitions):
+            await ticks.send(key=b"tick", value=b"", partition=partition)

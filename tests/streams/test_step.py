@@ -1,0 +1,77 @@
+"""The batch transaction's rules, without a broker: an outcome is encoded before anything of it is kept,
+a failure reported by the producer is never forgotten, and a batch that fails as a whole stops the worker."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from confluent_kafka import KafkaException
+
+from agents.policy import Outcome
+from streams.outbox import Outbox
+from streams.step import Step
+
+
+class Table:
+    """The states as the step sees them: get and write (the real one is RocksDB + changelog)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict] = {"u": {"v": 1}}
+        self.written: list = []
+
+    def get(self, user_id: str, partition: int) -> dict | None:
+        return self.rows.get(user_id)
+
+    def write(self, changes: list) -> int:
+        self.written.extend(changes)
+        return len(changes)
+
+    def persist_offsets(self) -> None:
+        pass
+
+
+class RefusingOutputs:
+    def encode(self, out: Outcome) -> list:
+        raise ValueError("the registry refused the subject")
+
+
+def test_an_outcome_that_cannot_be_encoded_changes_no_state_and_queues_nothing():
+    table, reindexed = Table(), []
+    outbox = Outbox("127.0.0.1:1")
+    step = Step(table, RefusingOutputs(), outbox, lambda *a: reindexed.append(a))  # type: ignore[arg-type]
+    before = step.state("u", 0)
+    with pytest.raises(ValueError):
+        step.apply("u", 0, Outcome({"v": 2}, decisions=[{"user_id": "u"}]))
+    assert step.state("u", 0) is before and reindexed == []
+    asyncio.run(step.commit())
+    assert table.written == [], "nothing to write: the state the event would have made was not kept"
+
+
+def test_a_failure_reported_before_a_flush_with_nothing_queued_still_raises():
+    outbox = Outbox("127.0.0.1:1")
+    outbox.failed("herald.decisions: broker refused")
+    with pytest.raises(KafkaException):
+        asyncio.run(outbox.flush())
+    asyncio.run(outbox.flush())  # reported once: the next flush is clean
+
+
+def test_a_batch_that_fails_as_a_whole_stops_the_process():
+    from streams.worker import EXIT_UNWRITTEN, Pipeline
+
+    stopped: list[int] = []
+
+    class Halt(Exception):
+        pass
+
+    def fatal(code: int) -> None:
+        stopped.append(code)
+        raise Halt
+
+    async def failing() -> None:
+        raise KafkaException("outputs not delivered")
+
+    pipeline = Pipeline.__new__(Pipeline)
+    pipeline.fatal = fatal
+    with pytest.raises(Halt):
+        asyncio.run(pipeline.guarded("a batch", failing()))
+    assert stopped == [EXIT_UNWRITTEN]

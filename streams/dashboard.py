@@ -19,13 +19,13 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from herald.dlq import reason_of
+from herald.settings import Settings
+from herald.topics import CHANNELS
 from schemas.codec import Codec, DecodeError
 from schemas.registry import Registry
 from streams.demo import SAMPLE_USER
 from streams.supervisor import rows
-from herald.dlq import reason_of
-from herald.settings import Settings
-from herald.topics import CHANNELS
 
 
 class Flow:
@@ -82,7 +82,8 @@ class Flow:
             counts.add_row(f"  sink {status}", str(n), "")
         for reason, n in sorted(self.dead.items()):
             counts.add_row(f"  dead letter {reason}", str(n), "[yellow]bad input, kept in herald.dlq[/]")
-        unread = self.unread if isinstance(self.unread, str) else f"{self.unread['unread']} unread, {self.unread['unseen']} unseen"
+        unread = (self.unread if isinstance(self.unread, str)
+                  else f"{self.unread['unread']} unread, {self.unread['unseen']} unseen")
         counts.add_row(f"{SAMPLE_USER}", unread, "from the API")
         procs = Table(title="processes", expand=True)
         for col in ("process", "state", "detail"):

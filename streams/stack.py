@@ -19,12 +19,11 @@ import time
 
 from rich.console import Console
 
-from infra import kafka, postgres, registry
-from infra.common import (InfraError, REPO_ROOT, ServiceStatus, _tail, log_path, read_pid, start_process,
-                          stop_process)
 from herald.settings import Settings
-from streams.supervisor import (NAME as SUPERVISOR, Proc, Supervisor, alive, describe_exit, http_ok, log_line,
-                               read_state, rows, running)
+from infra import kafka, postgres, registry
+from infra.common import REPO_ROOT, InfraError, ServiceStatus, _tail, log_path, read_pid, start_process, stop_process
+from streams.supervisor import NAME as SUPERVISOR
+from streams.supervisor import Proc, Supervisor, alive, describe_exit, http_ok, log_line, read_state, rows, running
 
 console = Console(stderr=True, highlight=False)
 SERVERS = (("postgres", postgres), ("kafka", kafka), ("registry", registry))
@@ -204,7 +203,6 @@ def _watch(settings: Settings, processes) -> int:
 
 def _where(settings: Settings) -> None:
     from api import auth
-
     from streams.demo import SAMPLE_USER
 
     token = auth.mint(auth.signing_secret(settings), SAMPLE_USER)
@@ -212,7 +210,8 @@ def _where(settings: Settings) -> None:
     console.print(f"""
   API            {base}/v1/users/{SAMPLE_USER}/unread-count   (header: Authorization: Bearer <token>)
   token          herald token {SAMPLE_USER}     (one for the sample user: {token[:24]}…)
-  try            curl -s -H "Authorization: Bearer $(herald token {SAMPLE_USER})" {base}/v1/users/{SAMPLE_USER}/notifications?limit=3
+  try            curl -s -H "Authorization: Bearer $(herald token {SAMPLE_USER})" \\
+                   {base}/v1/users/{SAMPLE_USER}/notifications?limit=3
   decisions      herald tail {settings.topic('decisions')}
   dead letters   herald tail {settings.topic('dlq')} --from-beginning
   metrics        {base}/metrics        logs  {log_path('worker').parent}/
@@ -236,7 +235,7 @@ def _stop_supervisor(timeout: float = 150) -> None:
         _say("stopped the supervisor and its processes")
         return
     state = read_state()
-    pid = state.get("pid")
+    pid = int(state.get("pid") or 0)
     if not state.get("alive") or pid == os.getpid():
         return
     os.kill(pid, signal.SIGTERM)  # a foreground `herald up`: it stops everything, as on Ctrl-C
@@ -277,8 +276,8 @@ def show_status(settings: Settings) -> int:
         for proc in PROCESSES:
             if proc.name not in state["processes"] and read_pid(proc.name):
                 state["processes"][proc.name] = {"state": "up", "pid": read_pid(proc.name)}
-    for name, label, detail in rows(state, [p.name for p in PROCESSES]):
-        table.add_row(name, label, "", "", detail)
+    for name, label, text in rows(state, [p.name for p in PROCESSES]):
+        table.add_row(name, label, "", "", text)
     console.print(table)
     try:
         lag = consumer_lag(settings) if kafka_up else {}

@@ -348,10 +348,11 @@ class Supervisor:
     def _on_exit(self, child: Child, now: float) -> None:
         code = child.popen.returncode if child.popen is not None else None
         ran = now - child.started
-        try:  # whatever it left behind (an API's worker processes hold its port)
-            os.killpg(child.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError, TypeError):
-            pass
+        if child.pid:
+            try:  # whatever it left behind (an API's worker processes hold its port)
+                os.killpg(child.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         delay = child.backoff.on_exit(ran)
         child.last_exit = {"at": time.time(), "code": code if code is None or code >= 0 else None,
                            "signal": _signal_name(code), "ran_s": round(ran, 1)}

@@ -12,8 +12,7 @@ import pytest
 
 from herald.settings import Settings
 from streams import stack
-from streams.supervisor import (Backoff, Proc, Supervisor, backoff_delay, log_line, read_state, rows, running,
-                                state_path)
+from streams.supervisor import Backoff, Proc, Supervisor, backoff_delay, log_line, read_state, rows, running, state_path
 
 SLEEPER = ("-c", "import time; print('ready', flush=True); time.sleep(600)")
 

@@ -8,13 +8,18 @@ at or below the offset the user's state has taken in.
 """
 from __future__ import annotations
 
+from typing import Any, Mapping
+
+from agents.ids import short_key
+
 Seen = list  # [event_id, until_ms]
 
 
-def dedup_key(event: dict) -> str:
-    """The key within a user's state: the producer's dedup_key, else the event id."""
+def dedup_key(event: Mapping[str, Any]) -> str:
+    """The key within a user's state: the producer's dedup_key (a digest of it beyond 256 characters,
+    ``ids.short_key``), else the event id."""
     key = event.get("dedup_key")
-    return f"k:{key}" if key else f"id:{event['event_id']}"
+    return f"k:{short_key(key)}" if key else f"id:{event['event_id']}"
 
 
 def is_duplicate(previous: Seen | None, now_ms: int) -> bool:

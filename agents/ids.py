@@ -15,3 +15,11 @@ def delivery_id(kind: str, channel: str, user_id: str, event_ids: list[str] | tu
         h.update(part.encode())
         h.update(b"\x1f")
     return h.hexdigest()
+
+
+def short_key(key: str, limit: int = 256) -> str:
+    """``key`` itself up to ``limit`` characters, else ``"#"`` and a 32-hex digest of it: what a user's state
+    stores of a producer's ``dedup_key`` or ``cancel_key``: equal keys stay equal, and the state stays bounded."""
+    if len(key) <= limit:
+        return key
+    return "#" + hashlib.blake2b(key.encode(), digest_size=16).hexdigest()

@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any, Iterable, Mapping, Sequence, TypeVar
 
 from agents.ids import delivery_id
+from agents.types import DeliveryRequest
 from agents.validate import to_ms
 from herald.enums import most_urgent
+
+E = TypeVar("E", bound=Mapping[str, Any])  # an event as decoded, or what a user's state kept of it
 BODY_LINES = 10
 MAX_EVENT_IDS_CHARS = 1_000
 
@@ -48,7 +52,7 @@ def batch_key(user_id: str, type_: str, channel: str, window_start: int) -> str:
     return json.dumps([user_id, type_, channel, window_start], ensure_ascii=False, separators=(",", ":"))
 
 
-def batchable(event: dict) -> bool:
+def batchable(event: Mapping[str, Any]) -> bool:
     """Whether the event may be merged: not CRITICAL, and ``batchable`` not false (missing means true)."""
     return event["priority"] != "CRITICAL" and event.get("batchable", True) is not False
 
@@ -68,12 +72,12 @@ def title(type_: str, count: int) -> str:
     return f"{count} {singular if count == 1 else plural}"
 
 
-def highest_priority(events: list[dict]) -> str:
+def highest_priority(events: Iterable[Mapping[str, Any]]) -> str:
     """The most urgent priority among ``events`` (``herald.enums.most_urgent``)."""
     return most_urgent(e["priority"] for e in events)
 
 
-def canonical(events: list[dict]) -> list[dict]:
+def canonical(events: Iterable[E]) -> list[E]:
     """Events by (``occurred_at``, ``event_id``), each ``event_id`` once (its first in that order)."""
     seen: set[str] = set()
     out = []
@@ -89,7 +93,7 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def split_full(events: list[dict], max_size: int) -> list[list[dict]]:
+def split_full(events: Iterable[E], max_size: int) -> list[list[E]]:
     """The window's events in canonical order, cut into consecutive chunks of at most ``max_size``.
 
     Every distinct event appears exactly once; no events gives no chunks; ``max_size`` must be positive.
@@ -110,8 +114,8 @@ def _joined_ids(ids: list[str]) -> tuple[str, int]:
     return ",".join(ids), 0
 
 
-def batch_request(user_id: str, channel: str, type_: str, events: list[dict], window_start: int,
-                  window_end: int, *, chunk: int = 0, chunks: int = 1, by_content: bool = False) -> dict:
+def batch_request(user_id: str, channel: str, type_: str, events: Sequence[Mapping[str, Any]], window_start: int,
+                  window_end: int, *, chunk: int = 0, chunks: int = 1, by_content: bool = False) -> DeliveryRequest:
     """One BATCH DeliveryRequest for the events of one user, type and channel in one window.
 
     Raises ValueError if ``events`` is empty, holds another user or type, or an event whose explicit
@@ -158,8 +162,8 @@ def batch_request(user_id: str, channel: str, type_: str, events: list[dict], wi
     }
 
 
-def batch_requests(user_id: str, channel: str, type_: str, events: list[dict], window_start: int,
-                   window_end: int, max_size: int) -> list[dict]:
+def batch_requests(user_id: str, channel: str, type_: str, events: Sequence[Mapping[str, Any]], window_start: int,
+                   window_end: int, max_size: int) -> list[DeliveryRequest]:
     """All the BATCH requests of one window: ``split_full`` into chunks, one ``batch_request`` each."""
     parts = split_full(events, max_size)
     return [batch_request(user_id, channel, type_, part, window_start, window_end, chunk=i, chunks=len(parts))

@@ -8,8 +8,11 @@ twice counts once, so a replay yields the same ``delivery_id``.
 """
 from __future__ import annotations
 
+from typing import Any, Mapping, Sequence
+
 from agents.batching import canonical, highest_priority, one_line, type_words
 from agents.ids import delivery_id
+from agents.types import DeliveryRequest
 from agents.validate import to_ms
 from herald.enums import urgency
 
@@ -28,7 +31,7 @@ def group_name(type_: str) -> str:
     return f"{type_words(type_)} notifications".strip().capitalize()
 
 
-def _group_line(type_: str, events: list[dict], top_n: int) -> str:
+def _group_line(type_: str, events: list[Mapping[str, Any]], top_n: int) -> str:
     head = f"{group_name(type_)} ({len(events)})"
     if top_n <= 0:
         return head
@@ -39,8 +42,8 @@ def _group_line(type_: str, events: list[dict], top_n: int) -> str:
     return f"{head}: {'; '.join(items)}"
 
 
-def digest_request(user_id: str, channel: str, events: list[dict], period_start: int, period_end: int,
-                   label: str, top_n: int = 3) -> dict | None:
+def digest_request(user_id: str, channel: str, events: Sequence[Mapping[str, Any]], period_start: int,
+                   period_end: int, label: str, top_n: int = 3) -> DeliveryRequest | None:
     """One DIGEST DeliveryRequest for ``events`` of ``user_id`` over ``[period_start, period_end)``; None if none.
 
     ``label`` starts the title ("Your daily digest" -> "Your daily digest: 12 notifications");
@@ -53,7 +56,7 @@ def digest_request(user_id: str, channel: str, events: list[dict], period_start:
         if event["user_id"] != user_id:
             raise ValueError(f"event {event['event_id']} is for {event['user_id']}, not {user_id}")
     ordered = canonical(events)
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, list[Mapping[str, Any]]] = {}
     for event in ordered:
         groups.setdefault(event["type"], []).append(event)
     order = sorted(groups, key=lambda t: (-urgency(highest_priority(groups[t])), -len(groups[t]), t))

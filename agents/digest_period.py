@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from datetime import date, datetime, timedelta
-from zoneinfo import ZoneInfo
-
 from functools import lru_cache
+from typing import Sequence
+from zoneinfo import ZoneInfo
 
 from agents.preferences import local_ms, parse_hhmm, to_local, zone
 from agents.quiet_hours import MONTHS, WEEKDAYS
@@ -84,13 +84,15 @@ def _boundaries(mode: str, tz: ZoneInfo, digest_time: str | None, weekday: int, 
     They depend only on the date they fall on, never on the instant asked about, which is what makes
     periods computed from different instants tile (and lets them be cached per date).
     """
+    minutes: Sequence[int]
+    folds: Sequence[int]
     if mode == "HOURLY":
         days, minutes, folds = range(-1, 2), range(0, 24 * 60, 60), (0, 1)
     else:
         minute = parse_hhmm(digest_time)
         minutes, folds = (DEFAULT_TIME if minute is None else minute,), (0,)
         days = range(-2, 3) if mode == "DAILY" else range(-8, 9)
-    found = set()
+    found: set[int] = set()
     for offset in days:
         day = today + timedelta(offset)
         if mode != "WEEKLY" or day.weekday() == weekday:

@@ -31,7 +31,8 @@ from typing import Any, Mapping, cast
 import orjson
 
 from agents import batching, digest, digest_period, preferences, quiet_hours, rate_limit, routing
-from agents.dedup import dedup_key, is_duplicate, seen, until as dedup_until
+from agents.dedup import dedup_key, is_duplicate, seen
+from agents.dedup import until as dedup_until
 from agents.ids import short_key
 from agents.preferences import allows_type, meets_minimum
 from agents.route import make_decision, single_request
@@ -475,10 +476,10 @@ def on_tick(state: Mapping[str, Any] | None, prefs: dict, online: bool, now_ms: 
     return out
 
 
-def _recent(counters: dict, now_ms: int) -> bool:
+def _recent(counters: dict[str, list[int]], now_ms: int) -> bool:
     """Counters still matter while their day window is open."""
     day = counters.get("d")
-    return bool(day) and now_ms < day[0] + 86_400_000
+    return day is not None and len(day) > 0 and now_ms < day[0] + 86_400_000
 
 
 def next_due(state: Mapping[str, Any]) -> int | None:

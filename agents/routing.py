@@ -12,6 +12,8 @@ The rule:
 """
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from agents.preferences import allows_channel
 from herald.enums import urgency
 
@@ -19,7 +21,7 @@ from herald.enums import urgency
 ORDER = ("INAPP", "WEBSOCKET", "PUSH", "SMS", "EMAIL")
 
 
-def channels(event: dict, prefs: dict, online: bool) -> list[str]:
+def channels(event: Mapping[str, Any], prefs: dict, online: bool) -> list[str]:
     """The channels for ``event``, in a stable order; empty when the user disabled every one of them."""
     priority = event["priority"]
     if event.get("channels"):

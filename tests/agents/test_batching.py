@@ -1,7 +1,8 @@
 from datetime import datetime, timezone
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agents.batching import batch_key, batch_request, batch_requests, batchable, split_full, title, window
 from agents.ids import delivery_id

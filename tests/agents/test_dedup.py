@@ -1,4 +1,5 @@
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agents.dedup import dedup_key, is_duplicate, seen
 
@@ -6,9 +7,12 @@ WINDOW = 300_000
 
 
 def test_the_key_prefers_the_dedup_key_and_never_mixes_it_with_an_event_id():
-    assert dedup_key({"user_id": "a", "event_id": "e1", "dedup_key": "k"}) == dedup_key({"user_id": "a", "event_id": "e2", "dedup_key": "k"})
-    assert dedup_key({"user_id": "a", "event_id": "e1", "dedup_key": None}) != dedup_key({"user_id": "a", "event_id": "e2", "dedup_key": None})
-    assert dedup_key({"user_id": "a", "event_id": "k", "dedup_key": None}) != dedup_key({"user_id": "a", "event_id": "x", "dedup_key": "k"})
+    def key(event_id, dkey):
+        return dedup_key({"user_id": "a", "event_id": event_id, "dedup_key": dkey})
+
+    assert key("e1", "k") == key("e2", "k")
+    assert key("e1", None) != key("e2", None)
+    assert key("k", None) != key("x", "k")
 
 
 def test_first_sight_is_not_a_duplicate():
@@ -31,3 +35,10 @@ def test_dedup_is_idempotent_each_id_is_accepted_once_within_a_window(ids):
             table[key] = seen(event_id, 10, WINDOW)
             accepted.append(event_id)
     assert sorted(accepted) == sorted(set(ids))
+
+
+def test_a_long_dedup_key_is_kept_as_its_digest():
+    long_a, long_b = "a" * 300, "a" * 299 + "b"
+    key = dedup_key({"event_id": "e1", "dedup_key": long_a})
+    assert key == dedup_key({"event_id": "e2", "dedup_key": long_a}) != dedup_key({"event_id": "e1", "dedup_key": long_b})
+    assert len(key) == 2 + 33 and dedup_key({"event_id": "e1", "dedup_key": "a" * 256}) == "k:" + "a" * 256

@@ -4,7 +4,8 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime, timezone
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agents import policy, quiet_hours
 from agents.preferences import effective

@@ -1,4 +1,5 @@
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agents.clock import decision_time, release_limit, tick_time
 from agents.presence import expiry, online

@@ -1,7 +1,8 @@
 from datetime import date, datetime, timezone
 from zoneinfo import ZoneInfo
 
-from hypothesis import assume, given, strategies as st
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from agents.preferences import local_ms, to_local
 from agents.quiet_hours import CAP_MS, describe, quiet_until

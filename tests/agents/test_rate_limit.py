@@ -1,7 +1,8 @@
 import json
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agents.rate_limit import DAY_MS, HOUR_MS, MINUTE_MS, GlobalLimiter, Limits, next_allowed, record
 

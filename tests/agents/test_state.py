@@ -5,7 +5,8 @@ import copy
 
 import orjson
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agents import policy
 from agents.preferences import effective

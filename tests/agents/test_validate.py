@@ -2,7 +2,8 @@ import time
 import unicodedata
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agents.validate import EARLIEST_MS, MAX_DATA_ENTRIES, ValidationError, validate_event
 

@@ -82,7 +82,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _require_kafka(settings)
     ensure_topics(settings)
     _use_uvloop()
-    app = create_worker(settings)
+    from schemas.registry import RegistryUnavailable
+
+    try:
+        app = create_worker(settings)
+    except RegistryUnavailable as exc:
+        raise UserError(str(exc)) from None
     worker = Worker(app, loglevel="INFO", quiet=True)
     _quiet_clients()
     _tune_gc()
@@ -129,7 +134,8 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from streams import stack
 
-    return stack.up(_settings(), detach=args.detach, demo=not args.no_demo, rate=args.rate)
+    return stack.up(_settings(), detach=args.detach, demo=not args.no_demo, rate=args.rate,
+                    servers=not args.no_servers)
 
 
 def cmd_down(args: argparse.Namespace) -> int:

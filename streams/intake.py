@@ -5,22 +5,28 @@
   letter must never fail, or the records behind it would be lost with it).
 - A record that a producer's partitioner put on another partition than its user's home (Kafka's default
   partitioner on the key) is moved there first: a user's state lives on that partition only.
-- A schema id not seen yet is looked up off the event loop; while the registry cannot be reached the
-  record waits (and so does its batch) and is retried, never dead-lettered: the event is valid.
+- A schema id not seen yet is looked up off the event loop, every new id of a batch at once (one
+  look-up per id however many records carry it, misses remembered in a bounded cache), so a flood of
+  records with random ids costs one round of look-ups, not one after another. While the registry cannot
+  be reached the batch waits and asks again with a growing pause; the event is valid and is never
+  dead-lettered for it.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from agents.validate import ValidationError, validate_event
 from herald import dlq
 from herald.kafka import home_partition
 from schemas.codec import Codec, DecodeError
+from schemas.registry import RegistryUnavailable
 from streams.outbox import Outbox
 
 log = logging.getLogger("herald.intake")
+FIRST_PAUSE_S = 0.5  # the first wait for a registry that cannot be reached; it doubles up to MAX_PAUSE_S
+MAX_PAUSE_S = 30.0
 
 
 class Intake:
@@ -44,19 +50,32 @@ class Intake:
             return None
         return record
 
+    async def prepare(self, values: list[bytes | None]) -> None:
+        """Resolve at once every schema id in ``values`` not resolved yet (waiting out an outage)."""
+        registry = self.codec.registry
+        ids = {i for i in map(self.codec.schema_id_of, values) if i is not None and not registry.cached(i)}
+        if ids:
+            await self._when_available(lambda: asyncio.gather(*(registry.ensure(i) for i in ids)))
+
     async def decode(self, msg: Any, schema: str, stage: str) -> dict | None:
         """``msg``'s value read as ``schema``; None when it was dead-lettered."""
-        await self._schema_ready(msg.value)
+        await self._when_available(lambda: self.codec.prepare(msg.value))
         try:
             return self.codec.decode(msg.value, schema)
         except DecodeError as exc:
             self.dead_letter(msg, exc.reason, exc.message, stage)
             return None
 
-    async def _schema_ready(self, value: bytes | None) -> None:
-        schema_id = self.codec.schema_id_of(value)
-        if schema_id is not None and not self.codec.registry.cached(schema_id):
-            await asyncio.get_running_loop().run_in_executor(None, self.codec.registry.prefetch, schema_id)
+    async def _when_available(self, attempt: Callable[[], Awaitable[Any]]) -> None:
+        pause = FIRST_PAUSE_S
+        while True:
+            try:
+                await attempt()
+                return
+            except RegistryUnavailable as exc:
+                log.warning("waiting %.1f s for the schema registry: %s", pause, exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, MAX_PAUSE_S)
 
     def dead_letter(self, msg: Any, reason: str, message: str, stage: str) -> None:
         """Queue ``msg`` unchanged to the dead-letter topic with the reason in its headers."""

@@ -76,8 +76,7 @@ class Pipeline:
 
     def register_outputs(self) -> None:
         """Register every output subject now, so that encoding never asks the registry mid-batch."""
-        for subject, schema in self.outputs.subjects():
-            self.outputs.codec.registry.register(subject, schema)
+        self.outputs.codec.registry.register_all(self.outputs.subjects())
 
     async def forget(self, *args: object, **kwargs: object) -> None:
         """At every rebalance: what is cached is only right for partitions this worker keeps owning."""
@@ -88,6 +87,7 @@ class Pipeline:
     async def batch(self, events: Sequence[Any]) -> None:
         """Decide on every record of the batch in order, then commit the batch as one transaction."""
         step = Step(self.states, self.outputs, self.outbox, self.clock.reindex)
+        await self.intake.prepare([e.message.value for e in events if e.message.topic == self.events_topic])
         for event in events:
             faust_adapter.serve_event(event)
             await self.record(step, event.message)

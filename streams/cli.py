@@ -39,10 +39,13 @@ def _parser() -> argparse.ArgumentParser:
               herald up                    # live view until Ctrl-C
               herald up --detach           # return once ready; `herald down` stops it
               herald up --no-demo          # no demo producer: publish your own with `herald produce`
+              herald up --no-servers       # use the Kafka, registry and PostgreSQL you already run
             """))
     up.add_argument("--detach", action="store_true", help="return once every part is ready, leaving it running")
     up.add_argument("--no-demo", action="store_true", help="do not start the demo producer")
     up.add_argument("--rate", type=float, default=None, help="demo events per second (default HERALD_DEMO_RATE, 20)")
+    up.add_argument("--no-servers", action="store_true",
+                    help="start no server: use the Kafka, registry and PostgreSQL answering at the HERALD_* addresses")
 
     sub.add_parser("down", help="stop everything `herald up` started, supervisor first (data is kept)")
     sub.add_parser("status", help="each part: up or down, address, version, topics, restarts, consumer lag")

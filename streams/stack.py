@@ -31,7 +31,8 @@ DEMO_WINDOWS = {"HERALD_BATCH_WINDOW_S": "10", "HERALD_DIGEST_PERIOD_S": "60"}
 READY_TIMEOUT_S = 120
 
 # Every process `herald up` starts and supervises, in start order (`down` stops them in reverse).
-# One line each: name, `herald` arguments (or "-m", "module"), readiness check; see supervisor.Proc.
+# One line each: name, `herald` arguments (or "-m", "module"), readiness check (supervisor.log_line, http_ok,
+# tcp_port or running); see supervisor.Proc.
 PROCESSES: list[Proc] = [
     Proc("worker", ("worker",), log_line("Ready")),
     Proc("sink-inapp", ("sink", "inapp"), log_line("consuming")),
@@ -46,12 +47,22 @@ def _say(text: str) -> None:
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}")
 
 
-def start_servers(settings: Settings) -> dict[str, ServiceStatus]:
-    """Start each server unless one already answers on its address (then it is used as it is)."""
+def start_servers(settings: Settings, start: bool = True) -> dict[str, ServiceStatus]:
+    """Start each server unless one already answers on its address (then it is used as it is).
+
+    With ``start`` false none is started: each must answer already (else InfraError); the database is
+    still migrated."""
     started = {}
     for name, module in SERVERS:
         t0 = time.monotonic()
-        if name == "registry" and read_pid(name) is None and _answers(module):
+        if not start:
+            status = module.status()
+            if not status.up:
+                raise InfraError(f"{name}: nothing answers on {status.address} and --no-servers starts none; "
+                                 f"start it, or run `herald up` without --no-servers")
+            if name == "postgres":
+                postgres.migrate()
+        elif name == "registry" and read_pid(name) is None and _answers(module):
             # infra.registry.start refuses a taken port; a registry answering there is one we can use
             status = module.status()
             _say(f"{name}: a registry already answers on {status.address}; using it")
@@ -110,7 +121,8 @@ def _wait_ready(snapshot, names: list[str], supervisor_proc: subprocess.Popen | 
         time.sleep(0.25)
 
 
-def up(settings: Settings, detach: bool, demo: bool, rate: float | None) -> int:
+def up(settings: Settings, detach: bool, demo: bool, rate: float | None, servers: bool = True) -> int:
+    """Bring the stack up (``servers`` false: use the servers already answering, start none)."""
     t0 = time.monotonic()
     env = _environment(demo, rate)
     if rate:
@@ -118,7 +130,7 @@ def up(settings: Settings, detach: bool, demo: bool, rate: float | None) -> int:
     names = [p.name for p in PROCESSES if demo or not p.demo_only]
     running = read_state()
     try:
-        start_servers(settings)
+        start_servers(settings, start=servers)
         prepare(settings)
         if running.get("alive"):
             _say(f"already running, supervised by pid {running['pid']} ({running['mode']})")

@@ -2,7 +2,8 @@
 
 Isolated from everything else on the machine: its own state folder (pid files, logs, the supervisor's
 state), topic prefix, application id and API port; the servers are the session's, used as they are
-(``herald up`` finds them answering and starts none, ``herald down`` finds none of its own to stop).
+(``--no-servers``: ``herald up`` starts none, even when one does not answer, and ``herald down`` finds
+none of its own to stop).
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def _wait(what, timeout: float, why: str) -> None:
 
 def test_killed_processes_come_back_and_down_stops_everything_without_restarts(isolated):
     env, home = isolated
-    result = _herald(env, "up", "--detach")
+    result = _herald(env, "up", "--detach", "--no-servers")
     assert result.returncode == 0, result.stdout + result.stderr
     supervisor = int((home / "run" / "supervisor.pid").read_text())
     first = _state(home)
@@ -125,7 +126,7 @@ def test_foreground_up_supervises_in_its_process_and_down_from_elsewhere_stops_i
     env, home = isolated
     (home / "logs").mkdir(parents=True, exist_ok=True)
     with open(home / "logs" / "up.out", "wb") as out:
-        up = subprocess.Popen([sys.executable, "-m", "streams.cli", "up", "--no-demo"], cwd=REPO_ROOT, env=env,
+        up = subprocess.Popen([sys.executable, "-m", "streams.cli", "up", "--no-demo", "--no-servers"], cwd=REPO_ROOT, env=env,
                               stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         def ready() -> bool:

@@ -197,3 +197,13 @@ def test_status_shows_the_supervisor_and_each_process_restarts(private_home, mon
         assert any(row.strip("│ ").startswith("supervisor") and "up" in row for row in text.splitlines()), text
     finally:
         sup.stop(timeout=5)
+
+
+def test_up_with_no_servers_starts_none_when_one_does_not_answer(private_home):
+    env = {**os.environ, "HERALD_HOME": str(private_home), "HERALD_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+           "HERALD_SCHEMA_REGISTRY_URL": "http://127.0.0.1:1/apis/ccompat/v7",
+           "HERALD_DATABASE_URL": "postgresql://herald:herald@127.0.0.1:1/herald"}
+    out = subprocess.run([sys.executable, "-m", "streams.cli", "up", "--detach", "--no-servers"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "--no-servers starts none" in out.stderr, out.stderr
+    assert not list((private_home / "run").glob("*.pid"))  # no server, no supervisor, no process

@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import urllib.request
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -210,8 +211,8 @@ def rows(snapshot: dict, names: list[str]) -> list[tuple[str, str, str]]:
         info = procs.get(name) or {"state": "down"}
         state = info["state"]
         label = f"[{STYLE.get(state, 'red')}]{state}[/]"
-        if state == "restarting" and info.get("restart_in_s") is not None:
-            label = f"[yellow]restarting in {info['restart_in_s']:g}s[/]"
+        if state == "restarting" and info.get("restart_at") is not None:
+            label = f"[yellow]restarting in {max(0.0, info['restart_at'] - time.time()):.0f}s[/]"
         detail = [f"pid={info['pid']}"] if info.get("pid") and state in ("up", "starting") else []
         if name in procs:
             detail.append(f"restarts={info.get('restarts', 0)}")
@@ -261,7 +262,10 @@ class Supervisor:
 
     def run(self, stop: threading.Event, interval: float = 0.25) -> None:
         while not stop.is_set():
-            self.step()
+            try:
+                self.step()
+            except Exception:  # noqa: BLE001 - a failed pass (say, the state file not written) must not end supervision
+                self.log.warning("a supervision pass failed:\n%s", traceback.format_exc())
             stop.wait(interval)
 
     def step(self) -> None:
@@ -313,11 +317,14 @@ class Supervisor:
     def _adopt(self) -> None:
         from infra.common import log_path, read_pid
 
+        before = read_state().get("processes", {})  # the previous supervisor's counts go on
         for child in self.children:
             pid = read_pid(child.proc.name)
             if pid is not None and alive(pid):
                 child.pid, child.state, child.started, child.since = pid, "starting", self.clock(), time.time()
                 child.log_since = 0
+                child.restarts = before.get(child.proc.name, {}).get("restarts", 0)
+                child.last_exit = before.get(child.proc.name, {}).get("last_exit")
                 self.log.info("%s already runs (pid %s): adopted", child.proc.name, pid)
                 log_path(child.proc.name).touch()
 
@@ -382,6 +389,7 @@ class Supervisor:
                 "state": c.state, "pid": c.pid, "restarts": c.restarts, "since": c.since,
                 "ever_ready": c.ever_ready, "last_exit": c.last_exit,
                 "restart_in_s": round(max(0.0, c.restart_at - now), 1) if c.state == "restarting" else None,
+                "restart_at": time.time() + max(0.0, c.restart_at - now) if c.state == "restarting" else None,
             } for c in self.children},
             "exits": list(self.history),
         }

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -129,6 +130,7 @@ def test_restarts_wait_the_backoff_and_record_the_exit_code():
             info = sup.snapshot()["processes"]["fails"]
             assert info["state"] == "restarting" and info["restart_in_s"] == delay
             assert info["last_exit"]["code"] == 3 and info["last_exit"]["signal"] is None
+            assert "restarting in" in rows(sup.snapshot(), ["fails"])[0][1]
             clock.now += delay - 0.1
             sup.step()
             assert child.state == "restarting"  # not before its delay
@@ -141,10 +143,15 @@ def test_a_process_already_running_is_adopted_and_restarted_when_it_dies(private
     from infra.common import start_process
 
     orphan = start_process("a", [sys.executable, *SLEEPER])
+    earlier = {"at": time.time() - 100, "code": 1, "signal": None, "ran_s": 3.0}
+    state_path().write_text(json.dumps({"pid": 1, "state": "running", "mode": "detached", "processes": {
+        "a": {"state": "up", "pid": orphan.pid, "restarts": 4, "last_exit": earlier}}}))  # a supervisor killed -9
     sup = Supervisor([Proc("a", SLEEPER, running())], Settings(), backoff=lambda: Backoff(base=0.05))
     try:
         sup.step()
-        assert sup.snapshot()["processes"]["a"]["pid"] == orphan.pid  # not started twice
+        adopted = sup.snapshot()["processes"]["a"]
+        assert adopted["pid"] == orphan.pid and adopted["state"] == "up"  # not started twice
+        assert adopted["restarts"] == 4 and adopted["last_exit"] == earlier  # the killed supervisor's counts go on
         os.kill(orphan.pid, signal.SIGKILL)
         orphan.wait(10)  # the "other parent" reaps it, as init would
 
@@ -154,7 +161,7 @@ def test_a_process_already_running_is_adopted_and_restarted_when_it_dies(private
             return a["state"] == "up" and a["pid"] != orphan.pid
         _until(back)
         a = sup.snapshot()["processes"]["a"]
-        assert a["restarts"] == 1 and a["last_exit"]["code"] is None and a["last_exit"]["signal"] is None
+        assert a["restarts"] == 5 and a["last_exit"]["code"] is None and a["last_exit"]["signal"] is None
         assert "code unknown" in rows(sup.snapshot(), ["a"])[0][2]
     finally:
         sup.stop(timeout=5)
@@ -207,3 +214,19 @@ def test_up_with_no_servers_starts_none_when_one_does_not_answer(private_home):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "--no-servers starts none" in out.stderr, out.stderr
     assert not list((private_home / "run").glob("*.pid"))  # no server, no supervisor, no process
+
+
+def test_a_failed_pass_does_not_end_supervision(private_home):
+    sup = Supervisor([], Settings())
+    stop = threading.Event()
+    passes = []
+
+    def step() -> None:
+        passes.append(1)
+        if len(passes) == 1:
+            raise OSError("no space left on device")
+        stop.set()
+    sup.step = step  # type: ignore[method-assign]
+    sup.run(stop, interval=0)
+    assert len(passes) == 2
+    assert "no space left on device" in (private_home / "logs" / "supervisor.log").read_text()

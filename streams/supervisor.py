@@ -340,7 +340,13 @@ class Supervisor:
                 handle.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} restarted by the supervisor "
                              f"(restart {child.restarts}) ---\n")
         child.log_since = log.stat().st_size
-        child.popen = start_process(name, child.proc.command(self.settings), env=self.env, cwd=REPO_ROOT)
+        try:
+            child.popen = start_process(name, child.proc.command(self.settings), env=self.env, cwd=REPO_ROOT)
+        except OSError as exc:  # could not even be launched: wait as after an exit, then try again
+            child.state, child.since, child.popen, child.pid = "restarting", time.time(), None, None
+            child.restart_at = self.clock() + child.backoff.on_exit(0.0)
+            self.log.warning("%s could not be started (%s); next try in %gs", name, exc, child.restart_at - self.clock())
+            return
         child.pid, child.state, child.started, child.since = child.popen.pid, "starting", self.clock(), time.time()
         if first:
             self.log.info("%s started (pid %s)", name, child.pid)

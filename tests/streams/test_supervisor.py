@@ -230,3 +230,19 @@ def test_a_failed_pass_does_not_end_supervision(private_home):
     sup.run(stop, interval=0)
     assert len(passes) == 2
     assert "no space left on device" in (private_home / "logs" / "supervisor.log").read_text()
+
+
+def test_a_process_that_cannot_be_launched_is_tried_again_after_the_backoff(monkeypatch):
+    import infra.common
+
+    def refuse(*args, **kwargs):
+        raise OSError("exec format error")
+    monkeypatch.setattr(infra.common, "start_process", refuse)
+    clock = Clock()
+    sup = Supervisor([Proc("a", SLEEPER, running())], Settings(), clock=clock)
+    sup.step()
+    a = sup.snapshot()["processes"]["a"]
+    assert a["state"] == "restarting" and a["restart_in_s"] == 1.0 and a["pid"] is None
+    clock.now += 1.0
+    sup.step()
+    assert sup.snapshot()["processes"]["a"]["restart_in_s"] == 2.0  # failing in a row: the delay doubles

@@ -246,3 +246,23 @@ def test_a_process_that_cannot_be_launched_is_tried_again_after_the_backoff(monk
     clock.now += 1.0
     sup.step()
     assert sup.snapshot()["processes"]["a"]["restart_in_s"] == 2.0  # failing in a row: the delay doubles
+
+
+def test_the_live_view_shows_each_process_state_restarts_and_last_exit():
+    from rich.console import Console
+
+    from streams.dashboard import Flow
+
+    flow = Flow(Settings())
+    flow.processes = {"processes": {
+        "worker": {"state": "up", "pid": 41, "restarts": 2,
+                   "last_exit": {"at": time.time(), "code": None, "signal": "SIGKILL", "ran_s": 12.0}},
+        "api": {"state": "restarting", "pid": 42, "restarts": 0, "restart_at": time.time() + 4,
+                "last_exit": {"at": time.time(), "code": 1, "signal": None, "ran_s": 0.4}}}}
+    console = Console(record=True, width=200)
+    console.print(flow.render())
+    text = console.export_text()
+    worker = next(line for line in text.splitlines() if "worker" in line)
+    api = next(line for line in text.splitlines() if " api " in line)
+    assert "up" in worker and "restarts=2" in worker and "SIGKILL" in worker
+    assert "restarting in" in api and "code 1" in api

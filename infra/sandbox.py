@@ -61,8 +61,10 @@ class Sandbox:
         roll = self.rng.random()
         hit = None
         if roll < f["hang_rate"]:
+            if f["budget"] is not None:  # counted before the wait, so requests arriving meanwhile see it
+                f["budget"] -= 1
             await asyncio.sleep(float(f["hang_s"]))
-            hit = web.json_response({"error": {"code": 503, "status": "UNAVAILABLE"}}, status=503)
+            return web.json_response({"error": {"code": 503, "status": "UNAVAILABLE"}}, status=503)
         elif roll < f["hang_rate"] + f["fail_rate"]:
             headers = {"Retry-After": str(f["retry_after"])} if f["retry_after"] is not None else {}
             hit = web.json_response({"error": {"code": f["status"], "status": "UNAVAILABLE", "message": "sandbox fault"}},

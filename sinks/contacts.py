@@ -96,19 +96,17 @@ class ContactBook:
         there yet (then the book is ready, empty, and tries again)."""
         try:
             meta = consumer.list_topics(self.topic, timeout=10)
+            topic = meta.topics.get(self.topic)
+            if topic is not None and topic.error is None and topic.partitions:
+                parts = sorted(topic.partitions)
+                marks = {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10) for p in parts}
         except Exception:  # noqa: BLE001 - the broker is away: try again on the next poll
             return None
-        topic = meta.topics.get(self.topic)
         if topic is None or topic.error is not None or not topic.partitions:
             self._ready.set()
             return None
-        parts = sorted(topic.partitions)
         consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
-        ends = {}
-        for p in parts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
-            if high > low:
-                ends[p] = high
+        ends = {p: high for p, (low, high) in marks.items() if high > low}
         if not ends:
             self._ready.set()
         return ends
@@ -119,9 +117,15 @@ class ContactBook:
             if key:
                 self.contacts.pop(key, None)
             return
-        try:
-            contact = self.codec.decode(msg.value(), "Contact")
-        except DecodeError as exc:
-            log.warning("contacts: skipped a record at %s/%s: %s", msg.partition(), msg.offset(), exc.reason)
-            return
+        while True:
+            try:
+                contact = self.codec.decode(msg.value(), "Contact")
+                break
+            except DecodeError as exc:
+                log.warning("contacts: skipped a record at %s/%s: %s", msg.partition(), msg.offset(), exc.reason)
+                return
+            except Exception as exc:  # noqa: BLE001 - the registry away: this record waits for it
+                log.warning("contacts: cannot decode yet (%s); again in 1s", type(exc).__name__)
+                if self._stop.wait(1.0):
+                    return
         self.contacts[contact["user_id"]] = contact

@@ -54,8 +54,8 @@ from herald.settings import Settings
 from herald.topics import delivery_topic
 from schemas.codec import Codec, DecodeError
 from schemas.registry import Registry
-from sinks.ledger import FINAL, Ledger, Mark, Source
-from sinks.provider import PermanentError, Provider, Sent, TransientError
+from sinks.ledger import Ledger, Mark, Source
+from sinks.provider import PermanentError, Provider, TransientError
 from sinks.retry import backoff
 
 log = logging.getLogger("herald.sink")
@@ -197,7 +197,7 @@ class SinkRunner:
         for msg in messages:
             src = Source(msg.topic(), msg.partition(), msg.offset(), msg.key(), list(msg.headers() or []))
             try:
-                request = self.codec.decode(msg.value(), "DeliveryRequest")
+                request = await self._hold(lambda msg=msg: self._decode(msg.value()), "schema lookup")
             except DecodeError as exc:
                 dead_letters.append((src, msg.value(), exc.reason, exc.message))
                 continue
@@ -270,7 +270,7 @@ class SinkRunner:
             if j.from_kafka:
                 fresh.setdefault(j.request["delivery_id"], j)
         claimed, existing = await self._hold(lambda: self.ledger.claim(
-            [(d, j.request["user_id"], j.raw, j.source) for d, j in fresh.items()]), "claim")
+            [(d, j.request["user_id"], j.raw, j.source) for d, j in fresh.items()]), "ledger claim")
         skipped = {s: 0 for s in existing.values()}
         for s in existing.values():
             skipped[s] += 1
@@ -280,20 +280,29 @@ class SinkRunner:
         todo = [j for d, j in fresh.items() if d in claimed] + [j for j in jobs if not j.from_kafka]
         results = await asyncio.gather(*(self._attempt(j) for j in todo))
         marks = [m for _, m in results]
-        await self._hold(lambda: self.ledger.record(marks, self.provider.name), "record")
+        await self._hold(lambda: self.ledger.record(marks, self.provider.name), "ledger record")
         return [o for outs, _ in results for o in outs]
 
-    async def _hold(self, step: Callable[[], Awaitable[Any]], what: str) -> Any:
-        """Run a ledger step until it succeeds; the database away holds the batch, never drops it."""
+    async def _hold(self, step: Callable[[], Any], what: str) -> Any:
+        """Run ``step`` (sync or async) until it succeeds: the database or the registry away holds the batch,
+        never drops it. A ``DecodeError`` is the record's fault and goes to the caller."""
         pause = 0.5
         while True:
             try:
-                return await step()
+                result = step()
+                if asyncio.iscoroutine(result):
+                    result = await result
+                return result
+            except DecodeError:
+                raise
             except Exception as exc:  # noqa: BLE001
-                log.warning("sink %s: ledger %s failed (%s: %s); again in %.1fs", self.channel, what,
+                log.warning("sink %s: %s failed (%s: %s); again in %.1fs", self.channel, what,
                             type(exc).__name__, str(exc)[:200], pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 10)
+
+    def _decode(self, value: bytes | None) -> dict:
+        return self.codec.decode(value, "DeliveryRequest")
 
     async def _attempt(self, job: Job) -> tuple[list[Outcome], Mark]:
         r = job.request
@@ -305,7 +314,7 @@ class SinkRunner:
             to = self.provider.recipient(contact)
             if to is None or to == [] or (isinstance(to, list) and not [t for t in to if t not in job.done]):
                 why = "no contact for this user" if contact is None else f"no {self.channel.lower()} address"
-                return [Outcome(d, "SUPPRESSED", name, n - 1, why)], Mark(d, "SUPPRESSED", n - 1, why)
+                return [Outcome(d, "SUPPRESSED", name, n, why)], Mark(d, "SUPPRESSED", n, why)
             rendered = self.templates.render(self.channel, r, contact) if self.templates is not None else {}
         except PermanentError as exc:
             return self._permanent(d, n, exc.reason, exc.message)
@@ -379,10 +388,10 @@ class SinkRunner:
             src = Source.from_json(row["source"])
             try:
                 request = self.codec.decode(row["request"], "DeliveryRequest")
-            except DecodeError:  # it decoded when it was scheduled; a registry outage: try it later
+            except Exception:  # noqa: BLE001 - it decoded when it was scheduled: a registry outage, try later
                 await self._hold(lambda row=row: self.ledger.record(
                     [Mark(row["delivery_id"], "RETRYING", row["attempts"], "registry unavailable", 5.0,
-                          set(row["done"] or []))], self.provider.name), "record")
+                          set(row["done"] or []))], self.provider.name), "ledger record")
                 continue
             jobs.append(Job(request, row["request"], src, row["attempts"] + 1, set(row["done"] or []),
                             from_kafka=False))
@@ -417,9 +426,10 @@ class SinkRunner:
         for o in outcomes:
             statuses = ["FAILED", "DEAD"] if o.failed_first and o.status == "DEAD" else [o.status]
             for s in statuses:
-                value = self.codec.encode(f"{self.status_topic}-value", "DeliveryStatus", {
-                    "delivery_id": o.delivery_id, "channel": self.channel, "status": s, "attempt": o.attempt,
-                    "provider": o.provider, "error": o.error, "at": now_ms})
+                record = {"delivery_id": o.delivery_id, "channel": self.channel, "status": s, "attempt": o.attempt,
+                          "provider": o.provider, "error": o.error, "at": now_ms}
+                value = await self._hold(lambda record=record: self.codec.encode(
+                    f"{self.status_topic}-value", "DeliveryStatus", record), "status encoding")
                 pending.append((self.status_topic, o.delivery_id.encode(), value, None))
             self._count(o.status)
             if o.status == "SENT":

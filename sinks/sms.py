@@ -9,6 +9,7 @@ anything is sent. The body is one segment (``sinks/templates.py`` cuts it).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 
@@ -28,7 +29,7 @@ class SmsProvider(Provider):
     def __init__(self, base_url: str, account: str, token: str, sender: str, concurrency: int = 64,
                  timeout: float = 10.0) -> None:
         self.url = f"{base_url.rstrip('/')}/2010-04-01/Accounts/{account}/Messages.json"
-        self.auth = aiohttp.BasicAuth(account, token)
+        self.authorization = "Basic " + base64.b64encode(f"{account}:{token}".encode()).decode()
         self.sender = sender
         self.concurrency = concurrency
         self.timeout = timeout
@@ -37,7 +38,7 @@ class SmsProvider(Provider):
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.concurrency, ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(total=self.timeout), auth=self.auth)
+            timeout=aiohttp.ClientTimeout(total=self.timeout), headers={"Authorization": self.authorization})
 
     async def close(self) -> None:
         if self.session is not None:

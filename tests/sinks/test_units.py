@@ -114,3 +114,13 @@ def test_the_email_is_multipart_with_a_stable_message_id():
                                         ("a@b..org", False), ("a\n@b.org", False), ("x" * 65 + "@b.org", False)])
 def test_email_addresses(address, ok):
     assert valid_address(address) is ok
+
+
+def test_template_lookup_prefers_type_then_locale_then_defaults(tmp_path):
+    (tmp_path / "sms").mkdir()
+    (tmp_path / "sms" / "COMMENT.pt.body.j2").write_text("Olá {{ title }}")
+    t = Templates(str(tmp_path))
+    r = req(channel="SMS", title="New comment", body="Ada replied")
+    assert t.render("SMS", r, {"locale": "pt-BR"})["body"] == "Olá New comment"
+    assert t.render("SMS", r, {"locale": "../../etc"})["body"] == "New comment: Ada replied"
+    assert t.render("SMS", {**r, "type": "../x"}, None)["body"] == "New comment: Ada replied"

@@ -465,8 +465,9 @@ def on_tick(state: Mapping[str, Any] | None, prefs: dict, online: bool, now_ms: 
     due = [h for h in new["held"] if h["release_at"] <= now_ms]
     if due:
         new["held"] = [h for h in new["held"] if h["release_at"] > now_ms]
-        for held in sorted(due, key=lambda h: (h["release_at"], h["id"])):
-            _route(out, new["events"][held["id"]], prefs, online, now_ms, config)
+        released = [new["events"][h["id"]] for h in sorted(due, key=lambda h: (h["release_at"], h["id"]))]
+        for event in released:  # taken first: routing one may close a batch and forget what the next needs
+            _route(out, event, prefs, online, now_ms, config)
         _forget(new, [h["id"] for h in due])
     new["dedup"] = {k: v for k, v in new["dedup"].items() if now_ms < dedup_until(v)}
     if new.get("closed"):

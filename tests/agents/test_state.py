@@ -182,3 +182,28 @@ def test_a_version_1_state_decides_the_rest_exactly_as_the_version_2_state_would
     end_new, rest_new = run(middle, steps[cut_at:])
     end_old, rest_old = run(to_v1(middle), steps[cut_at:])
     assert rest_old == rest_new and end_old == end_new
+
+
+def check_invariant(state: dict) -> None:
+    named = {i for g in state["groups"].values() for i in g["ids"]} | {h["id"] for h in state["held"]}
+    assert named == set(state["events"]), "every pending event stored once, nothing stored that nothing names"
+    assert all(len(g["ids"]) == len(set(g["ids"])) and g["ids"] for g in state["groups"].values())
+
+
+@settings(max_examples=100, deadline=None)
+@given(events_strategy, st.sampled_from([None, {"start": "11:30", "end": "12:10"}]), st.sampled_from([1, 3, 50]))
+def test_stored_events_are_exactly_those_still_pending(items, quiet, max_batch):
+    prefs = effective({"quiet_hours": quiet, "max_batch_size": max_batch, "digest_mode": "HOURLY"}, "u1")
+    state = None
+    for n, (priority, type_, dkey, ckey, after, offset, online) in sorted(enumerate(items), key=lambda x: x[1][5]):
+        now = T0 + offset
+        e = ev(n, priority, type_=type_, dedup_key=dkey, cancel_key=ckey or ("c1" if type_ == "CANCEL" else None),
+               deliver_after=(now + after) if after else None)
+        state = policy.on_tick(state, prefs, online, now, CONFIG).state
+        check_invariant(state)
+        state = policy.on_event(state, e, prefs, online, now, f"t:0:{n}", CONFIG, offset=n).state
+        check_invariant(state)
+    for later in range(T0 + 120_000, T0 + 2 * 3_600_000, 60_000):
+        state = policy.on_tick(state, prefs, False, later, CONFIG).state
+        check_invariant(state)
+    assert not state["events"] and not state["plans"]

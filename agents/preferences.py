@@ -142,29 +142,33 @@ def _bounded(value: object, bounds: tuple[int, int], default: Any) -> Any:
     return value
 
 
-def validate(prefs: object) -> list[str]:
+def validate(prefs: object, *, ignore_unknown: bool = False) -> list[str]:
     """Human-readable problems with a preferences document; empty means valid.
 
     Each message starts with the field's name ("max_batch_size must be a whole number from 1 to
     1000"), except an unknown key ("unknown key 'colour'"). See ``validate_fields`` for the rules.
     """
     return [problem if problem.startswith("unknown key") else f"{key} {problem}"
-            for key, problem in validate_fields(prefs).items()]
+            for key, problem in validate_fields(prefs, ignore_unknown=ignore_unknown).items()]
 
 
-def validate_fields(prefs: object) -> dict[str, str]:
+def validate_fields(prefs: object, *, ignore_unknown: bool = False) -> dict[str, str]:
     """Each invalid field of a preferences document and its problem (e.g. ``{"timezone": "'Mars/Olympus'
     is not a known IANA time zone"}``); empty means valid. A document that is not an object is
     ``{"preferences": "must be a JSON object"}``; an unknown key ``{"colour": "unknown key 'colour'"}``.
 
     Only the keys present are checked (missing ones take defaults). ``None`` is accepted only on the
-    schema's nullable fields. ``updated_at`` may be epoch ms or a ``datetime``.
+    schema's nullable fields. ``updated_at`` may be epoch ms or a ``datetime``. ``ignore_unknown``
+    passes keys this code does not know: for a record decoded with a newer schema (the pipeline),
+    not for a document a client sent (the API).
     """
     if not isinstance(prefs, dict):
         return {"preferences": "must be a JSON object"}
     problems = {}
     for key, value in prefs.items():
         check = _CHECKS.get(key)
+        if check is None and ignore_unknown:
+            continue
         problem = f"unknown key {key!r}" if check is None else check(value)
         if problem:
             problems[str(key)] = problem

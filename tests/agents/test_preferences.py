@@ -297,3 +297,10 @@ def test_the_accessors_read_a_raw_malformed_record_leniently():
     assert allows_channel(raw, "SMS") and allows_type(raw, "COMMENT") and meets_minimum(raw, "LOW")
     assert (batch_window_s({"batch_window_s": 60}), max_batch_size({"max_batch_size": 7}),
             max_per_hour({"max_per_hour": 5})) == (60, 7, 5)
+
+
+def test_a_record_from_a_newer_schema_may_pass_with_its_unknown_fields_ignored():
+    record = {**defaults("u"), "colour": "blue"}
+    assert validate(record) == ["unknown key 'colour'"]
+    assert validate(record, ignore_unknown=True) == [] and validate_fields(record, ignore_unknown=True) == {}
+    assert validate({**record, "max_batch_size": 0}, ignore_unknown=True)[0].startswith("max_batch_size ")

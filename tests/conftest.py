@@ -72,8 +72,9 @@ def stack():
     started = []
     try:
         for module in (postgres, kafka, registry):
+            running = module.status().up  # another session's (or `herald up`'s): used, never stopped here
             status = module.start(progress=lambda line: print(line, flush=True))
-            if status.detail.get("managed") is not False:
+            if not running and status.detail.get("managed") is not False:
                 started.append(module)
         yield "local processes"
     finally:

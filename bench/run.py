@@ -102,6 +102,7 @@ class Options:
     digest_period_s: int = 10
     seed: int = 1
     keep: bool = False
+    delete_incomplete: bool = False  # delete the topics even of a run with undecided events (kept by default)
     command_line: str = "herald bench"
 
     def markdown_path(self) -> Path:
@@ -138,6 +139,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--api-rate", type=float, default=5000.0, help="unread-count requests per second (default 5,000)")
     p.add_argument("--seed", type=int, default=1, help="the workload's seed (default 1)")
     p.add_argument("--keep", action="store_true", help="keep the benchmark's topics and worker state (default: delete them)")
+    p.add_argument("--delete-incomplete", action="store_true",
+                   help="delete the topics and worker state even when a phase ended with events undecided (by "
+                        "default such a run keeps them for inspection, and names the undecided events)")
     return p
 
 
@@ -151,6 +155,7 @@ def options_from(argv: list[str]) -> Options:
     opts.skip_peer, opts.skip_api, opts.quick, opts.keep = args.skip_peer, args.skip_api, args.quick, args.keep
     opts.out, opts.markdown, opts.api_rate, opts.seed = args.out, args.markdown, args.api_rate, args.seed
     opts.workers = max(0, args.workers)
+    opts.delete_incomplete = args.delete_incomplete
     opts.command_line = " ".join(["herald bench", *argv])
     for name in ("events", "users", "digest_users"):
         if getattr(opts, name) < 1:
@@ -768,6 +773,7 @@ class Run:
     app_ids: list = field(default_factory=list)
     groups: list = field(default_factory=list)
     started_services: list = field(default_factory=list)
+    incomplete: list = field(default_factory=list)  # phases that ended with events undecided
     t0: float = 0.0
 
     # -- bookkeeping
@@ -974,6 +980,8 @@ class Run:
             "pipeline_outcomes_first": {heads.outcomes[k]: v for k, v in sorted(decided.outcomes.items())},
             "pipeline_bench_reader_cpu_s": round(time.process_time() - cpu0, 1),
         })
+        if n < total:
+            self.name_undecided("pipeline", settings, heads, worker)
         self.console.say(f"  {n:,} events decided: {self.figures['pipeline_events_per_s']:,.0f} events/s at steady "
                          f"state (10%→90%), {overall or 0:,.0f} events/s first to last")
         rss = worker.rss_mb()
@@ -996,6 +1004,36 @@ class Run:
             self.notes.append(f"{decided.finals:,} of {n:,} decided events were final {when}; the rest were waiting in "
                               "batches, digests or rate limits.")
         tap.stop()
+
+    def name_undecided(self, phase: str, settings: Any, heads: Heads, crew: "Crew") -> None:
+        """A phase that ended with events undecided: name them (``<phase>_undecided`` in the figures: event ids,
+        their partition and offset on the input topic, their decisions if any, what the workers logged
+        about them), say so in the notes, and keep the run's topics and worker state for inspection."""
+        from bench import undecided
+
+        self.incomplete.append(phase)
+        try:
+            found = undecided.find(settings.kafka_bootstrap, settings.topic("events"), settings.topic("decisions"),
+                                   heads.decision, heads.outcomes)
+            lines = undecided.worker_lines([m.log for m in crew.members], found["undecided"])
+            for entry in found["undecided"]:
+                entry["worker_log_lines"] = lines.get(entry["event_id"], [])
+        except Exception as exc:  # noqa: BLE001 - the phase's figures stand without the names
+            self.notes.append(f"The {phase} phase's undecided events could not be named: {type(exc).__name__}: {exc}")
+            return
+        self.figures[f"{phase}_undecided"] = found
+        named = "; ".join(f"{u['event_id']} at " + ", ".join(f"{settings.topic('events')}[{r['partition']}]@{r['offset']}"
+                                                               for r in u["likely_undecided"])
+                          + (f" (decided: {', '.join(u['decisions'])})" if u["decisions"] else " (no decision)")
+                          for u in found["undecided"][:10])
+        more = found["undecided_event_ids"] - min(10, len(found["undecided"]))
+        self.notes.append(f"{found['undecided_records']:,} input record(s) of the {phase} phase have no decision "
+                          f"({found['inputs']:,} input records, {found['decisions']:,} decisions read back): {named}"
+                          + (f" and {more:,} more event ids" if more > 0 else "")
+                          + f". Workers' logs: {self.logs()}.")
+        for entry in found["undecided"][:10]:
+            self.console.say(f"  undecided: {entry['event_id']} at {entry['likely_undecided']}, decisions "
+                             f"{entry['decisions'] or 'none'}; {len(entry['worker_log_lines'])} worker log line(s)")
 
     def after_pipeline_s(self) -> float:
         """About how long the phases after the pipeline take at full scale (from the rates measured on a 2-core
@@ -1262,7 +1300,13 @@ class Run:
         for thread in self.threads:
             if thread.is_alive():
                 thread.stop()
-        if not self.opts.keep and self.prefixes:
+        kept_for = self.incomplete and not self.opts.delete_incomplete
+        if kept_for and not self.opts.keep and self.prefixes:
+            self.console.say(f"  kept the benchmark topics ({', '.join(self.prefixes)}*) and worker state: "
+                             f"{', '.join(self.incomplete)} ended with events undecided (--delete-incomplete deletes them)")
+            self.notes.append(f"Topics {', '.join(p + '*' for p in self.prefixes)} and the workers' state under "
+                              f"{self.data_root()} were kept for inspection.")
+        if not self.opts.keep and self.prefixes and not kept_for:
             from bench.workload import delete_topics
             from infra.common import home
             from herald.settings import Settings

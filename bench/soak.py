@@ -16,7 +16,10 @@ out and how far behind the worker is. At the end it checks and prints:
   window (period), no delivery_id carried by two different requests (the sinks' ledgers would drop the
   second: a loss), no event in two batches (digests) of one channel; a request written again
   identically (at least once, after a rebalance or crash) is harmless for the same reason and counted;
-- the worker's memory (RSS) over the run, and how long after the last input the last final came.
+- the worker's memory (RSS) over the run, and how long after the last input the last final came;
+- each event_id that has fewer final decisions than records (at most 50, ``undecided`` in the figures): its
+  partition and offset on the input topic, the decisions it did get, the worker log lines naming it or
+  its offset. The topics are never deleted by this command, so such a run can be looked into.
 
     python -m bench.soak --rate 1000 --minutes 30          # the acceptance run (about 32 minutes)
     python -m bench.soak --rate 500 --minutes 1            # a quick look
@@ -282,6 +285,25 @@ def main(argv: list[str] | None = None) -> int:
 
     problems = checker.problems()
     unaccounted = checker.unaccounted(expected)
+    undecided: list[dict] = []
+    missing = {e: n for e, n in unaccounted.items() if n > 0}
+    if missing:  # name them: where they are on the input topic, what was decided, what the workers logged
+        from bench.undecided import explain
+
+        def decision(value: bytes) -> tuple[str, str, bool]:
+            d = codec.decode(value, "Decision")
+            return d["event_id"], d["outcome"], bool(d["final"])
+
+        logs = [log_path, Path("/tmp") / f"{unique}-worker2.log"]
+        try:
+            undecided = explain(settings.kafka_bootstrap, events_topic, settings.topic("decisions"), decision, missing, logs)
+        except Exception as exc:  # noqa: BLE001 - the figures stand without the names
+            print(f"could not name the undecided events: {exc}", file=sys.stderr)
+        for entry in undecided[:10]:
+            print(f"undecided: {entry['event_id']} at {events_topic} {entry['likely_undecided']}, decisions "
+                  f"{entry['decisions'] or 'none'}; worker log lines: {entry['worker_log_lines'] or 'none'}",
+                  file=sys.stderr)
+        print(f"the topics {unique}.* are kept for inspection (this command never deletes them)", file=sys.stderr)
     held = len(checker.still_held())
     figures = {
         "unique": unique, "rate_target_events_per_s": args.rate, "minutes": args.minutes, "users": args.users,
@@ -292,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         "inputs_equal_finals_plus_held_plus_dead_letters": checker.finals + held + checker.dead == len(records)
         and checker.dead == len(records) - valid and not unaccounted,
         "event_ids_unaccounted": len(unaccounted), "unaccounted_examples": dict(list(unaccounted.items())[:5]),
+        "event_ids_undecided": len(missing), "undecided": undecided,
         "final_outcomes": dict(checker.outcomes), "dead_letter_reasons": dict(checker.reasons),
         "delivery_requests": checker.requests, "delivery_kinds": dict(checker.request_kinds),
         # at least once: a record read again after a rebalance or crash may be written again, identically

@@ -289,8 +289,9 @@ def _json_default(value):
 
 def render(msg, codec) -> dict:
     """One consumed record as a JSON-able dict: Avro decoded, dead letters with their reasons."""
-    from schemas.codec import DecodeError
     from herald.dlq import reason_of
+    from schemas.codec import DecodeError
+    from schemas.registry import RegistryUnavailable
 
     key = msg.key()
     out = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
@@ -305,6 +306,8 @@ def render(msg, codec) -> dict:
         out["value"] = codec.decode(msg.value(), None) if msg.value() is not None else None
     except DecodeError as exc:
         out["undecodable"] = {"reason": exc.reason, "message": exc.message}
+    except RegistryUnavailable as exc:
+        raise UserError(f"cannot decode: {exc} (is the registry up? `herald status`)") from None
     return out
 
 

@@ -22,8 +22,9 @@ from rich.console import Console
 from herald.settings import Settings
 from infra import kafka, postgres, registry
 from infra.common import REPO_ROOT, InfraError, ServiceStatus, _tail, log_path, read_pid, start_process, stop_process
+from streams import supervisor as ready  # the readiness checks: ready.log_line, http_ok, tcp_port, running
 from streams.supervisor import NAME as SUPERVISOR
-from streams.supervisor import Proc, Supervisor, alive, describe_exit, http_ok, log_line, read_state, rows, running
+from streams.supervisor import Proc, Supervisor, alive, describe_exit, read_state, rows
 
 console = Console(stderr=True, highlight=False)
 SERVERS = (("postgres", postgres), ("kafka", kafka), ("registry", registry))
@@ -31,14 +32,14 @@ DEMO_WINDOWS = {"HERALD_BATCH_WINDOW_S": "10", "HERALD_DIGEST_PERIOD_S": "60"}
 READY_TIMEOUT_S = 120
 
 # Every process `herald up` starts and supervises, in start order (`down` stops them in reverse).
-# One line each: name, `herald` arguments (or "-m", "module"), readiness check (supervisor.log_line, http_ok,
-# tcp_port or running); see supervisor.Proc.
+# One line each: name, `herald` arguments (or "-m", "module", ...), readiness check; see supervisor.Proc.
+# e.g. Proc("mailcatcher", ("-m", "infra.mailcatcher", "--port", "2525"), ready.tcp_port(2525)),
 PROCESSES: list[Proc] = [
-    Proc("worker", ("worker",), log_line("Ready")),
-    Proc("sink-inapp", ("sink", "inapp"), log_line("consuming")),
-    Proc("api", ("api",), http_ok("http://127.0.0.1:{api_port}/readyz")),
+    Proc("worker", ("worker",), ready.log_line("Ready")),
+    Proc("sink-inapp", ("sink", "inapp"), ready.log_line("consuming")),
+    Proc("api", ("api",), ready.http_ok("http://127.0.0.1:{api_port}/readyz")),
     # -- delivery: the mail catcher, the provider sandbox and the email/push/sms sinks go here --
-    Proc("demo", ("produce", "--demo", "--quiet", "--rate", "{demo_rate:g}"), running(), demo_only=True,
+    Proc("demo", ("produce", "--demo", "--quiet", "--rate", "{demo_rate:g}"), ready.running(), demo_only=True,
          after_ready=True),
 ]
 

@@ -266,3 +266,16 @@ def test_the_live_view_shows_each_process_state_restarts_and_last_exit():
     api = next(line for line in text.splitlines() if " api " in line)
     assert "up" in worker and "restarts=2" in worker and "SIGKILL" in worker
     assert "restarting in" in api and "code 1" in api
+
+
+def test_up_fails_with_the_log_tail_when_a_process_exits_before_it_is_ready():
+    from infra.common import InfraError
+
+    failing = Proc("worker", ("-c", "print('no broker here', flush=True); raise SystemExit(3)"), log_line("Ready"))
+    sup = Supervisor([failing], Settings(), backoff=lambda: Backoff(base=60))
+    try:
+        with pytest.raises(InfraError) as info:
+            stack._wait_ready(lambda: (sup.step(), sup.snapshot())[1], ["worker"])
+        assert "worker: the process exited (code 3" in str(info.value) and "no broker here" in str(info.value)
+    finally:
+        sup.stop(timeout=5)

@@ -310,9 +310,12 @@ def _throttle(out: Outcome, events: list[StoredEvent], channel: str, until: int,
                                                  "start": now_ms, "end": until, "label": "", "ids": []})
     for e in events:
         _add(group, e["event_id"])
-        out.decisions.append(make_decision(e, "THROTTLED", now_ms, channels=[channel], final=False, release_at=until,
-                                           reason=f"{channel.lower()} is over the user's rate limit; "
-                                                  f"goes at {_fmt(until, prefs)}"))
+        out.decisions.append(_throttled(e, channel, until, prefs, now_ms))
+
+
+def _throttled(event: AnyEvent, channel: str, until: int, prefs: dict, now_ms: int) -> Decision:
+    return make_decision(event, "THROTTLED", now_ms, channels=[channel], final=False, release_at=until,
+                         reason=f"{channel.lower()} is over the user's rate limit; goes at {_fmt(until, prefs)}")
 
 
 def _add(group: Group, event_id: str) -> None:
@@ -366,6 +369,14 @@ def _close_group(out: Outcome, key: str, prefs: dict, now_ms: int, config: Polic
     if quiet is not None:  # a window that closes in quiet hours waits for them to end
         out.state["groups"][key] = {**group, "end": quiet}
         return
+    channel = group["channel"]
+    later = _limited(out.state, channel, most_urgent(e["priority"] for e in events), prefs, now_ms, config)
+    if later is not None and group["kind"] == "DIGEST":
+        # a digest over the rate limit waits whole, as in quiet hours: a throttled batch of one type
+        # would mix the digest's types
+        out.state["groups"][key] = {**group, "end": later}
+        out.decisions.extend(_throttled(e, channel, later, prefs, now_ms) for e in events)
+        return
     gkey = GroupKey.parse(key)
     if not early and gkey.kind in "BD":
         # a window is sent once: a part arriving late for it (the worker behind, a record read after a
@@ -373,8 +384,6 @@ def _close_group(out: Outcome, key: str, prefs: dict, now_ms: int, config: Polic
         closed = out.state.setdefault("closed", {})
         series = gkey.series()
         closed[series] = max(closed.get(series, 0), group["end"])
-    channel = group["channel"]
-    later = _limited(out.state, channel, most_urgent(e["priority"] for e in events), prefs, now_ms, config)
     if later is not None:
         _throttle(out, events, channel, later, prefs, now_ms)
         return

@@ -397,3 +397,25 @@ def test_a_group_is_rate_limited_as_its_most_urgent_event():
     out = policy.on_tick(state, effective(None, "u1"), False, T0, config)
     assert [(r["channel"], sorted(r["event_ids"])) for r in out.requests] == [("PUSH", ["e1", "e2"])]
     assert not [d for d in out.decisions if d["outcome"] == "THROTTLED"]
+
+
+def test_a_digest_over_the_rate_limit_waits_whole_and_goes_as_one_digest():
+    """It used to become a throttled batch of its first event's type, which refused the digest's other types
+    (ValueError at every tick: the user's releases stuck)."""
+    config = policy.PolicyConfig(batch_window_s=30, digest_period_s=3600, limits=Limits(per_minute=10, per_hour=100,
+                                                                                          per_day=2))
+    d = Driver(config=config)
+    d.send(ev(1, "LOW", type_="COMMENT"), T0)
+    d.send(ev(2, "LOW", type_="TASK_DEADLINE"), T0 + 1)
+    end = [x for x in d.decisions if not x["final"]][-1]["release_at"]
+    d.send(ev(3, "HIGH"), end - 100)
+    d.send(ev(4, "HIGH"), end - 50)  # the day's two emails are gone
+    d.tick(end)
+    throttled = [x for x in d.decisions if x["outcome"] == "THROTTLED"]
+    assert {x["event_id"] for x in throttled} == {"e1", "e2"} and not [r for _, r in d.requests if r["kind"] == "DIGEST"]
+    next_day = (end // 86_400_000 + 1) * 86_400_000
+    assert all(x["release_at"] == next_day for x in throttled)
+    d.run_until(next_day + 600_000, step=600_000, start=end + 60_000)
+    digests = [r for _, r in d.requests if r["kind"] == "DIGEST"]
+    assert [(r["channel"], r["event_ids"]) for r in digests] == [("EMAIL", ["e1", "e2"])]
+    assert {e: f["outcome"] for e, f in d.finals().items() if e in ("e1", "e2")} == {"e1": "DIGESTED", "e2": "DIGESTED"}

@@ -11,6 +11,7 @@ request still refused is DEAD, with the database's reason, while the others are 
 """
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 import asyncpg
@@ -38,7 +39,10 @@ def _ts(value) -> datetime:
 
 
 def _json(value) -> str:
-    return orjson.dumps(value, option=orjson.OPT_PASSTHROUGH_DATETIME, default=str).decode()
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # e.g. an integer wider than 64 bits, which orjson refuses and JSON allows
+        return json.dumps(value, default=str)
 
 
 class InAppDeliverer:

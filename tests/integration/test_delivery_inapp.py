@@ -145,3 +145,21 @@ async def test_the_database_away_holds_the_batch_until_it_is_back(pool, unique):
         await proxy.down()
         sink_pool.terminate()
         await pool.execute("DELETE FROM notifications WHERE user_id = $1", user)
+
+
+async def test_a_sink_whose_broker_is_away_keeps_polling_instead_of_exiting(pool, unique):
+    """The shared broker cannot be restarted here; a bootstrap address nothing listens on is a broker away
+    for the whole run: the sink must stay up (it would resume when the broker answers) and stop cleanly."""
+    import asyncio
+
+    from sinks import runtime
+    from tests.sinks.helpers import free_port
+
+    settings = settings_for(unique)
+    away = settings.__class__(**{**settings.__dict__, "kafka_bootstrap": f"127.0.0.1:{free_port()}"})
+    runner = runtime.build(away, "INAPP", pool)
+    task = asyncio.ensure_future(runner.run())
+    await asyncio.sleep(8)
+    assert not task.done(), task.exception() if task.done() else None
+    runner.stop()
+    await asyncio.wait_for(task, 30)

@@ -292,6 +292,9 @@ def start(progress: Callable[[str], None] = print, timeout: float = 120, storage
                              f"stop it first (infra.registry.stop())")
         management_port = _state().get("management_port")
         wait_until(lambda: _ready(management_port), timeout, f"{NAME}: registry (pid {pid}) start", log_path(NAME))
+    elif port_open(host, port) and status().up:  # a registry not started here already answers: use it
+        progress(f"{NAME}: a schema registry already answers on {url()}; using it")
+        return status()
     else:
         ensure_port_free(NAME, host, port, "HERALD_SCHEMA_REGISTRY_URL")
         java = find_java()

@@ -113,13 +113,14 @@ def _fmt(ms: int, prefs: dict) -> str:
     return f"{preferences.to_local(tz, ms):%Y-%m-%d %H:%M} {tz.key}"
 
 
-def _store(state: UserState, event: AnyEvent, stored: StoredEvent | None = None) -> StoredEvent:
+def _store(state: UserState, event: AnyEvent, stored: StoredEvent | None = None, *, light: bool = False) -> StoredEvent:
     """Keep ``event`` in ``state["events"]`` (once, cut to bounds) and return what is kept of it: ``stored``
-    when given (what an earlier call returned for it), the event itself when it is the one kept."""
+    when given (what an earlier call returned for it), the event itself when it is the one kept, unless
+    that lacks the body a part other than a digest (``light`` False) needs."""
     event_id = event["event_id"]
-    if stored is None:
+    if stored is None or not (light or "body" in stored):
         kept = state["events"].get(event_id)
-        stored = kept if kept is event else stored_event(event)
+        stored = kept if kept is event and (light or "body" in event) else stored_event(event, light=light)
     state["events"][event_id] = stored
     return stored
 
@@ -208,7 +209,7 @@ def _route(out: Outcome, event: AnyEvent, prefs: dict, online: bool, now_ms: int
     for channel in chosen:
         where = _placement(event, channel, prefs, config)
         if where == "DIGEST":
-            stored = _store(out.state, event, stored)
+            stored = _store(out.state, event, stored, light=True)
             _join_digest(out.state, stored, channel, prefs, now_ms, config)
             plan["pending"] += 1
             plan["outcome"] = "DIGESTED"

@@ -12,7 +12,9 @@ routing of a held event need, cut to bounds: ``title`` to ``MAX_TITLE`` characte
 ``MAX_DATA_CHARS`` characters of keys and values in all (entries in the event's own order; those past
 a bound are left out), a ``cancel_key`` over 256 characters as its digest (``ids.short_key``). A text
 that was cut ends with "…", so a request built from it says nothing false; the cut depends only on
-the event, so deciding the same record again yields the same request.
+the event, so deciding the same record again yields the same request. An event stored for digests
+alone (a LOW event's email part, the usual reason a state holds many events for a day) keeps no
+``body`` and no ``data``: a digest lists titles only.
 """
 from __future__ import annotations
 
@@ -42,12 +44,15 @@ def cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 1] + ELLIPSIS
 
 
-def stored_event(event: Mapping[str, Any]) -> StoredEvent:
-    """What a state keeps of a (normalized) event; see the module's doc for the bounds."""
+def stored_event(event: Mapping[str, Any], *, light: bool = False) -> StoredEvent:
+    """What a state keeps of a (normalized) event; see the module's doc for the bounds. ``light``: for
+    digests alone, without ``body`` and ``data``."""
     out: dict[str, Any] = {"event_id": event["event_id"], "user_id": event["user_id"], "type": event["type"],
                            "priority": event["priority"], "title": cut(event.get("title") or "", MAX_TITLE),
-                           "body": cut(event.get("body") or "", MAX_BODY), "occurred_at": event["occurred_at"]}
-    data = event.get("data")
+                           "occurred_at": event["occurred_at"]}
+    if not light:
+        out["body"] = cut(event.get("body") or "", MAX_BODY)
+    data = None if light else event.get("data")
     if data:
         kept: dict[str, str] = {}
         chars = 0

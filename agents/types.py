@@ -36,9 +36,9 @@ class StoredEvent(TypedDict):
     type: str
     priority: str
     title: str
-    body: str
     occurred_at: int
-    data: NotRequired[dict[str, str]]  # absent: {}
+    body: NotRequired[str]  # absent only while the event waits for digests alone (they list titles)
+    data: NotRequired[dict[str, str]]  # absent: {} (or waiting for digests alone)
     cancel_key: NotRequired[str]  # absent: none
     channels: NotRequired[list[str]]  # absent: routing chooses
     batchable: NotRequired[bool]  # absent: true

@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents import policy
+from agents.digest import digest_request
 from agents.preferences import effective
+from agents.rate_limit import Limits
 from agents.state import (
     MAX_BODY,
     MAX_DATA_CHARS,
@@ -188,22 +190,45 @@ def check_invariant(state: dict) -> None:
     named = {i for g in state["groups"].values() for i in g["ids"]} | {h["id"] for h in state["held"]}
     assert named == set(state["events"]), "every pending event stored once, nothing stored that nothing names"
     assert all(len(g["ids"]) == len(set(g["ids"])) and g["ids"] for g in state["groups"].values())
+    full = {i for g in state["groups"].values() if g["kind"] != "DIGEST" for i in g["ids"]} | {h["id"] for h in state["held"]}
+    assert all("body" in state["events"][i] for i in full), "only an event waiting for digests alone has no body"
 
 
 @settings(max_examples=100, deadline=None)
-@given(events_strategy, st.sampled_from([None, {"start": "11:30", "end": "12:10"}]), st.sampled_from([1, 3, 50]))
-def test_stored_events_are_exactly_those_still_pending(items, quiet, max_batch):
-    prefs = effective({"quiet_hours": quiet, "max_batch_size": max_batch, "digest_mode": "HOURLY"}, "u1")
+@given(events_strategy, st.sampled_from([None, {"start": "11:30", "end": "12:10"}]), st.sampled_from([1, 3, 50]),
+       st.sampled_from([Limits(), Limits(per_minute=2, per_hour=4, per_day=6)]), st.sampled_from(["HOURLY", "IMMEDIATE"]))
+def test_stored_events_are_exactly_those_still_pending(items, quiet, max_batch, limits, mode):
+    prefs = effective({"quiet_hours": quiet, "max_batch_size": max_batch, "digest_mode": mode}, "u1")
+    config = policy.PolicyConfig(batch_window_s=30, digest_period_s=3600, limits=limits)
     state = None
     for n, (priority, type_, dkey, ckey, after, offset, online) in sorted(enumerate(items), key=lambda x: x[1][5]):
         now = T0 + offset
         e = ev(n, priority, type_=type_, dedup_key=dkey, cancel_key=ckey or ("c1" if type_ == "CANCEL" else None),
                deliver_after=(now + after) if after else None)
-        state = policy.on_tick(state, prefs, online, now, CONFIG).state
+        state = policy.on_tick(state, prefs, online, now, config).state
         check_invariant(state)
-        state = policy.on_event(state, e, prefs, online, now, f"t:0:{n}", CONFIG, offset=n).state
+        state = policy.on_event(state, e, prefs, online, now, f"t:0:{n}", config, offset=n).state
         check_invariant(state)
-    for later in range(T0 + 120_000, T0 + 2 * 3_600_000, 60_000):
-        state = policy.on_tick(state, prefs, False, later, CONFIG).state
+    for later in [*range(T0 + 120_000, T0 + 2 * 3_600_000, 60_000), *range(T0, T0 + 3 * 86_400_000, 3_600_000)]:
+        state = policy.on_tick(state, prefs, False, later, config).state
         check_invariant(state)
     assert not state["events"] and not state["plans"]
+
+
+def test_an_event_waiting_for_digests_alone_keeps_no_body_or_data_and_its_digest_is_unchanged():
+    d = Driver()  # LOW: in-app at once, email in the digest
+    d.send(big(1, priority="LOW", cancel_key="c9"), T0)
+    d.send(ev(2, "LOW", title="second", data={"a": "1"}), T0 + 1)
+    d.send(ev(3, "LOW", type_="TASK_DEADLINE"), T0 + 2)
+    assert all("body" not in e and "data" not in e for e in d.state["events"].values())
+    assert len(orjson.dumps(d.state["events"])) < 1_500
+    d.send(ev(4, type_="CANCEL", cancel_key="c9"), T0 + 3)
+    assert d.finals()["e1"]["outcome"] == "CANCELLED" and "e1" not in d.state["events"]
+    d.run_until(T0 + 3_600_000, step=60_000)
+    digest = [r for _, r in d.requests if r["kind"] == "DIGEST"]
+    assert len(digest) == 1 and digest[0]["event_ids"] == ["e2", "e3"]
+    full = [policy.normalize(ev(2, "LOW", title="second", data={"a": "1"})),
+            policy.normalize(ev(3, "LOW", type_="TASK_DEADLINE"))]
+    label = digest[0]["title"].rsplit(":", 1)[0]
+    period = (int(digest[0]["data"]["period_start"]), int(digest[0]["data"]["period_end"]))
+    assert digest_request("u1", "EMAIL", full, *period, label) == digest[0], "the same as from the full events"

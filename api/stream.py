@@ -164,7 +164,12 @@ async def stream(request: web.Request) -> web.StreamResponse:
     except (ConnectionError, asyncio.CancelledError):
         pass
     finally:
-        await hub.remove(client)
+        # aiohttp cancels the handler when the peer goes away; the clean-up must still run to its end
+        cleanup = asyncio.ensure_future(hub.remove(client))
+        try:
+            await asyncio.shield(cleanup)
+        except asyncio.CancelledError:
+            pass
         await client.close()
         if not ws.closed:
             try:
@@ -340,12 +345,20 @@ class Hub:
                             log.debug("consume error on %s: %s", topic, msg.error().name())
                         continue
                     good.append(msg)
-                if good:
+                if not good:
+                    continue
+                try:
                     await self._deliver(good)
                     await loop.run_in_executor(None, self.outbox.producer.flush, 10)
                     await loop.run_in_executor(None, lambda: consumer.commit(asynchronous=False))
-        except asyncio.CancelledError:
-            raise
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - not committed: the batch is read again after a rebalance
+                    log.exception("WebSocket deliveries failed; retrying from the last commit")
+                    for tp in consumer.assignment():
+                        committed = consumer.committed([tp], 10)[0]
+                        consumer.seek(tp.__class__(tp.topic, tp.partition, max(committed.offset, 0)))
+                    await asyncio.sleep(1)
         finally:
             await loop.run_in_executor(None, consumer.close)
 

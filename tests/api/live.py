@@ -39,3 +39,10 @@ def read_topic(settings: Settings, name: str, want, timeout: float = 30) -> list
     finally:
         consumer.close()
     return records
+
+
+async def aread_topic(settings: Settings, name: str, want, timeout: float = 30) -> list[tuple[str, dict | None]]:
+    """:func:`read_topic` off the event loop, so an in-process API keeps serving meanwhile."""
+    import asyncio
+
+    return await asyncio.to_thread(read_topic, settings, name, want, timeout)

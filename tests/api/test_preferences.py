@@ -15,7 +15,7 @@ from herald.settings import Settings
 from herald.topics import ensure_topics, register_schemas
 from infra import postgres
 from sinks.inapp import InAppDeliverer
-from tests.api.live import SECRET, bearer, read_topic
+from tests.api.live import SECRET, aread_topic, bearer
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +68,7 @@ async def test_preferences_default_then_put_then_get_and_the_topic_has_them(clie
     assert second["quiet_hours"] is None and second["timezone"] == "America/New_York"
     assert second["updated_at"] > stored["updated_at"]
     assert await (await client.get(path, headers=bearer(user))).json() == second
-    records = read_topic(settings, "preferences", lambda rs: len(rs) >= 2)
+    records = await aread_topic(settings, "preferences", lambda rs: len(rs) >= 2)
     assert [k for k, _ in records] == [user, user]
     assert records[0][1] == stored and records[1][1] == second
 
@@ -116,7 +116,7 @@ async def test_contacts_are_validated_stored_and_never_logged(client, settings, 
     stored = await r.json()
     assert stored == {"user_id": user, **contact, "push_tokens": ["tok-1", "tok-2"], "updated_at": stored["updated_at"]}
     assert await (await client.get(path, headers=bearer(user))).json() == stored
-    records = read_topic(settings, "contacts", lambda rs: len(rs) >= 1)
+    records = await aread_topic(settings, "contacts", lambda rs: len(rs) >= 1)
     assert records == [(user, stored)]
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "cat@example.org" not in logged and "+4915112345678" not in logged and "tok-1" not in logged
@@ -147,7 +147,25 @@ async def test_seen_and_archive_move_the_counts_and_every_action_reaches_the_rea
     r = await client.post(f"{base}/read-all", headers=h)
     assert await r.json() == {"user_id": user, "unread": 0, "unseen": 0}
     assert (await (await client.get(f"/v1/users/{other}/unread-count", headers=bearer(other))).json())["unread"] == 4
-    records = read_topic(settings, "reads", lambda rs: len(rs) >= 5)
+    records = await aread_topic(settings, "reads", lambda rs: len(rs) >= 5)
     assert [(k, v["action"], v["notification_id"]) for k, v in records] == [
         (user, "SEEN", f"{user}-0"), (user, "SEEN", f"{user}-0"), (user, "ARCHIVED", f"{user}-1"),
         (user, "READ", f"{user}-2"), (user, "READ_ALL", None)]
+
+
+ROUTES = [("GET", "unread-count"), ("GET", "notifications"), ("POST", "notifications/read-all"),
+          ("POST", "notifications/n1/read"), ("POST", "notifications/n1/seen"), ("POST", "notifications/n1/archive"),
+          ("GET", "preferences"), ("PUT", "preferences"), ("GET", "contacts"), ("PUT", "contacts"), ("GET", "stream")]
+
+
+@pytest.mark.parametrize("method, route", ROUTES)
+async def test_no_user_can_read_or_change_another_users_data(client, pool, unique, method, route):
+    victim, mallory = f"{unique}-victim", f"{unique}-mallory"
+    path = f"/v1/users/{victim}/{route}"
+    body = {} if method == "PUT" else None
+    for headers, status, code in ((bearer(mallory), 403, "FORBIDDEN"), ({}, 401, "UNAUTHENTICATED"),
+                                  ({"Authorization": "Bearer x.y.z"}, 401, "INVALID_TOKEN")):
+        r = await client.request(method, path, headers=headers, json=body)
+        assert r.status == status and (await r.json())["error"]["code"] == code, (method, route, headers)
+    assert await pool.fetchval("SELECT count(*) FROM user_preferences WHERE user_id = $1", victim) == 0
+    assert await pool.fetchval("SELECT count(*) FROM user_contacts WHERE user_id = $1", victim) == 0

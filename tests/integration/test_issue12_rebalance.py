@@ -1,0 +1,119 @@
+"""Issue #12: every event is decided while workers join and leave with events waiting.
+
+What was lost: at the end of a recovery (a worker joining or leaving, so partitions move and their states
+are restored) Faust resumes the stream partitions, seeks them to their committed offsets and only then
+resumes the flow, which clears the streams' queues; the flow was already on (the changelogs are read
+through it), so records fetched during the seek were queued, then cleared, and never fetched again. The
+commit then went past a single missing record, and an event never got a decision.
+
+The test runs real workers (``python -m streams.cli worker``, each with its own state folder) on a
+backlog, makes the group rebalance three times while it is being read (a second worker joins, leaves,
+joins again on its old folder) and then checks on the real broker, event by event, that every input
+record has its decision (``bench.undecided``: the benchmark's own rule).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import run, undecided
+from bench.workload import generate_events, produce
+from herald.settings import Settings
+from herald.topics import ensure_topics, register_schemas
+from infra.common import REPO_ROOT
+from schemas.codec import Codec
+from schemas.registry import Registry
+
+EVENTS = 30_000
+USERS = 5_000
+
+
+class Worker:
+    def __init__(self, name: str, env: dict, folder: Path) -> None:
+        self.name, self.log = name, folder / f"{name}.log"
+        self.env = {**env, "HERALD_DATA_DIR": str(folder / name)}
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], cwd=REPO_ROOT, env=self.env,
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text(errors="replace")[-3000:]
+            if self.log.read_text(errors="replace").count("[^Worker]: Ready") >= self.starts:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.name} not ready: {self.log.read_text(errors='replace')[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def wait_for(decided: run.Decided, count: int, workers: list[Worker], stall_s: float = 60) -> None:
+    """Until ``count`` inputs are decided, or nothing new for ``stall_s`` (the check that follows says what is missing)."""
+    last, since = -1, time.monotonic()
+    while decided.inputs < count and time.monotonic() - since < stall_s:
+        for w in workers:
+            assert w.proc is None or w.proc.poll() is None or w.proc.returncode in (0, -signal.SIGTERM), \
+                w.log.read_text(errors="replace")[-3000:]
+        if decided.inputs != last:
+            last, since = decided.inputs, time.monotonic()
+        time.sleep(0.2)
+
+
+@pytest.mark.integration
+def test_no_event_is_lost_when_workers_join_and_leave_during_a_backlog(stack, unique, tmp_path):
+    settings = Settings.from_env(topic_prefix=f"{unique}.", app_id=f"{unique}-pipeline")
+    ensure_topics(settings)
+    register_schemas(settings)
+    codec = Codec(Registry(settings.schema_registry_url))
+    events_topic = settings.topic("events")
+    records = generate_events(codec, f"{events_topic}-value", EVENTS, USERS, seed=12)
+    produce(settings.kafka_bootstrap, events_topic, records, progress=False)
+
+    heads = run.Heads(codec)
+    decided = run.Decided(heads)
+    tap = run.Tap(settings.kafka_bootstrap, [settings.topic("decisions")], decided.handle).start_ready()
+    env = {**os.environ, "HERALD_TOPIC_PREFIX": settings.topic_prefix, "HERALD_APP_ID": settings.app_id,
+           "HERALD_STANDBY_REPLICAS": "0", "PYTHONUNBUFFERED": "1"}
+    first, second = Worker("first", env, tmp_path), Worker("second", env, tmp_path)
+    try:
+        first.start()
+        first.wait_ready()
+        wait_for(decided, EVENTS // 6, [first])
+        second.start()  # joins: its partitions' states are restored from the changelog, events still waiting
+        second.wait_ready()
+        wait_for(decided, EVENTS * 2 // 5, [first, second])
+        second.stop()  # leaves: the first worker restores and takes its partitions
+        wait_for(decided, EVENTS * 3 // 5, [first])
+        second.start()  # joins again, on its old folder
+        second.wait_ready()
+        wait_for(decided, EVENTS, [first, second])
+        assert decided.inputs >= EVENTS * 3 // 5, "the rebalances were not all made with events waiting"
+    finally:
+        second.stop()
+        first.stop()
+        tap.stop()
+    found = undecided.find(settings.kafka_bootstrap, events_topic, settings.topic("decisions"), heads.decision,
+                           heads.outcomes)
+    assert found["inputs"] == EVENTS
+    assert found["undecided_records"] == 0, found["undecided"][:5]
+    assert decided.inputs >= EVENTS

@@ -123,7 +123,7 @@ class Pipeline:
             self.context.set_preferences(user_id, None)  # a tombstone resets to the defaults
         else:
             record = await self.intake.decode(msg, "Preferences", "preferences")
-            problems = validate_preferences(record) if record is not None else []
+            problems = validate_preferences(record, ignore_unknown=True) if record is not None else []
             if problems:
                 self.intake.dead_letter(msg, "VALIDATION", "; ".join(problems), "preferences")
             elif record is not None:

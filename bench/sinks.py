@@ -10,7 +10,9 @@ with as many requests in flight, one batch insert per 500 rows for in-app. It pr
     email   sink  5,000 in  …s =  … /s   bare aiosmtplib  … /s   (sink/bare …)
     ...
 
-Figures only, no pass/fail: the machine is shared and noisy. Needs the broker, registry and PostgreSQL
+It also prints the CPU time this process spent per message (the sink's threads included; the stand-ins
+run in processes of their own), which a loaded machine disturbs less than the rates. Figures only, no
+pass/fail: the machine is shared and noisy. Needs the broker, registry and PostgreSQL
 of ``HERALD_*`` (``herald up --detach``, or the test servers); deletes its topics afterwards unless ``--keep``.
 """
 from __future__ import annotations
@@ -78,7 +80,7 @@ def _seed(settings, channel: str, reqs: list[dict], users: int) -> None:
     producer.flush(60)
 
 
-async def _run_sink(settings, channel: str, count: int) -> float:
+async def _run_sink(settings, channel: str, count: int) -> tuple[float, float]:
     import asyncpg
 
     from sinks import runtime
@@ -88,20 +90,21 @@ async def _run_sink(settings, channel: str, count: int) -> float:
     runner = runtime.build(settings, channel, pool, breaker=Breaker(channel, "bench", 10**9, 1.0))
     task = asyncio.ensure_future(runner.run())
     try:
-        began = None
+        began = cpu = None
         deadline = time.monotonic() + 600
         while sum(runner.counts.get(s, 0) for s in ("SENT", "SUPPRESSED", "DEAD", "RETRYING")) < count:
             if task.done():
                 task.result()
             if began is None and runner.counts:
-                began = time.monotonic()
+                began, cpu = time.monotonic(), time.process_time()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{channel}: {runner.counts} after 600 s")
             await asyncio.sleep(0.01)
         elapsed = time.monotonic() - (began or time.monotonic())
+        cpu_s = time.process_time() - (cpu or time.process_time())
         if runner.counts.get("SENT", 0) < count:
             print(f"  note: {channel} outcomes {runner.counts}", file=sys.stderr)
-        return elapsed
+        return elapsed, cpu_s
     finally:
         runner.stop()
         await asyncio.wait_for(task, 30)
@@ -110,8 +113,14 @@ async def _run_sink(settings, channel: str, count: int) -> float:
         await pool.close()
 
 
-async def _bare(settings, channel: str, reqs: list[dict]) -> tuple[str, float]:
-    """The same sends with nothing of Herald's around them; (what, seconds)."""
+async def _bare(settings, channel: str, reqs: list[dict]) -> tuple[str, float, float]:
+    """The same sends with nothing of Herald's around them; (what, seconds, CPU seconds of this process)."""
+    cpu = time.process_time()
+    what, elapsed = await _bare_loop(settings, channel, reqs)
+    return what, elapsed, time.process_time() - cpu
+
+
+async def _bare_loop(settings, channel: str, reqs: list[dict]) -> tuple[str, float]:
     if channel == "EMAIL":
         import aiosmtplib
 
@@ -209,13 +218,15 @@ def main(argv: list[str] | None = None) -> int:
             register_schemas(settings)
             reqs = _requests(prefix, channel, args.count, args.users)
             _seed(settings, channel, reqs, args.users)
-            sink_s = asyncio.run(_run_sink(settings, channel, args.count))
-            what, bare_s = asyncio.run(_bare(settings, channel, reqs))
+            sink_s, sink_cpu = asyncio.run(_run_sink(settings, channel, args.count))
+            what, bare_s, bare_cpu = asyncio.run(_bare(settings, channel, reqs))
             sink_rate, bare_rate = args.count / sink_s, args.count / bare_s
+            sink_us, bare_us = sink_cpu / args.count * 1e6, bare_cpu / args.count * 1e6
             results[channel] = {"count": args.count, "sink_per_s": round(sink_rate), "bare_per_s": round(bare_rate),
-                                "bare": what}
-            print(f"{channel.lower():<6} sink {args.count:,} in {sink_s:.2f}s = {sink_rate:,.0f}/s   "
-                  f"bare {what} {bare_rate:,.0f}/s   (sink/bare {sink_rate / bare_rate:.2f})", flush=True)
+                                "sink_cpu_us": round(sink_us), "bare_cpu_us": round(bare_us), "bare": what}
+            print(f"{channel.lower():<6} sink {args.count:,} in {sink_s:.2f}s = {sink_rate:,.0f}/s "
+                  f"({sink_us:,.0f} us CPU each)   bare {what} {bare_rate:,.0f}/s ({bare_us:,.0f} us CPU each)   "
+                  f"(sink/bare {sink_rate / bare_rate:.2f})", flush=True)
             if not args.keep:
                 from confluent_kafka.admin import AdminClient
 

@@ -8,7 +8,8 @@ copy), a ``List-Unsubscribe`` link (``HERALD_EMAIL_UNSUBSCRIBE_URL`` with ``?use
 
 Answers: 2xx SENT; a 4xx reply, a dropped connection or a timeout is retryable; a 5xx reply (a refused
 recipient, sender or message) is permanent. An address that is not ``local@domain.tld`` is permanent
-(INVALID_ADDRESS) before any connection is made. A connection that failed or timed out is closed and a new
+(INVALID_ADDRESS) before any connection is made. AUTH refused is retryable too (the sink's credentials are
+wrong, not the message: the circuit opens and requests wait for the fix). A connection that failed or timed out is closed and a new
 one opened for the next message.
 """
 from __future__ import annotations
@@ -141,6 +142,9 @@ class EmailProvider(Provider):
             await client.sendmail(self.envelope_from, [to], data)
             healthy = True
             return Sent(ref=message_id(request["delivery_id"]))
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            # the sink's credentials, not this message: retryable, so the breaker opens and requests wait
+            raise TransientError(f"SMTP AUTH refused ({exc.code}): check HERALD_SMTP_URL") from None
         except aiosmtplib.SMTPRecipientsRefused as exc:
             healthy = True
             code = exc.recipients[0].code if exc.recipients else 550

@@ -435,8 +435,9 @@ class SinkRunner:
             if o.status == "SENT":
                 self.delivered += 1
         for src, raw, reason, message in dead_letters:
-            pending.append((self.dlq_topic, src.key, raw, dlq.headers(
-                reason, message, self.stage, src.topic, src.partition, src.offset, src.headers)))
+            value, headers = dlq.fit(raw, dlq.headers(reason, message, self.stage, src.topic, src.partition,
+                                                      src.offset, src.headers))
+            pending.append((self.dlq_topic, src.key, value, headers))
             self._count("DLQ")
         await self._produce_all(pending)
 
@@ -447,8 +448,14 @@ class SinkRunner:
             failed: list[tuple] = []
 
             def report(err, _msg, record):
-                if err is not None:
-                    failed.append(record)
+                if err is None:
+                    return
+                if err.code() in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD,
+                                  KafkaError.RECORD_LIST_TOO_LARGE):
+                    # the broker will never take it: producing it again would hold the sink for ever
+                    log.error("sink %s: Kafka refused a record for good (%s); dropped", self.channel, err)
+                    return
+                failed.append(record)
 
             for rec in records:
                 topic, key, value, headers = rec

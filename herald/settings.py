@@ -34,8 +34,10 @@ class Settings:
                              "Where a worker keeps its RocksDB tables; empty: the state folder's faust/<app id>. "
                              "Workers of one app on one machine need one each.")
     partitions: int = _setting(4, "HERALD_PARTITIONS", "Partitions of the topics Herald creates.")
-    max_event_bytes: int = _setting(262144, "HERALD_MAX_EVENT_BYTES", "Largest accepted event record; larger ones are dead-lettered TOO_LARGE.")
-    dedup_window_s: int = _setting(300, "HERALD_DEDUP_WINDOW_S", "A repeated event_id or dedup_key within this window is DEDUPLICATED.")
+    max_event_bytes: int = _setting(262144, "HERALD_MAX_EVENT_BYTES",
+                                    "Largest accepted event record; larger ones are dead-lettered TOO_LARGE.")
+    dedup_window_s: int = _setting(300, "HERALD_DEDUP_WINDOW_S",
+                                   "A repeated event_id or dedup_key within this window is DEDUPLICATED.")
     dedup_window_by_type: str = _setting("", "HERALD_DEDUP_WINDOW_BY_TYPE",
                                          "Per-type dedup windows in seconds, e.g. 'COMMENT=60,SYSTEM=3600'; "
                                          "other types use HERALD_DEDUP_WINDOW_S.")

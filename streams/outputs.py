@@ -6,6 +6,8 @@ re-driving its dead letter later is decided afresh instead of looking like a dup
 """
 from __future__ import annotations
 
+from typing import cast
+
 from agents.policy import Outcome
 from herald.enums import CHANNELS
 from herald.settings import Settings
@@ -32,8 +34,8 @@ class Outputs:
         for request in out.requests:
             topic = self.requests[request["channel"]]
             records.append((topic, request["user_id"].encode(),
-                            self.codec.encode(f"{topic}-value", "DeliveryRequest", request)))
+                            self.codec.encode(f"{topic}-value", "DeliveryRequest", cast(dict, request))))
         for decision in out.decisions:
             records.append((self.decisions, decision["user_id"].encode(),
-                            self.codec.encode(f"{self.decisions}-value", "Decision", decision)))
+                            self.codec.encode(f"{self.decisions}-value", "Decision", cast(dict, decision))))
         return records

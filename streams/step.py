@@ -11,14 +11,14 @@ An outcome is encoded before its state is kept (``apply``): if encoding fails, n
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from agents import policy
 from streams.outbox import Outbox
 from streams.outputs import Outputs
 from streams.states import UserStates
 
-Reindex = Callable[[str, int, dict], None]  # (user id, partition, new state): when the user next needs the clock
+Reindex = Callable[[str, int, Any], None]  # (user id, partition, new state): when the user next needs the clock
 
 
 class Step:
@@ -27,7 +27,7 @@ class Step:
         self._outputs = outputs
         self._outbox = outbox
         self._reindex = reindex
-        self._current: dict[str, dict | None] = {}
+        self._current: dict[str, Any] = {}  # user -> state (None: none)
         self._home: dict[str, int] = {}  # users changed in this batch -> their partition
         self._stored: set[str] = set()  # users read with a state in the table
         self.released = 0  # users the clock released in this batch

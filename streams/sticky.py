@@ -4,8 +4,8 @@ partitions back and finds their states already in its RocksDB files.
 Faust's assignor is sticky only on what each member reports it held, and it keeps that in memory: a
 worker killed and started again reports nothing, the assignment can move, and each worker then replays
 from the changelog the whole state of the partitions it was not holding (see BENCHMARKS.md for what that
-costs with a million users). Standby replicas avoid that replay too, but cost every worker a read and a write of the others' changes
-all the time. The file is written after every assignment and read once when the app is built; a stale
+costs with a million users). Standby replicas avoid that replay too, but cost every worker a read and a
+write of the others' changes all the time. The file is written after every assignment and read once when the app is built; a stale
 or foreign one is harmless: the assignor drops partitions claimed twice or beyond a member's share.
 """
 from __future__ import annotations

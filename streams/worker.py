@@ -28,8 +28,8 @@ import faust
 
 from agents import clock as rules
 from agents import policy
-from agents.presence import expiry
 from agents.preferences import validate as validate_preferences
+from agents.presence import expiry
 from agents.validate import to_ms
 from herald.settings import Settings
 from herald.topics import ticks_topic

@@ -104,20 +104,50 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--url", action="store_true",
                        help="print the inbox page's address with the token in its fragment (HERALD_API_PORT)")
 
-    replay = sub.add_parser("replay", formatter_class=fmt, help="copy a topic's records (a time range) to a topic",
+    replay = sub.add_parser("replay", formatter_class=fmt,
+                            help="copy a range of a topic back into the pipeline, or re-drive dead letters",
                             description=textwrap.dedent("""\
-            Re-publish records from one topic to another (or the same), byte for byte with their keys
-            and headers, to backfill or to try a new policy on old input.
+            Copy records from a topic (default: herald.events) to a topic (default: herald.events), byte
+            for byte with their keys, headers and timestamps, between two times or offsets. Safe by
+            construction: the pipeline decides an event on its record's timestamp, so an event already
+            decided is DEDUPLICATED within its dedup window, and one decided again gets the same
+            delivery_ids, which the sinks never send twice. Keys go to their home partition.
+
+            With --dlq, re-drive dead letters from herald.dlq back to the topic each came from (its
+            herald.source.topic header, or --to): each is checked first with the current code, schemas and
+            registry (decoded, and validated for events and preferences); one that still fails is refused,
+            counted and reported by partition and offset, not sent. A re-driven record keeps its headers
+            without herald.error.*, gains herald.replayed.from (<dlq>:<partition>:<offset>) and a new
+            timestamp. Deliveries a sink dead-lettered (MAX_ATTEMPTS, IN_DOUBT, REJECTED, ...) are refused:
+            they are final in the sinks' ledger. The exit status is 1 when any dead letter was refused.
+
+            WHEN is ISO-8601 (2026-11-23T10:00:00Z) or epoch milliseconds; or offsets: offset:N (every
+            partition) or P:N,P:N (those partitions only). --from is inclusive; --until is inclusive for a
+            time and exclusive for offsets. The end is never past the last record when the replay starts.
 
             examples:
+              herald replay --from 2026-11-23T10:00:00Z --until 2026-11-23T11:00:00Z
               herald replay herald.events --to herald.events --since 2026-11-23T00:00:00Z
-              herald replay herald.dlq --to herald.events --max 100
+              herald replay herald.events --from 0:1200,3:980 --until 0:1300,3:1000
+              herald replay archive.events --to herald.events --max 1000
+              herald replay --dlq --dry-run                        # what would be re-driven or refused
+              herald replay --dlq --reason SCHEMA_NOT_FOUND        # after registering the missing schema
+              herald replay --dlq --reason INTERNAL --from 2026-11-23T10:00:00Z   # after a bug fix
             """))
-    replay.add_argument("topic")
-    replay.add_argument("--to", required=True, help="destination topic")
-    replay.add_argument("--since", default=None, help="ISO-8601 time or epoch ms to start from (default: the beginning)")
-    replay.add_argument("--until", default=None, help="ISO-8601 time or epoch ms to stop at (default: now)")
-    replay.add_argument("--max", type=int, default=0, help="stop after this many records")
+    replay.add_argument("topic", nargs="?", default=None,
+                        help="the topic to read (default: <prefix>events, or <prefix>dlq with --dlq)")
+    replay.add_argument("--to", default=None,
+                        help="destination topic (default: <prefix>events; with --dlq, each record's source topic)")
+    replay.add_argument("--from", "--since", dest="since", metavar="WHEN", default=None,
+                        help="where to start: a time or offsets (default: the beginning)")
+    replay.add_argument("--until", "--to-time", dest="until", metavar="WHEN", default=None,
+                        help="where to stop: a time or offsets (default: the records there when it starts)")
+    replay.add_argument("--max", type=int, default=0, help="stop after reading this many records")
+    replay.add_argument("--dlq", action="store_true", help="re-drive dead letters, checking each first")
+    replay.add_argument("--reason", action="append", default=[], metavar="CODE",
+                        help="with --dlq: only dead letters of this herald.error.reason (repeat for several)")
+    replay.add_argument("--dry-run", action="store_true", help="with --dlq: check and count, send nothing")
+    replay.add_argument("--quiet", action="store_true", help="no progress bar")
 
     # its options and help live in bench/run.py (`herald bench --help`); main() hands them over
     sub.add_parser("bench", add_help=False,

@@ -88,6 +88,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         app = create_worker(settings)
     except RegistryUnavailable as exc:
         raise UserError(str(exc)) from None
+    if settings.worker_metrics_port >= 0:
+        app.herald_pipeline.metrics.serve(settings.worker_metrics_port, settings.app_id)  # type: ignore[attr-defined]
     worker = Worker(app, loglevel="INFO", quiet=True)
     _quiet_clients()
     _tune_gc()
@@ -371,49 +373,64 @@ def _when(text: str | None, default: int) -> int:
         raise UserError(f"{text!r} is neither epoch milliseconds nor an ISO-8601 time") from None
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
+def _replay_progress(args: argparse.Namespace, what: str):  # noqa: ANN202 - (on_plan, tick, stop)
+    """A rich progress bar on a terminal (records read of those planned); no-ops otherwise."""
+    if args.quiet or not sys.stderr.isatty():
+        return (lambda total: None), (lambda n: None), (lambda: None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from herald.kafka import make_producer, produce
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        transient=False)
+    task = progress.add_task(what, total=None)
+    progress.start()
+
+    def on_plan(total: int) -> None:
+        progress.update(task, total=min(total, args.max) if args.max else total)
+
+    def tick(n: int) -> None:
+        if n % 100 == 0:
+            progress.update(task, completed=n)
+
+    return on_plan, tick, progress.stop
+
+
+def _refused_line(msg, why: str, message: str) -> None:  # noqa: ANN001
+    # place and reason only: a dead letter's key and value may hold personal data
+    print(f"refused {msg.topic()}:{msg.partition()}:{msg.offset()} ({why}): {message}", file=sys.stderr)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from streams import replay
 
     settings = _settings()
     _require_kafka(settings)
-    since = _when(args.since, 0)
-    until = _when(args.until, int(time.time() * 1000))
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"herald-replay-{uuid.uuid4()}",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
-    meta = consumer.list_topics(args.topic, timeout=10).topics.get(args.topic)
-    if meta is None or meta.error is not None:
-        raise UserError(f"no topic {args.topic!r} at {settings.kafka_bootstrap}")
-    starts = consumer.offsets_for_times([TopicPartition(args.topic, p, since) for p in meta.partitions], timeout=10)
-    ends = {p: consumer.get_watermark_offsets(TopicPartition(args.topic, p), timeout=10)[1] for p in meta.partitions}
-    todo = [tp for tp in starts if tp.offset >= 0 and tp.offset < ends[tp.partition]]
-    # Kafka's default partitioner, as producers use: a replayed event lands on its user's home partition
-    producer = make_producer(settings.kafka_bootstrap, **{"linger.ms": 20})
-    copied = 0
-    if todo:
-        consumer.assign(todo)
-        done: set[int] = set()
-        while len(done) < len(todo):
-            msg = consumer.poll(1.0)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    done.add(msg.partition())
-                    continue
-                raise UserError(str(msg.error()))
-            if msg.offset() >= ends[msg.partition()] or msg.timestamp()[1] > until:
-                done.add(msg.partition())
-                consumer.incremental_unassign([TopicPartition(msg.topic(), msg.partition())])
-                continue
-            produce(producer, args.to, msg.value(), msg.key(), headers=msg.headers())
-            copied += 1
-            producer.poll(0)
-            if args.max and copied >= args.max:
-                break
-    consumer.close()
-    if producer.flush(30):
-        raise UserError("not every replayed record was acknowledged by Kafka")
-    print(f"replayed {copied} records from {args.topic} to {args.to}", file=sys.stderr)
-    return 0
+    source = args.topic or settings.topic("dlq" if args.dlq else "events")
+    if not args.dlq and (args.reason or args.dry_run):
+        raise UserError("--reason and --dry-run go with --dlq")
+    dest = args.to or settings.topic("events")
+    on_plan, tick, stop = _replay_progress(args, f"{'re-driving' if args.dlq else 'replaying'} {source}")
+    try:
+        start, end = replay.parse_position(args.since), replay.parse_position(args.until)
+        if args.dlq:
+            counts = replay.redrive(settings, source, args.to, set(args.reason), start, end, args.max, args.dry_run,
+                                    tick=tick, on_plan=on_plan, on_refused=_refused_line)
+        else:
+            counts = replay.replay(settings, source, dest, start, end, args.max, tick=tick, on_plan=on_plan)
+    except replay.ReplayError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        stop()
+    print(_replay_summary(args, source, dest, counts), file=sys.stderr)
+    return 1 if counts.refused else 0
+
+
+def _replay_summary(args: argparse.Namespace, source: str, dest: str, counts) -> str:  # noqa: ANN001
+    sent = sum(counts.sent.values())
+    where = ", ".join(f"{n} to {t}" for t, n in sorted(counts.sent.items())) or "none"
+    if not args.dlq:
+        return f"replayed {sent} records from {source} to {dest}"
+    verb = "would re-drive" if args.dry_run else "re-drove"
+    refused = ", ".join(f"{n} {why}" for why, n in sorted(counts.refused.items()))
+    return (f"{verb} {sent} of {counts.read} dead letters from {source} ({where})"
+            + (f"; refused {sum(counts.refused.values())} ({refused})" if refused else "")
+            + (f"; {counts.skipped} of other reasons left" if counts.skipped else ""))

@@ -46,7 +46,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from herald import dlq
 from herald.kafka import make_producer, produce
@@ -144,6 +144,7 @@ class SinkRunner:
         self.counts: dict[str, int] = {}
         self.delivered = 0
         self._stop = asyncio.Event()
+        self._done: dict[tuple[str, int], int] = {}
         self._next_retry_poll = 0.0
         self._next_janitor = time.monotonic() + 5.0
         self._rng = random.Random()
@@ -183,6 +184,13 @@ class SinkRunner:
                 records = [m for m in messages if not m.error()]
                 await self.handle(records)
         finally:
+            # what was done, and only that: a batch interrupted by the stop is read again next time
+            try:
+                mine = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+            except KafkaException:
+                mine = set()
+            self._commit([TopicPartition(t, p, o) for (t, p), o in self._done.items() if (t, p) in mine],
+                         asynchronous=False)
             self.consumer.close()
             await loop.run_in_executor(None, self.producer.flush, 10)
             if self.contacts is not None:
@@ -220,7 +228,12 @@ class SinkRunner:
                     dead_letters.append((o._src, o._raw, o.reason, o.error or o.reason))  # type: ignore[attr-defined]
         await self._report(outcomes, dead_letters)
         if messages:
-            await self._commit()
+            upto: dict[tuple[str, int], int] = {}
+            for m in messages:
+                key = (m.topic(), m.partition())
+                upto[key] = max(upto.get(key, -1), m.offset() + 1)
+            self._done.update(upto)
+            self._commit([TopicPartition(t, p, o) for (t, p), o in upto.items()], asynchronous=True)
 
     # -- in-app: the batch is its own ledger ------------------------------------------------------
 
@@ -473,10 +486,13 @@ class SinkRunner:
                 pause = min(pause * 2, 10)
             records = failed
 
-    async def _commit(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _commit(self, offsets: list, asynchronous: bool) -> None:
+        """Commit ``offsets`` (the ends of batches whose outcomes are durable). Asynchronous while running:
+        librdkafka sends commits in order and a failed one is covered by the next; synchronous at the end."""
+        if not offsets:
+            return
         try:
-            await loop.run_in_executor(None, lambda: self.consumer.commit(asynchronous=False))
+            self.consumer.commit(offsets=offsets, asynchronous=asynchronous)
         except KafkaException as exc:
             # the broker away or the group rebalancing: the next commit covers these offsets, and a record
             # read again meanwhile finds its outcome in the ledger

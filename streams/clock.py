@@ -87,6 +87,14 @@ class Clock:
             return None
         return None if highwater is None else max(0, highwater - 1 - self._last_event[partition][0])
 
+    def lag(self) -> dict[int, int]:
+        """Unread events per partition, where known."""
+        return {p: n for p in list(self._last_event) if (n := self.unread(p)) is not None}
+
+    def due(self) -> dict[int, int]:
+        """Users indexed per partition."""
+        return {p: len(index) for p, index in list(self._indexes.items())}
+
     def tick_time(self, partition: int, tick_ms: int) -> int:
         last = self._last_event.get(partition)
         return rules.tick_time(tick_ms, self.unread(partition), last[1] if last else None, BEHIND)

@@ -30,7 +30,9 @@ MAX_PAUSE_S = 30.0
 
 
 class Intake:
-    def __init__(self, codec: Codec, outbox: Outbox, dlq_topic: str, partitions: int) -> None:
+    def __init__(self, codec: Codec, outbox: Outbox, dlq_topic: str, partitions: int,
+                 on_dead_letter: Callable[[str, str], None] = lambda reason, stage: None) -> None:
+        self.on_dead_letter = on_dead_letter  # (reason, stage), for the metrics
         self.codec = codec
         self.outbox = outbox
         self.dlq_topic = dlq_topic
@@ -82,6 +84,7 @@ class Intake:
         headers = dlq.headers(reason, message, stage, msg.topic, msg.partition, msg.offset, list(msg.headers or []))
         value, headers = dlq.fit(msg.value, headers)
         self.outbox.send(self.dlq_topic, msg.key, value, None, headers)
+        self.on_dead_letter(reason, stage)
 
     def misrouted(self, msg: Any, key: bytes) -> bool:
         """Move ``msg`` to its user's home partition if it is not there; True if it was moved."""

@@ -23,6 +23,7 @@ from herald.settings import Settings
 from infra import kafka, postgres, registry
 from infra.common import REPO_ROOT, InfraError, ServiceStatus, _tail, log_path, read_pid, start_process, stop_process
 from streams import supervisor as ready  # the readiness checks: ready.log_line, http_ok, tcp_port, running
+from streams.metrics import served_ports
 from streams.supervisor import NAME as SUPERVISOR
 from streams.supervisor import Proc, Supervisor, alive, describe_exit, read_state, rows
 
@@ -289,8 +290,11 @@ def show_status(settings: Settings) -> int:
         for proc in PROCESSES:
             if proc.name not in state["processes"] and read_pid(proc.name):
                 state["processes"][proc.name] = {"state": "up", "pid": read_pid(proc.name)}
+    metrics = {entry["pid"]: entry["port"] for entry in served_ports()}
     for name, label, text in rows(state, [p.name for p in PROCESSES]):
-        table.add_row(name, label, "", "", text)
+        pid = (state.get("processes", {}).get(name) or {}).get("pid")
+        address = f"http://127.0.0.1:{metrics[pid]}/metrics" if pid in metrics else ""
+        table.add_row(name, label, address, "", text)
     console.print(table)
     try:
         lag = consumer_lag(settings) if kafka_up else {}

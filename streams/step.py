@@ -11,6 +11,7 @@ An outcome is encoded before its state is kept (``apply``): if encoding fails, n
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Callable
 
 from agents import policy
@@ -31,6 +32,9 @@ class Step:
         self._home: dict[str, int] = {}  # users changed in this batch -> their partition
         self._stored: set[str] = set()  # users read with a state in the table
         self.released = 0  # users the clock released in this batch
+        self.events: Counter = Counter()  # partition -> event records read (for the metrics)
+        self.decisions: Counter = Counter()  # (outcome, final) -> decisions written
+        self.requests: Counter = Counter()  # (channel, kind) -> delivery requests written
 
     def state(self, user_id: str, partition: int) -> dict | None:
         """The user's state as this batch has it so far."""
@@ -49,6 +53,10 @@ class Step:
         self._reindex(user_id, partition, out.state)
         for topic, key, value in records:
             self._outbox.send(topic, key, value)
+        for decision in out.decisions:
+            self.decisions[decision["outcome"], decision["final"]] += 1
+        for request in out.requests:
+            self.requests[request["channel"], request["kind"]] += 1
 
     async def commit(self) -> None:
         """Outputs, then states, both acknowledged by Kafka; raises if either cannot be written, in which case

@@ -41,6 +41,7 @@ from streams.clock import Clock
 from streams.config import policy_config
 from streams.context import UserContext
 from streams.intake import Intake
+from streams.metrics import WorkerMetrics
 from streams.outbox import Outbox
 from streams.outputs import Outputs
 from streams.states import UserStates
@@ -70,9 +71,12 @@ class Pipeline:
         self.context = UserContext(app, settings)
         self.config = policy_config(settings)
         self.outputs = Outputs(codec, settings)
-        self.intake = Intake(codec, self.outbox, settings.topic("dlq"), settings.partitions)
+        self.metrics = WorkerMetrics()
+        self.intake = Intake(codec, self.outbox, settings.topic("dlq"), settings.partitions,
+                             on_dead_letter=lambda reason, stage: self.metrics.dead_letters.labels(reason, stage).inc())
         self.clock = Clock(app, self.states, self.context, self.config, self.outbox, self.events_topic,
                            ticks_topic(settings), settings.release_chunk)
+        self.metrics.watch(self.clock.lag, self.clock.due, Path(app.conf.datadir))
 
     def register_outputs(self) -> None:
         """Register every output subject now, so that encoding never asks the registry mid-batch."""
@@ -83,15 +87,19 @@ class Pipeline:
         self.context.forget()
         self.clock.forget()
         self.states.forget()
+        self.metrics.rebalances.inc()
 
     async def batch(self, events: Sequence[Any]) -> None:
         """Decide on every record of the batch in order, then commit the batch as one transaction."""
+        started = time.perf_counter()
         step = Step(self.states, self.outputs, self.outbox, self.clock.reindex)
         await self.intake.prepare([e.message.value for e in events if e.message.topic == self.events_topic])
         for event in events:
             faust_adapter.serve_event(event)
             await self.record(step, event.message)
         await step.commit()
+        self.metrics.batch(len(events), time.perf_counter() - started, step.events, step.decisions, step.requests,
+                           step.released)
 
     async def record(self, step: Step, msg: Any) -> None:
         now_ms = record_time_ms(msg)
@@ -99,6 +107,7 @@ class Pipeline:
             self.clock.release(step, msg.partition, now_ms)
             return
         self.clock.note_event(msg.partition, msg.offset, now_ms)
+        step.events[msg.partition] += 1
         try:
             event = await self.intake.event(msg, now_ms)
             if event is None:

@@ -129,3 +129,35 @@ def test_a_replayed_event_lands_on_its_users_home_partition(worker, tmp_path):
     consumer.close()
     assert sorted(m.key().decode() for m in got) == sorted(users)
     assert all(m.partition() == home_partition(m.key(), 4) for m in got)
+
+
+def test_the_worker_serves_its_metrics_with_bounded_labels(worker):
+    """Counts by partition, outcome, channel and reason; readings of lag and users due; no user id anywhere."""
+    import urllib.request
+
+    from streams.metrics import served_ports
+
+    user = f"{worker.unique}-metrics"
+    worker.send(ev(user, "m1", channels=["INAPP"]), ev(user, "m2", channels=["INAPP"]))
+    wait_for(lambda: len(worker.out.finals(user)) >= 2, 30, "two decisions", worker.out, user)
+    entry = wait_for(lambda: [e for e in served_ports() if e["app_id"] == worker.settings.app_id], 30,
+                     "the worker's metrics port noted in the state folder")[0]
+    assert entry["pid"] == worker.p.procs["worker"].pid
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{entry['port']}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def routed_counted() -> str | None:
+        text = scrape()
+        return text if 'outcome="ROUTED"' in text else None
+
+    text = wait_for(routed_counted, 30, "ROUTED decisions counted")
+    routed = [line for line in text.splitlines() if line.startswith("herald_worker_decisions_total{")
+              and 'outcome="ROUTED"' in line and 'final="true"' in line]
+    assert routed and float(routed[0].rsplit(" ", 1)[1]) >= 2
+    assert 'herald_worker_delivery_requests_total{channel="INAPP",kind="SINGLE"}' in text
+    assert "herald_worker_batch_seconds_bucket" in text and "herald_worker_rocksdb_bytes" in text
+    assert "herald_worker_unread_events{" in text and "herald_worker_due_users{" in text
+    assert 'herald_worker_dead_letters_total{reason="TOO_LARGE",stage="ingest"}' in text  # from the test above
+    assert worker.unique not in text, "no user id in any label"

@@ -1,0 +1,104 @@
+"""The worker's Prometheus metrics, served on ``/metrics`` of its own port.
+
+Label values are bounded (partitions, outcomes, channels, reasons): never a user id, address or text.
+Counts are gathered per batch and added once at its end, so the hot path pays a dict update per record,
+not a metric call. What is cheap to read when Prometheus asks (lag, users due, the size of the RocksDB
+files) is read then, by a collector, rather than kept up to date on every record.
+
+The port is ``HERALD_WORKER_METRICS_PORT``; 0 picks a free one. Either way the port in use is written to
+``run/metrics/<app id>-<pid>.json`` in the state folder, where ``herald status`` finds it, and removed at exit.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+from collections import Counter as Tally
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+from herald.paths import subdir
+
+log = logging.getLogger("herald.metrics")
+BATCH_SIZES = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
+BATCH_SECONDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter("herald_worker_events", "Event records read, by partition", ["partition"], registry=r)
+        self.decisions = Counter("herald_worker_decisions", "Decisions written, by outcome and whether final",
+                                 ["outcome", "final"], registry=r)
+        self.requests = Counter("herald_worker_delivery_requests", "Delivery requests written, by channel and kind",
+                                ["channel", "kind"], registry=r)
+        self.dead_letters = Counter("herald_worker_dead_letters", "Records dead-lettered, by reason and stage",
+                                    ["reason", "stage"], registry=r)
+        self.released = Counter("herald_worker_released_users", "Users the clock released", registry=r)
+        self.rebalances = Counter("herald_worker_rebalances", "Partition assignments and revocations seen", registry=r)
+        self.batch_records = Histogram("herald_worker_batch_records", "Records per batch", buckets=BATCH_SIZES, registry=r)
+        self.batch_seconds = Histogram("herald_worker_batch_seconds", "Seconds to decide and commit a batch",
+                                       buckets=BATCH_SECONDS, registry=r)
+
+    def batch(self, records: int, seconds: float, events: Tally, decisions: Tally, requests: Tally, released: int) -> None:
+        """Add one batch's counts (``events`` by partition, ``decisions`` by (outcome, final), ``requests`` by
+        (channel, kind))."""
+        self.batch_records.observe(records)
+        self.batch_seconds.observe(seconds)
+        for partition, n in events.items():
+            self.events.labels(str(partition)).inc(n)
+        for (outcome, final), n in decisions.items():
+            self.decisions.labels(outcome, "true" if final else "false").inc(n)
+        for (channel, kind), n in requests.items():
+            self.requests.labels(channel, kind).inc(n)
+        if released:
+            self.released.inc(released)
+
+    def watch(self, lag: Callable[[], dict[int, int]], due: Callable[[], dict[int, int]], data_dir: Path) -> None:
+        """Read these when scraped: unread events and users due per partition, and the RocksDB files' size."""
+        self.registry.register(_Readings(lag, due, data_dir))
+
+    def serve(self, port: int, app_id: str) -> int:
+        """Serve ``/metrics`` on 127.0.0.1:``port`` (0: a free one) and note the port for ``herald status``."""
+        server, _thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        bound = int(server.server_address[1])
+        note = subdir("run", "metrics") / f"{app_id}-{os.getpid()}.json"
+        note.write_text(json.dumps({"process": "worker", "app_id": app_id, "pid": os.getpid(), "port": bound}))
+        atexit.register(lambda: note.unlink(missing_ok=True))
+        log.info("metrics on http://127.0.0.1:%d/metrics", bound)
+        return bound
+
+
+class _Readings:
+    def __init__(self, lag: Callable[[], dict[int, int]], due: Callable[[], dict[int, int]], data_dir: Path) -> None:
+        self.lag, self.due, self.data_dir = lag, due, data_dir
+
+    def collect(self) -> Iterator[Any]:
+        lag = GaugeMetricFamily("herald_worker_unread_events", "Events on a held partition not read yet",
+                                labels=["partition"])
+        for partition, n in sorted(self.lag().items()):
+            lag.add_metric([str(partition)], n)
+        due = GaugeMetricFamily("herald_worker_due_users", "Users indexed for a later release", labels=["partition"])
+        for partition, n in sorted(self.due().items()):
+            due.add_metric([str(partition)], n)
+        size = GaugeMetricFamily("herald_worker_rocksdb_bytes", "Size of the worker's RocksDB files")
+        size.add_metric([], sum(f.stat().st_size for f in self.data_dir.rglob("*") if f.is_file()))
+        yield from (lag, due, size)
+
+
+def served_ports() -> list[dict]:
+    """The metrics ports noted by running processes (for ``herald status``)."""
+    out = []
+    for note in sorted(subdir("run", "metrics").glob("*.json")):
+        try:
+            entry = json.loads(note.read_text())
+            os.kill(int(entry["pid"]), 0)
+        except (OSError, ValueError, KeyError):
+            continue
+        out.append(entry)
+    return out

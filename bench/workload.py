@@ -460,9 +460,9 @@ def run(events: int = 1_000_000, users: int = 100_000, seed: int = 1, *, setting
     the schemas, generate the workload, produce the preferences then the events, and return the figures:
     ``topic_prefix``, ``events_topic``, ``preferences_topic``, ``partitions``, ``workload_*`` counts,
     ``generate_s``, ``generate_events_per_s``, ``produce_s``, ``produce_events_per_s``."""
-    from schemas.registry import Registry
     from herald.settings import Settings
     from herald.topics import ensure_topics, register_schemas
+    from schemas.registry import Registry
 
     if settings is None:
         prefix = unique_prefix()

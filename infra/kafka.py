@@ -24,8 +24,19 @@ from typing import Any, Callable
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
-from infra.common import (InfraError, ServiceStatus, ensure_port_free, log_path, maven_fetch, port_open,
-                          read_pid, start_process, stop_process, subdir, wait_until)
+from infra.common import (
+    InfraError,
+    ServiceStatus,
+    ensure_port_free,
+    log_path,
+    maven_fetch,
+    port_open,
+    read_pid,
+    start_process,
+    stop_process,
+    subdir,
+    wait_until,
+)
 
 NAME = "kafka"
 POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"

@@ -16,9 +16,9 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
 import hashlib
-import fcntl
 import os
 import pwd
 import re
@@ -33,8 +33,7 @@ from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
-from infra.common import (InfraError, ServiceStatus, _tail, ensure_port_free, home, log_path, port_open, subdir,
-                          wait_until)
+from infra.common import InfraError, ServiceStatus, _tail, ensure_port_free, home, log_path, port_open, subdir, wait_until
 
 NAME = "postgres"
 ENV_VAR = "HERALD_DATABASE_URL"

@@ -34,8 +34,19 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
-from infra.common import (InfraError, ServiceStatus, ensure_port_free, log_path, maven_fetch, port_open,
-                          read_pid, start_process, stop_process, subdir, wait_until)
+from infra.common import (
+    InfraError,
+    ServiceStatus,
+    ensure_port_free,
+    log_path,
+    maven_fetch,
+    port_open,
+    read_pid,
+    start_process,
+    stop_process,
+    subdir,
+    wait_until,
+)
 
 NAME = "registry"
 POM = Path(__file__).resolve().parent / "registry" / "pom.xml"

@@ -256,9 +256,9 @@ def run(source_topic: str, events: int, *, settings: Settings | None = None, win
 
     from bench.peers.venv import ensure_venv, python_of
     from bench.workload import create_topics, end_offsets_total, partitions_of
+    from herald.settings import Settings
     from infra.common import subdir
     from schemas.registry import Registry
-    from herald.settings import Settings
 
     settings = settings or Settings.from_env()
     python = python_of(ensure_venv(progress=progress))

@@ -9,9 +9,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from infra.common import REPO_ROOT
 from herald.settings import Settings
 from herald.topics import ensure_topics, register_schemas
+from infra.common import REPO_ROOT
 
 READY = {"worker": "Ready", "sink": "consuming"}
 

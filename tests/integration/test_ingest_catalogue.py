@@ -81,7 +81,9 @@ def test_every_kind_of_bad_record_is_dead_lettered_and_the_stream_goes_on(runnin
     for f in newer["fields"]:
         if f["name"] == "priority":
             f["type"]["symbols"].append("URGENT")
-    import fastavro, io
+    import io
+
+    import fastavro
     buf = io.BytesIO()
     buf.write(struct.pack(">bI", 0, newer_id))
     fastavro.schemaless_writer(buf, fastavro.parse_schema(newer), {**make_event(user, 1), "priority": "URGENT"})
@@ -157,7 +159,9 @@ def test_old_and_new_producers_both_flow_and_a_breaking_schema_is_refused(runnin
         client.register_schema(subject, Schema(json.dumps(breaking), "AVRO"))
     assert info.value.http_status_code == 409
 
-    import fastavro, io
+    import io
+
+    import fastavro
     user = f"{settings.topic_prefix}evo"
     codec = Codec(Registry(settings.schema_registry_url))
     old_bytes = codec.encode(subject, "NotificationEvent", make_event(user, 1))

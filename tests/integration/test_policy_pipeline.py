@@ -30,11 +30,11 @@ from confluent_kafka.admin import AdminClient
 
 from agents.preferences import defaults
 from agents.validate import to_ms
+from herald.kafka import home_partition
 from schemas.codec import Codec
 from schemas.registry import Registry
 from tests.conftest import free_port
 from tests.integration.harness import Pipeline
-from herald.kafka import home_partition
 from tests.integration.test_end_to_end import standard_producer
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from schemas.codec import Codec, DecodeError
 from schemas.loader import parsed
-from schemas.registry import (Registry, RegistryUnavailable, SchemaNotFound, classify, client_config,
-                              safe_url)
+from schemas.registry import Registry, RegistryUnavailable, SchemaNotFound, classify, client_config, safe_url
 
 URL = "http://127.0.0.1:28081/apis/ccompat/v7"
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import asyncio
 
-from streams.app import create_app
 from herald.settings import Settings
+from streams.app import create_app
 
 
 def test_the_worker_consumer_fetches_with_herald_s_wait_and_the_standby_replicas_set(tmp_path):

@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from infra.common import REPO_ROOT
 from herald.settings import Settings
 from herald.topics import ensure_topics, register_schemas
+from infra.common import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,130 @@
+"""herald replay's rules without a broker: positions, spans, re-drive headers and which dead letters are refused."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from herald import dlq
+from herald.settings import Settings
+from streams import replay
+from streams.replay import Position, ReplayError, Span
+
+
+def test_positions_are_times_or_offsets():
+    assert replay.parse_position(None) is None
+    assert replay.parse_position("1700000000000") == Position(ms=1_700_000_000_000)
+    assert replay.parse_position("2026-11-23T10:00:00Z") == Position(ms=1_795_428_000_000)
+    assert replay.parse_position("2026-11-23T11:00:00+01:00") == Position(ms=1_795_428_000_000)
+    assert replay.parse_position("offset:1200") == Position(every=1200)
+    assert replay.parse_position("0:1200,3:980") == Position(offsets={0: 1200, 3: 980})
+    for bad in ("yesterday", "offset:", "0:12,x:3", "-5"):
+        with pytest.raises(ReplayError, match="not a time"):
+            replay.parse_position(bad)
+
+
+class FakeConsumer:
+    """Four partitions holding offsets 10 to 99 each; a time finds offset 50 (partition 2: none after it)."""
+
+    def list_topics(self, topic, timeout):
+        @dataclass
+        class Meta:
+            partitions: dict
+            error: object = None
+
+        @dataclass
+        class All:
+            topics: dict
+
+        return All({"t": Meta({p: None for p in range(4)})})
+
+    def get_watermark_offsets(self, tp, timeout):
+        return 10, 100
+
+    def offsets_for_times(self, tps, timeout):
+        from confluent_kafka import TopicPartition
+
+        return [TopicPartition(tp.topic, tp.partition, -1 if tp.partition == 2 else 50) for tp in tps]
+
+
+def test_a_plan_reads_from_the_start_to_the_end_known_when_it_starts():
+    c = FakeConsumer()
+    assert replay.plan(c, "t", None, None) == [Span(p, 10, 100) for p in range(4)]
+    assert replay.plan(c, "t", Position(every=20), Position(every=30)) == [Span(p, 20, 30) for p in range(4)]
+    # a time start: partitions without a record after it are left out; a time end is checked per record
+    assert replay.plan(c, "t", Position(ms=5), Position(ms=9)) == [Span(p, 50, 100, 9) for p in (0, 1, 3)]
+    # per-partition: --from names the partitions read; --until stops those it names, the others run to the end
+    assert replay.plan(c, "t", Position(offsets={1: 40, 3: 5}), Position(offsets={1: 45})) == [Span(1, 40, 45),
+                                                                                              Span(3, 10, 100)]
+    assert replay.plan(c, "t", Position(every=200), None) == []  # past the end: nothing
+    with pytest.raises(ReplayError, match="partitions 0 to 3"):
+        replay.plan(c, "t", Position(offsets={7: 0}), None)
+    with pytest.raises(ReplayError, match="no topic 'nope'"):
+        replay.plan(c, "nope", None, None)
+
+
+def test_a_redriven_record_drops_the_error_headers_keeps_the_rest_and_says_where_it_came_from():
+    original = [("traceparent", b"00-abc"), ("herald.replayed.from", b"old:0:1")]
+    headers = dlq.headers("VALIDATION", "title is over 1000 characters", "ingest", "h.events", 2, 17, original)
+    out = replay.redrive_headers(headers + [("herald.error.truncated", b"5")], "h.dlq", 1, 42)
+    assert out == [("traceparent", b"00-abc"), ("herald.source.topic", b"h.events"),
+                   ("herald.source.partition", b"2"), ("herald.source.offset", b"17"),
+                   ("herald.replayed.from", b"h.dlq:1:42")]
+
+
+class Msg:
+    def __init__(self, headers, key=b"u1", value=b"\x00\x00\x00\x00\x01x"):
+        self._headers, self._key, self._value = headers, key, value
+
+    def headers(self):
+        return self._headers
+
+    def key(self):
+        return self._key
+
+    def value(self):
+        return self._value
+
+
+class PassingChecker:
+    def __init__(self):
+        self.asked = []
+
+    def check(self, topic, key, value, now_ms):
+        self.asked.append(topic)
+        return None
+
+
+def letter(reason, stage="ingest", topic="h.events", extra=()):
+    return Msg(dlq.headers(reason, "m", stage, topic, 0, 5) + list(extra))
+
+
+def test_which_dead_letters_are_checked_and_which_are_refused_outright():
+    checker = PassingChecker()
+    assert replay.verdict(checker, letter("SCHEMA_NOT_FOUND"), None, 0) == ("h.events", None)
+    assert replay.verdict(checker, letter("INTERNAL", "pipeline"), "other", 0) == ("other", None)  # --to wins
+    assert checker.asked == ["h.events", "other"]
+    assert replay.verdict(checker, letter("MAX_ATTEMPTS", "sink-email", "h.delivery.email"), None, 0)[1][0] == \
+        "DELIVERY_FINAL"
+    assert replay.verdict(checker, letter("INTERNAL", "sink-push", "h.delivery.push"), None, 0)[1][0] == "DELIVERY_FINAL"
+    # a request a sink could not decode never reached the ledger: it is checked like any other
+    assert replay.verdict(checker, letter("DECODE_ERROR", "sink-sms", "h.delivery.sms"), None, 0) == ("h.delivery.sms", None)
+    assert replay.verdict(checker, letter("TOO_LARGE", extra=[("herald.error.truncated", b"2000000")]), None, 0)[1][0] == \
+        "TRUNCATED"
+    assert replay.verdict(checker, Msg([("herald.error.reason", b"VALIDATION")]), None, 0)[1][0] == "NO_SOURCE"
+    assert checker.asked == ["h.events", "other", "h.delivery.sms"]
+
+
+class RefusingCodec:
+    def decode(self, value, schema):
+        raise AssertionError("not to be decoded")
+
+
+def test_the_checker_refuses_the_dead_letter_topic_and_keeps_tombstones_of_compacted_topics():
+    settings = Settings(topic_prefix="h.")
+    checker = replay.Checker(settings, codec=RefusingCodec())
+    assert checker.check("h.dlq", b"u1", b"x", 0)[0] == "DESTINATION"
+    assert checker.check("h.preferences", b"u1", None, 0) is None  # a reset to the defaults
+    assert checker.check("h.preferences", b"", None, 0)[0] == "VALIDATION"
+    assert replay.schema_of(settings, "h.events") == (True, "NotificationEvent", False)
+    assert replay.schema_of(settings, "archive.events") == (False, None, False)

@@ -374,24 +374,32 @@ def _when(text: str | None, default: int) -> int:
 
 
 def _replay_progress(args: argparse.Namespace, what: str):  # noqa: ANN202 - (on_plan, tick, stop)
-    """A rich progress bar on a terminal (records read of those planned); no-ops otherwise."""
+    """A rich progress bar on standard error when it is a terminal (records read of those planned); no-ops
+    otherwise, and with --quiet."""
     if args.quiet or not sys.stderr.isatty():
         return (lambda total: None), (lambda n: None), (lambda: None)
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        transient=False)
+                        console=Console(stderr=True), transient=False)
     task = progress.add_task(what, total=None)
+    done = [0]
     progress.start()
 
     def on_plan(total: int) -> None:
         progress.update(task, total=min(total, args.max) if args.max else total)
 
     def tick(n: int) -> None:
-        if n % 100 == 0:
+        done[0] = n
+        if n % 100 == 0:  # a redraw per record would cost more than the copy
             progress.update(task, completed=n)
 
-    return on_plan, tick, progress.stop
+    def stop() -> None:
+        progress.update(task, completed=done[0])
+        progress.stop()
+
+    return on_plan, tick, stop
 
 
 def _refused_line(msg, why: str, message: str) -> None:  # noqa: ANN001

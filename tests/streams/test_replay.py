@@ -128,3 +128,29 @@ def test_the_checker_refuses_the_dead_letter_topic_and_keeps_tombstones_of_compa
     assert checker.check("h.preferences", b"", None, 0)[0] == "VALIDATION"
     assert replay.schema_of(settings, "h.events") == (True, "NotificationEvent", False)
     assert replay.schema_of(settings, "archive.events") == (False, None, False)
+
+
+def test_the_progress_bar_shows_on_a_terminal_only(monkeypatch):
+    import argparse
+    import io
+    import sys
+
+    from streams import commands
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    on_plan, tick, stop = commands._replay_progress(argparse.Namespace(quiet=False, max=0), "replaying h.events")
+    on_plan(250)
+    for n in range(1, 251):
+        tick(n)
+    stop()
+    assert "replaying h.events" in screen.getvalue() and "250/250" in screen.getvalue()
+    quiet = Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    on_plan, tick, stop = commands._replay_progress(argparse.Namespace(quiet=True, max=0), "replaying h.events")
+    on_plan(5), tick(5), stop()
+    assert quiet.getvalue() == ""

@@ -111,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
             for byte with their keys, headers and timestamps, between two times or offsets. Safe by
             construction: the pipeline decides an event on its record's timestamp, so an event already
             decided is DEDUPLICATED within its dedup window, and one decided again gets the same
-            delivery_ids, which the sinks never send twice. Keys go to their home partition.
+            delivery_ids, which the sinks never send twice. Keys go to their home partition. Herald topics
+            of different schemas (decisions into events, say) are refused.
 
             With --dlq, re-drive dead letters from herald.dlq back to the topic each came from (its
             herald.source.topic header, or --to): each is checked first with the current code, schemas and

@@ -11,6 +11,8 @@ Replaying a range (``replay``):
   one still in its dedup window is DEDUPLICATED, one decided again takes the same path and its deliveries
   get the same ``delivery_id``, which the sinks' ledger has already seen. Safe by construction.
 - Keys are partitioned by Kafka's default partitioner: a replayed event lands on its user's home partition.
+- Between two Herald topics of different schemas (decisions into events, say) nothing is copied: every
+  record would be dead-lettered.
 
 Re-driving dead letters (``redrive``):
 - Each dead letter goes back to its ``herald.source.topic`` (or the ``--to`` topic), with its original
@@ -205,10 +207,21 @@ class Sender:
 Tick = Callable[[int], None]  # called with the records handled so far
 
 
+def same_schema(settings: Settings, source: str, dest: str) -> None:
+    """Raise ReplayError when both are Herald topics whose values have different schemas (e.g. decisions into
+    events): every record would be dead-lettered. Other topics, and the dead-letter topic, are not judged."""
+    _, from_schema, _ = schema_of(settings, source)
+    _, to_schema, _ = schema_of(settings, dest)
+    if from_schema and to_schema and from_schema != to_schema:
+        raise ReplayError(f"{source} carries herald.{from_schema} and {dest} takes herald.{to_schema}: "
+                          "replay into a topic of the same schema")
+
+
 def replay(settings: Settings, source: str, dest: str, start: Position | None, end: Position | None,
            limit: int = 0, tick: Tick = lambda n: None, on_plan: Callable[[int], None] = lambda total: None) -> Counts:
     """Copy ``source``'s records from ``start`` to ``end`` (at most ``limit``; 0: all) to ``dest`` with their
     key, headers and timestamp."""
+    same_schema(settings, source, dest)
     counts = Counts()
     consumer, sender = consumer_for(settings), Sender(settings)
     try:

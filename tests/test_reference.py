@@ -111,3 +111,10 @@ def test_the_readme_sends_users_to_the_projects_own_reference():
     readme = (REPO_ROOT / "README.md").read_text()
     assert "CONTRACT.md" not in readme
     assert "docs/reference.md" in readme
+
+
+def test_every_relative_link_of_the_docs_and_the_readme_leads_to_a_file():
+    pages = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"

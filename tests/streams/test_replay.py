@@ -154,3 +154,12 @@ def test_the_progress_bar_shows_on_a_terminal_only(monkeypatch):
     on_plan, tick, stop = commands._replay_progress(argparse.Namespace(quiet=True, max=0), "replaying h.events")
     on_plan(5), tick(5), stop()
     assert quiet.getvalue() == ""
+
+
+def test_a_replay_between_herald_topics_of_different_schemas_is_refused():
+    settings = Settings(topic_prefix="h.")
+    with pytest.raises(ReplayError, match="h.decisions carries herald.Decision and h.events takes herald.NotificationEvent"):
+        replay.same_schema(settings, "h.decisions", "h.events")
+    replay.same_schema(settings, "h.events", "h.events")
+    replay.same_schema(settings, "h.dlq", "h.events")  # dead letters are raw bytes: not judged
+    replay.same_schema(settings, "archive.events", "h.events")  # not a Herald topic: not judged

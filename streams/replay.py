@@ -107,6 +107,14 @@ def _starts(consumer: Any, topic: str, partitions: list[int], start: Position | 
     return {tp.partition: tp.offset for tp in found if tp.offset >= 0}
 
 
+def _after(consumer: Any, topic: str, partitions: list[int], ms: int) -> dict[int, int]:
+    """The first offset of each partition with a timestamp after ``ms`` (partitions without one left out)."""
+    from confluent_kafka import TopicPartition
+
+    found = consumer.offsets_for_times([TopicPartition(topic, p, ms + 1) for p in partitions], timeout=10)
+    return {tp.partition: tp.offset for tp in found if tp.offset >= 0}
+
+
 def plan(consumer: Any, topic: str, start: Position | None, end: Position | None) -> list[Span]:
     """The spans to read: from ``start`` to ``end``, never past the partitions' ends when asked."""
     from confluent_kafka import TopicPartition
@@ -118,9 +126,10 @@ def plan(consumer: Any, topic: str, start: Position | None, end: Position | None
     if start and start.offsets and not set(start.offsets) <= set(partitions):
         raise ReplayError(f"{topic} has partitions {partitions[0]} to {partitions[-1]}; --from names others")
     spans = []
+    after_end = _after(consumer, topic, partitions, end.ms) if end is not None and end.ms is not None else {}
     for p, first in sorted(_starts(consumer, topic, partitions, start).items()):
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-        stop = high
+        stop = min(high, after_end.get(p, high))
         if end is not None and end.every is not None:
             stop = min(stop, end.every)
         elif end is not None and end.offsets is not None and p in end.offsets:
@@ -132,8 +141,8 @@ def plan(consumer: Any, topic: str, start: Position | None, end: Position | None
 
 
 def read(consumer: Any, topic: str, spans: list[Span]) -> Iterator[Any]:
-    """Every record of ``spans`` in partition order of arrival; a partition ends at its stop offset, at the
-    first record after its ``until_ms``, or at its end."""
+    """Every record of ``spans`` as they arrive (each partition's in offset order); a partition ends at its stop
+    offset, at its first record stamped after ``until_ms``, or at its end."""
     from confluent_kafka import KafkaError, TopicPartition
 
     by_partition = {s.partition: s for s in spans}

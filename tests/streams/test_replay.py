@@ -24,7 +24,8 @@ def test_positions_are_times_or_offsets():
 
 
 class FakeConsumer:
-    """Four partitions holding offsets 10 to 99 each; a time finds offset 50 (partition 2: none after it)."""
+    """Four partitions holding offsets 10 to 99 each, stamped with their offset in ms; partition 2 answers
+    no offset for any time."""
 
     def list_topics(self, topic, timeout):
         @dataclass
@@ -44,15 +45,18 @@ class FakeConsumer:
     def offsets_for_times(self, tps, timeout):
         from confluent_kafka import TopicPartition
 
-        return [TopicPartition(tp.topic, tp.partition, -1 if tp.partition == 2 else 50) for tp in tps]
+        return [TopicPartition(tp.topic, tp.partition, -1 if tp.partition == 2 or tp.offset > 99 else max(tp.offset, 10))
+                for tp in tps]
 
 
 def test_a_plan_reads_from_the_start_to_the_end_known_when_it_starts():
     c = FakeConsumer()
     assert replay.plan(c, "t", None, None) == [Span(p, 10, 100) for p in range(4)]
     assert replay.plan(c, "t", Position(every=20), Position(every=30)) == [Span(p, 20, 30) for p in range(4)]
-    # a time start: partitions without a record after it are left out; a time end is checked per record
-    assert replay.plan(c, "t", Position(ms=5), Position(ms=9)) == [Span(p, 50, 100, 9) for p in (0, 1, 3)]
+    # a time start: partitions without a record after it are left out; a time end stops before the first
+    # record stamped after it (and is checked per record too)
+    assert replay.plan(c, "t", Position(ms=50), Position(ms=69)) == [Span(p, 50, 70, 69) for p in (0, 1, 3)]
+    assert replay.plan(c, "t", Position(ms=50), Position(ms=500)) == [Span(p, 50, 100, 500) for p in (0, 1, 3)]
     # per-partition: --from names the partitions read; --until stops those it names, the others run to the end
     assert replay.plan(c, "t", Position(offsets={1: 40, 3: 5}), Position(offsets={1: 45})) == [Span(1, 40, 45),
                                                                                               Span(3, 10, 100)]

@@ -4,7 +4,8 @@
   DEDUPLICATED, and no delivery request with a new delivery_id appears.
 - ``--dlq`` re-drives a dead letter that passes its check now (it reaches the events topic with its
   headers and ``herald.replayed.from``, and is decided), and refuses one that still fails and a sink's
-  final delivery, sending neither.
+  final delivery, sending neither; and one dead-lettered for real (TOO_LARGE) is refused until the limit
+  is raised, then re-driven and decided.
 """
 from __future__ import annotations
 
@@ -23,12 +24,14 @@ from tests.integration.harness import Pipeline
 from tests.integration.test_policy_pipeline import Stage, ev, now_ms
 
 pytestmark = pytest.mark.integration
+SMALL_LIMIT = 4096  # bytes: the worker's event size limit until the last test raises it
 
 
 @pytest.fixture(scope="module")
 def stage(stack, tmp_path_factory):
     unique = f"rp{uuid.uuid4().hex[:8]}"
     pipeline = Pipeline(unique, tmp_path_factory.mktemp("replay"), free_port()).prepare()
+    pipeline.env["HERALD_MAX_EVENT_BYTES"] = str(SMALL_LIMIT)  # raised by the last test, as an operator would
     pipeline.start("worker")
     s = Stage(pipeline)
     yield s
@@ -144,3 +147,25 @@ def test_dead_letters_that_pass_now_are_redriven_and_those_that_fail_are_refused
     assert headers["traceparent"] == b"00-trace" and headers["herald.source.offset"] == b"7"
     assert not [k for k in headers if k.startswith("herald.error.")]
     assert stage.out.of(bad["user_id"]) == [], "the refused one was not decided"
+
+
+def test_a_dead_letter_is_refused_until_its_cause_is_fixed_then_redriven_and_decided(stage):
+    """The worker dead-letters an event over HERALD_MAX_EVENT_BYTES; re-driving it fails the same check until
+    the operator raises the limit (and restarts the worker), then it goes back and is decided."""
+    big = ev(f"{stage.unique}-big", "big", priority="HIGH", batchable=False, body="x" * (SMALL_LIMIT + 500))
+    stage.send(big)
+    wait_until(lambda: [m for m in records(stage, "dlq") if m.key() == big["user_id"].encode()], 60,
+               "the worker's TOO_LARGE dead letter")
+
+    still = herald(stage, "--dlq", "--reason", "TOO_LARGE", "--quiet")
+    assert still.returncode == 1 and "re-drove 0 of" in still.stderr and "refused 1 (1 TOO_LARGE)" in still.stderr, \
+        still.stderr
+
+    stage.p.env["HERALD_MAX_EVENT_BYTES"] = str(SMALL_LIMIT * 4)
+    stage.p.kill("worker")
+    stage.p.start("worker")
+    fixed = herald(stage, "--dlq", "--reason", "TOO_LARGE", "--quiet")
+    assert fixed.returncode == 0 and "re-drove 1 of" in fixed.stderr, fixed.stderr
+    decision = wait_until(lambda: stage.out.of(big["user_id"], big["event_id"], final=True), 90,
+                          "a decision on the re-driven event", lambda: stage.out.dump(big["user_id"]))
+    assert decision[0]["outcome"] == "ROUTED"

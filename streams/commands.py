@@ -416,6 +416,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not args.dlq and (args.reason or args.dry_run):
         raise UserError("--reason and --dry-run go with --dlq")
     dest = args.to or settings.topic("events")
+    if source == settings.topic("dlq") and not args.dlq:
+        print("herald replay: copying dead letters as they are (error headers too); --dlq re-drives them to "
+              "their source topics, checked first", file=sys.stderr)
     on_plan, tick, stop = _replay_progress(args, f"{'re-driving' if args.dlq else 'replaying'} {source}")
     try:
         start, end = replay.parse_position(args.since), replay.parse_position(args.until)

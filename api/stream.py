@@ -332,12 +332,18 @@ class Hub:
             "group.id": f"{self.settings.topic_prefix}api-websocket",
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "session.timeout.ms": 10000, "heartbeat.interval.ms": 2000,
-            "fetch.wait.max.ms": 50,
+            "fetch.wait.max.ms": 10,
         })
+
+        def fetch() -> list:
+            # consume(n, t) waits for n records or t seconds; a frame must not wait for a batch to fill
+            first = consumer.poll(0.2)
+            return [] if first is None else [first, *consumer.consume(499, 0)]
+
         consumer.subscribe([topic], on_assign=lambda c, parts: loop.call_soon_threadsafe(self.consuming.set))
         try:
             while not self._stop:
-                messages = await loop.run_in_executor(None, consumer.consume, 500, 0.2)
+                messages = await loop.run_in_executor(None, fetch)
                 good = []
                 for msg in messages:
                     if msg.error():

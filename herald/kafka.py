@@ -30,9 +30,12 @@ def make_producer(bootstrap: str, **overrides: Any) -> Producer:
 
 def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None, *,
             partition: int | None = None, headers: list | None = None,
-            on_delivery: Callable[[Any, Any], None] | None = None) -> None:
-    """Queue one record, waiting (polling delivery reports) while the local queue is full."""
+            on_delivery: Callable[[Any, Any], None] | None = None, timestamp: int | None = None) -> None:
+    """Queue one record (``timestamp`` in ms; None: now), waiting (polling delivery reports) while the local
+    queue is full."""
     kwargs: dict[str, Any] = {}
+    if timestamp is not None:
+        kwargs["timestamp"] = timestamp
     if partition is not None:
         kwargs["partition"] = partition
     if headers is not None:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterator
 
+from herald.kafka import produce
 from herald.settings import Settings
 
 REPLAYED_FROM = "herald.replayed.from"
@@ -188,17 +189,8 @@ class Sender:
 
     def send(self, topic: str, value: bytes | None, key: bytes | None, headers: list | None,
              timestamp: int | None = None) -> None:
-        """Queue one record (``timestamp`` in ms, None for now), waiting while the local queue is full.
-        ``herald.kafka.produce`` has no timestamp; a replay must keep the record's own."""
-        kwargs: dict[str, Any] = {"headers": headers or [], "on_delivery": self._delivered}
-        if timestamp is not None:
-            kwargs["timestamp"] = timestamp
-        while True:
-            try:
-                self.producer.produce(topic, value, key, **kwargs)
-                break
-            except BufferError:
-                self.producer.poll(0.05)
+        """Queue one record (``timestamp`` in ms, None for now: a replay keeps the record's own)."""
+        produce(self.producer, topic, value, key, headers=headers or [], on_delivery=self._delivered, timestamp=timestamp)
         self.producer.poll(0)
 
     def _delivered(self, err: Any, _msg: Any) -> None:

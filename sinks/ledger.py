@@ -11,6 +11,9 @@ Rules:
   on while the request waits here.
 - ``take_due`` claims due RETRYING rows (``FOR UPDATE SKIP LOCKED``: each goes to one process) for another
   attempt.
+- every outcome is written ``reported = false`` and set ``true`` once its status record is acknowledged; an
+  outcome found unreported (its process died in between) is reported by whoever finds it: the sink that
+  reads the request again, or ``take_unreported`` a lease later. So no attempt's final status is lost.
 - ``take_in_doubt`` settles claims older than the lease, whose process died between claim and outcome: the
   provider may or may not have the message, and once-only forbids a second try, so they become DEAD
   (``IN_DOUBT``) for an operator to look at. The window is one send (a few ms, at most the send timeout)
@@ -36,8 +39,19 @@ RETURNING delivery_id
 """
 
 EXISTING = """
-SELECT delivery_id, status, claimed_at < now() - make_interval(secs => $2) AS stale
+SELECT delivery_id, status, claimed_at < now() - make_interval(secs => $2) AS stale, reported, attempts,
+       last_error, provider
 FROM delivery_ledger WHERE delivery_id = ANY($1::text[])
+"""
+
+REPORTED = """
+UPDATE delivery_ledger SET reported = true WHERE delivery_id = ANY($1::text[]) AND NOT reported
+"""
+
+TAKE_UNREPORTED = """
+SELECT delivery_id, status, attempts, last_error, provider FROM delivery_ledger
+WHERE channel = $1 AND NOT reported AND status <> 'CLAIMED' AND updated_at < now() - make_interval(secs => $2)
+LIMIT $3
 """
 
 RECORD = """
@@ -47,7 +61,7 @@ SET status = r.status, attempts = r.attempts, provider = $7, last_error = r.erro
     done = string_to_array(r.done, E'\\n'),
     sent_at = CASE WHEN r.status = 'SENT' THEN now() ELSE l.sent_at END,
     request = CASE WHEN r.status = 'RETRYING' THEN l.request END,
-    claimed_by = NULL, updated_at = now()
+    claimed_by = NULL, updated_at = now(), reported = false
 FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::float8[], $6::text[])
      AS r(delivery_id, status, attempts, error, delay, done)
 WHERE l.delivery_id = r.delivery_id AND l.status = 'CLAIMED'
@@ -63,7 +77,7 @@ RETURNING l.delivery_id, l.attempts, l.request, l.source, l.done
 
 TAKE_IN_DOUBT = """
 UPDATE delivery_ledger AS l
-SET status = 'DEAD', claimed_by = NULL, request = NULL, updated_at = now(),
+SET status = 'DEAD', claimed_by = NULL, request = NULL, updated_at = now(), reported = false,
     last_error = 'IN_DOUBT: the sending process stopped between claim and outcome'
 WHERE l.delivery_id IN (SELECT delivery_id FROM delivery_ledger
                         WHERE channel = $1 AND status = 'CLAIMED' AND claimed_at < now() - make_interval(secs => $2)
@@ -114,21 +128,36 @@ class Ledger:
         self.worker_id = worker_id
         self.lease_s = lease_s
 
-    async def claim(self, items: list[tuple[str, str, bytes, Source]]) -> tuple[set[str], dict[str, str]]:
-        """Claim ``(delivery_id, user_id, raw, source)`` items. Returns the ids claimed now, and for the
-        others their current status (``CLAIMED_STALE`` for a claim past its lease)."""
+    async def claim(self, items: list[tuple[str, str, bytes, Source]]) -> tuple[set[str], dict[str, str], list]:
+        """Claim ``(delivery_id, user_id, raw, source)`` items. Returns the ids claimed now, for the others
+        their current status (``CLAIMED_STALE`` for a claim past its lease), and the rows among them whose
+        outcome was never reported (a process died between the ledger write and the status record)."""
         if not items:
-            return set(), {}
+            return set(), {}, []
         async with self.pool.acquire() as conn:
             claimed = {r["delivery_id"] for r in await conn.fetch(
                 CLAIM, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items],
                 [i[3].to_json() for i in items], self.channel, self.worker_id)}
             others = [i[0] for i in items if i[0] not in claimed]
             existing: dict[str, str] = {}
+            unreported = []
             if others:
                 for r in await conn.fetch(EXISTING, others, self.lease_s):
                     existing[r["delivery_id"]] = "CLAIMED_STALE" if r["status"] == "CLAIMED" and r["stale"] else r["status"]
-        return claimed, existing
+                    if not r["reported"] and r["status"] != "CLAIMED":
+                        unreported.append(r)
+        return claimed, existing, unreported
+
+    async def reported(self, delivery_ids: list[str]) -> None:
+        if delivery_ids:
+            async with self.pool.acquire() as conn:
+                await conn.execute(REPORTED, delivery_ids)
+
+    async def take_unreported(self, limit: int = 500) -> list[asyncpg.Record]:
+        """Outcomes written more than a lease ago and still not reported (their Kafka record is not read
+        again: retries, or offsets another process committed)."""
+        async with self.pool.acquire() as conn:
+            return await conn.fetch(TAKE_UNREPORTED, self.channel, self.lease_s, limit)
 
     async def record(self, marks: list[Mark], provider: str) -> None:
         if not marks:

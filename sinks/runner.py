@@ -31,9 +31,11 @@ time, and a request still refused is DEAD with the database's reason.
 
 The in-flight window: a process killed between its claim and its outcome leaves CLAIMED rows. They are
 never sent again (the provider may have the message); after ``HERALD_SINK_CLAIM_LEASE_S`` any sink of the
-channel marks them DEAD and dead-letters them ``IN_DOUBT``. The window is one send plus one ledger write.
-A process killed after the ledger write and before its status records are acknowledged loses those
-status records (the ledger has the outcome).
+channel marks them DEAD and dead-letters them ``IN_DOUBT``. Requests are claimed, sent and recorded in waves
+of ``HERALD_SINK_CONCURRENCY``, so a kill leaves at most one wave in doubt (some of it sent, some not).
+A process killed after the ledger write and before its status records are acknowledged leaves those
+outcomes unreported in the ledger: the sink that reads the request again (or, a lease later, any sink of
+the channel) writes their status records then, so a status may arrive late, or twice, but is never lost.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ import os
 import random
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -140,11 +143,13 @@ class SinkRunner:
         self.dlq_topic = settings.topic("dlq")
         self.stage = f"sink-{channel.lower()}"
         self.semaphore = asyncio.Semaphore(max(settings.sink_concurrency, 1))
+        self.wave = max(settings.sink_concurrency, 1)
         self.retry_poll_s = retry_poll_s
         self.counts: dict[str, int] = {}
         self.delivered = 0
         self._stop = asyncio.Event()
         self._done: dict[tuple[str, int], int] = {}
+        self._unreported: list[str] = []
         self._next_retry_poll = 0.0
         self._next_janitor = time.monotonic() + 5.0
         self._rng = random.Random()
@@ -210,13 +215,20 @@ class SinkRunner:
                 dead_letters.append((src, msg.value(), exc.reason, exc.message))
                 continue
             jobs.append(Job(request, msg.value(), src))
-        jobs += await self._due_retries()
         outcomes: list[Outcome] = []
         if jobs:
             if self.deliver is not None:
                 outcomes = await self._deliver_batch(jobs)
             else:
                 outcomes = await self._deliver_each(jobs)
+        if self.ledger is not None and time.monotonic() >= self._next_retry_poll:
+            self._next_retry_poll = time.monotonic() + self.retry_poll_s
+            for _ in range(max(self.batch_size // self.wave, 1)):
+                due = await self._due_retries(self.wave)
+                if not due:
+                    break
+                jobs += due
+                outcomes += await self._deliver_each(due)
         outcomes += await self._in_doubt()
         by_id = {j.request["delivery_id"]: j for j in jobs}
         for o in outcomes:
@@ -227,6 +239,9 @@ class SinkRunner:
                 elif getattr(o, "_raw", None) is not None:
                     dead_letters.append((o._src, o._raw, o.reason, o.error or o.reason))  # type: ignore[attr-defined]
         await self._report(outcomes, dead_letters)
+        if self._unreported:
+            ids, self._unreported = self._unreported, []
+            await self._hold(lambda: self.ledger.reported(ids), "ledger reported")
         if messages:
             upto: dict[tuple[str, int], int] = {}
             for m in messages:
@@ -278,23 +293,47 @@ class SinkRunner:
     # -- per request, with the ledger -------------------------------------------------------------
 
     async def _deliver_each(self, jobs: list[Job]) -> list[Outcome]:
+        """Claim, send and record in waves of ``self.wave`` (the send concurrency), so at most one wave is
+        ever claimed without an outcome: that bounds what a kill leaves in doubt."""
         fresh: dict[str, Job] = {}
         for j in jobs:
             if j.from_kafka:
                 fresh.setdefault(j.request["delivery_id"], j)
-        claimed, existing = await self._hold(lambda: self.ledger.claim(
-            [(d, j.request["user_id"], j.raw, j.source) for d, j in fresh.items()]), "ledger claim")
-        skipped = {s: 0 for s in existing.values()}
-        for s in existing.values():
-            skipped[s] += 1
-        if existing:
-            log.debug("sink %s: not sent again: %s", self.channel, skipped)
-            self._count("SKIPPED", len(existing))
-        todo = [j for d, j in fresh.items() if d in claimed] + [j for j in jobs if not j.from_kafka]
+        retries = [j for j in jobs if not j.from_kafka]
+        outcomes: list[Outcome] = []
+        items = list(fresh.items())
+        for i in range(0, len(items), self.wave):
+            wave = items[i:i + self.wave]
+            claimed, existing, unreported = await self._hold(lambda wave=wave: self.ledger.claim(
+                [(d, j.request["user_id"], j.raw, j.source) for d, j in wave]), "ledger claim")
+            outcomes += self._late(unreported)
+            if existing:
+                log.debug("sink %s: not sent again: %s", self.channel, Counter(existing.values()))
+                self._count("SKIPPED", len(existing))
+            outcomes += await self._send_wave([j for d, j in wave if d in claimed])
+        if retries:  # claimed by take_due already, one wave at a time
+            outcomes += await self._send_wave(retries)
+        return outcomes
+
+    async def _send_wave(self, todo: list[Job]) -> list[Outcome]:
+        if not todo:
+            return []
         results = await asyncio.gather(*(self._attempt(j) for j in todo))
         marks = [m for _, m in results]
         await self._hold(lambda: self.ledger.record(marks, self.provider.name), "ledger record")
+        self._unreported += [m.delivery_id for m in marks]
         return [o for outs, _ in results for o in outs]
+
+    def _late(self, rows) -> list[Outcome]:
+        """The status of outcomes the ledger has and Kafka may not (reported late, once more at worst)."""
+        outs = []
+        for r in rows:
+            outs.append(Outcome(r["delivery_id"], r["status"], r["provider"] or self.provider.name, r["attempts"],
+                                r["last_error"]))
+            self._unreported.append(r["delivery_id"])
+        if outs:
+            log.info("sink %s: reporting %d outcomes a stopped process had not reported", self.channel, len(outs))
+        return outs
 
     async def _hold(self, step: Callable[[], Any], what: str) -> Any:
         """Run ``step`` (sync or async) until it succeeds: the database or the registry away holds the batch,
@@ -387,12 +426,9 @@ class SinkRunner:
             except Exception:  # noqa: BLE001 - the token fails again next time and is removed then
                 log.exception("sink %s: could not write the updated contact", self.channel)
 
-    async def _due_retries(self) -> list[Job]:
-        if self.ledger is None or time.monotonic() < self._next_retry_poll:
-            return []
-        self._next_retry_poll = time.monotonic() + self.retry_poll_s
+    async def _due_retries(self, limit: int) -> list[Job]:
         try:
-            rows = await self.ledger.take_due(self.batch_size)
+            rows = await self.ledger.take_due(limit)
         except Exception as exc:  # noqa: BLE001 - the database away: the schedule waits for it
             log.warning("sink %s: could not read due retries (%s)", self.channel, type(exc).__name__)
             return []
@@ -416,15 +452,17 @@ class SinkRunner:
         self._next_janitor = time.monotonic() + max(self.settings.sink_claim_lease_s / 4, 1.0)
         try:
             rows = await self.ledger.take_in_doubt()
+            late = self._late(await self.ledger.take_unreported())
         except Exception:  # noqa: BLE001
             return []
-        outs = []
+        outs = late
         for row in rows:
             o = Outcome(row["delivery_id"], "DEAD", self.provider.name, row["attempts"] + 1,
                         "IN_DOUBT: the sending process stopped between claim and outcome", reason="IN_DOUBT")
             if row["request"] is not None:
                 o._raw, o._src = row["request"], Source.from_json(row["source"])  # type: ignore[attr-defined]
             outs.append(o)
+            self._unreported.append(o.delivery_id)
         return outs
 
     # -- reporting and committing -----------------------------------------------------------------

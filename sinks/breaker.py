@@ -85,3 +85,15 @@ class Breaker:
             os.replace(tmp, self.state_path)
         except OSError:  # the state file is informative only; a full disk must not stop deliveries
             pass
+
+
+def read_states(run_dir: Path) -> list[dict]:
+    """Every channel's last written breaker state in ``run_dir`` (``herald.paths.subdir("run")``), for
+    ``herald status``: one dict per ``breaker-<channel>.json``, sorted by channel; unreadable files skipped."""
+    states = []
+    for path in sorted(Path(run_dir).glob("breaker-*.json")):
+        try:
+            states.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return states

@@ -124,3 +124,13 @@ def test_template_lookup_prefers_type_then_locale_then_defaults(tmp_path):
     assert t.render("SMS", r, {"locale": "pt-BR"})["body"] == "Olá New comment"
     assert t.render("SMS", r, {"locale": "../../etc"})["body"] == "New comment: Ada replied"
     assert t.render("SMS", {**r, "type": "../x"}, None)["body"] == "New comment: Ada replied"
+
+
+def test_breaker_states_are_listed_for_status(tmp_path):
+    from sinks.breaker import read_states
+
+    Breaker("SMS", "twilio", state_path=tmp_path / "breaker-sms.json")
+    b = Breaker("EMAIL", "smtp", failures=1, state_path=tmp_path / "breaker-email.json")
+    b.failure()
+    (tmp_path / "breaker-push.json").write_text("{not json")
+    assert [(s["channel"], s["state"]) for s in read_states(tmp_path)] == [("EMAIL", "OPEN"), ("SMS", "CLOSED")]

@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 import asyncpg
 import orjson
 
-from sinks.runner import Outcome
 from herald.settings import Settings
+from sinks.runner import Outcome
 
 INSERT = """
 INSERT INTO notifications (notification_id, user_id, type, priority, kind, title, body, data, event_ids, created_at)

@@ -98,6 +98,7 @@ class Client:
         self.connection_id = uuid.uuid4().hex
         self.queue: asyncio.Queue[str] = asyncio.Queue(QUEUE_MAX)
         self.dropped = False
+        self.handler = asyncio.current_task()
         self.writer = asyncio.ensure_future(self._write())
 
     def offer(self, frame: str) -> bool:
@@ -126,8 +127,12 @@ class Client:
         try:
             await asyncio.wait_for(self.ws.close(code=CLOSE_SLOW, message=b"too slow: frames not taken"), CLOSE_WAIT_S)
         except (asyncio.TimeoutError, ConnectionError, RuntimeError):
-            if self.transport is not None:
+            pass
+        finally:  # closed or not, the connection goes: a peer that does not read may not answer the close either
+            if self.transport is not None and not self.transport.is_closing():
                 self.transport.abort()
+            if self.handler is not None:  # its read may never learn of the abort; it cleans up when cancelled
+                self.handler.cancel()
 
     async def close(self) -> None:
         self.writer.cancel()

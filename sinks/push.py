@@ -13,6 +13,7 @@ import asyncio
 import json
 
 import aiohttp
+import orjson
 
 from sinks.provider import PermanentError, Provider, Sent, TransientError
 from sinks.retry import retry_after_seconds
@@ -49,9 +50,9 @@ class PushProvider(Provider):
     def _payload(self, token: str, request: dict, rendered: dict[str, str]) -> bytes:
         message = {"token": token, "notification": {"title": rendered["title"], "body": rendered["body"]}}
         data = {"delivery_id": request["delivery_id"], "type": request["type"], **(request.get("data") or {})}
-        body = json.dumps({"message": {**message, "data": data}}).encode()
+        body = orjson.dumps({"message": {**message, "data": data}})
         if len(body) > MAX_PAYLOAD:
-            body = json.dumps({"message": {**message, "data": {"delivery_id": request["delivery_id"]}}}).encode()
+            body = orjson.dumps({"message": {**message, "data": {"delivery_id": request["delivery_id"]}}})
         return body
 
     async def _one(self, token: str, body: bytes) -> tuple[str, str, float | None]:
@@ -61,7 +62,7 @@ class PushProvider(Provider):
                 text = await resp.read()
                 if resp.status == 200:
                     try:
-                        name = json.loads(text).get("name")
+                        name = orjson.loads(text).get("name")
                     except (ValueError, AttributeError):
                         name = None
                     if isinstance(name, str) and name:
@@ -78,7 +79,10 @@ class PushProvider(Provider):
 
     async def send(self, request: dict, rendered: dict[str, str], to, done: set[str]) -> Sent:
         tokens = [t for t in to if t not in done]
-        results = await asyncio.gather(*(self._one(t, self._payload(t, request, rendered)) for t in tokens))
+        if len(tokens) == 1:  # the common case, without a task per token
+            results = [await self._one(tokens[0], self._payload(tokens[0], request, rendered))]
+        else:
+            results = await asyncio.gather(*(self._one(t, self._payload(t, request, rendered)) for t in tokens))
         served = set(done) | {t for t, (o, _, _) in zip(tokens, results) if o == "ok"}
         gone = [t for t, (o, _, _) in zip(tokens, results) if o == "unregistered"]
         transient = [(d, ra) for o, d, ra in results if o == "transient"]

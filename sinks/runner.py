@@ -32,7 +32,8 @@ time, and a request still refused is DEAD with the database's reason.
 The in-flight window: a process killed between its claim and its outcome leaves CLAIMED rows. They are
 never sent again (the provider may have the message); after ``HERALD_SINK_CLAIM_LEASE_S`` any sink of the
 channel marks them DEAD and dead-letters them ``IN_DOUBT``. Requests are claimed, sent and recorded in waves
-of ``HERALD_SINK_CONCURRENCY``, so a kill leaves at most one wave in doubt (some of it sent, some not).
+of ``HERALD_SINK_CONCURRENCY``, at most ``WAVES_IN_FLIGHT`` (2) at once, so a kill leaves at most two waves in
+doubt (some of them sent, some not).
 A process killed after the ledger write and before its status records are acknowledged leaves those
 outcomes unreported in the ledger: the sink that reads the request again (or, a lease later, any sink of
 the channel) writes their status records then, so a status may arrive late, or twice, but is never lost.
@@ -62,6 +63,10 @@ from sinks.provider import PermanentError, Provider, TransientError
 from sinks.retry import backoff
 
 log = logging.getLogger("herald.sink")
+
+# Waves claimed and not yet recorded at once: the in-doubt window after a kill is at most this many waves
+# of HERALD_SINK_CONCURRENCY requests; more than one lets a wave's ledger round trips overlap another's sends.
+WAVES_IN_FLIGHT = 2
 
 
 @dataclass
@@ -300,17 +305,21 @@ class SinkRunner:
             if j.from_kafka:
                 fresh.setdefault(j.request["delivery_id"], j)
         retries = [j for j in jobs if not j.from_kafka]
-        outcomes: list[Outcome] = []
         items = list(fresh.items())
-        for i in range(0, len(items), self.wave):
-            wave = items[i:i + self.wave]
-            claimed, existing, unreported = await self._hold(lambda wave=wave: self.ledger.claim(
-                [(d, j.request["user_id"], j.raw, j.source) for d, j in wave]), "ledger claim")
-            outcomes += self._late(unreported)
-            if existing:
-                log.debug("sink %s: not sent again: %s", self.channel, Counter(existing.values()))
-                self._count("SKIPPED", len(existing))
-            outcomes += await self._send_wave([j for d, j in wave if d in claimed])
+        depth = asyncio.Semaphore(WAVES_IN_FLIGHT)
+
+        async def one_wave(wave: list[tuple[str, Job]]) -> list[Outcome]:
+            async with depth:
+                claimed, existing, unreported = await self._hold(lambda: self.ledger.claim(
+                    [(d, j.request["user_id"], j.raw, j.source) for d, j in wave]), "ledger claim")
+                outs = self._late(unreported)
+                if existing:
+                    log.debug("sink %s: not sent again: %s", self.channel, Counter(existing.values()))
+                    self._count("SKIPPED", len(existing))
+                return outs + await self._send_wave([j for d, j in wave if d in claimed])
+
+        waves = await asyncio.gather(*(one_wave(items[i:i + self.wave]) for i in range(0, len(items), self.wave)))
+        outcomes = [o for w in waves for o in w]
         if retries:  # claimed by take_due already, one wave at a time
             outcomes += await self._send_wave(retries)
         return outcomes

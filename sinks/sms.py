@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import re
+from urllib.parse import urlencode
 
 import aiohttp
 
@@ -19,6 +20,7 @@ from sinks.provider import PermanentError, Provider, Sent, TransientError
 from sinks.retry import retry_after_seconds
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 BAD_NUMBER = {21211, 21214, 21217, 21407, 21610, 21612, 21614}
 
 
@@ -53,9 +55,9 @@ class SmsProvider(Provider):
         return phone
 
     async def send(self, request: dict, rendered: dict[str, str], to, done: set[str]) -> Sent:
-        form = {"To": to, "From": self.sender, "Body": rendered["body"]}
+        form = urlencode({"To": to, "From": self.sender, "Body": rendered["body"]}).encode()
         try:
-            async with self.session.post(self.url, data=form) as resp:
+            async with self.session.post(self.url, data=form, headers=FORM) as resp:
                 text = await resp.read()
                 if 200 <= resp.status < 300:
                     try:

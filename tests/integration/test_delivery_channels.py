@@ -325,3 +325,23 @@ async def test_a_claim_left_by_a_dead_process_is_never_sent_and_ends_in_doubt(po
     assert await pool.fetchval("SELECT status FROM delivery_ledger WHERE delivery_id = $1", r["delivery_id"]) == "DEAD"
     assert kafka.dead_letters() == []  # no bytes were kept by the claim that never happened here
 
+
+
+async def test_two_sinks_sharing_a_group_through_a_rebalance_send_each_delivery_once(pool, unique, sandbox, catcher,
+                                                                                     tmp_path):
+    settings = env(unique, sandbox, catcher, sink_batch_size=20, sink_concurrency=5)
+    kafka = Kafka(settings)
+    users = [f"{unique}-{i}" for i in range(10)]
+    for u in users:
+        kafka.contact(u, tokens=[f"{u}-tok"])
+    reqs = [request(users[i % len(users)], "PUSH") for i in range(300)]
+    kafka.send("PUSH", reqs)
+    first, second = sink(settings, "PUSH", pool, tmp_path), sink(settings, "PUSH", pool, tmp_path)
+    async with running(first):
+        await wait_for(lambda: first.delivered >= 30, 30, 0.05)
+        async with running(second):  # joins: the partitions are shared out again mid-stream
+            await wait_for(lambda: first.delivered + second.delivered >= 150, 60, 0.05)
+            first.stop()  # leaves: the second takes every partition over
+            await wait_for(lambda: len(by_id(kafka.statuses())) == 300, 60)
+    assert all(v == ["SENT"] for v in by_id(kafka.statuses()).values())
+    assert Counter(m["token"] for m in pushes_for(sandbox, unique)) == Counter({f"{u}-tok": 30 for u in users})

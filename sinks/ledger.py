@@ -164,7 +164,9 @@ class Ledger:
             return
         async with self.pool.acquire() as conn:
             await conn.execute(RECORD, [m.delivery_id for m in marks], [m.status for m in marks],
-                               [m.attempts for m in marks], [m.error for m in marks], [m.delay_s for m in marks],
+                               [m.attempts for m in marks],
+                               [m.error.replace("\x00", "") if m.error else m.error for m in marks],
+                               [m.delay_s for m in marks],
                                ["\n".join(sorted(m.done)) for m in marks], provider)
 
     async def take_due(self, limit: int) -> list[asyncpg.Record]:

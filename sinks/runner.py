@@ -301,9 +301,17 @@ class SinkRunner:
         """Claim, send and record in waves of ``self.wave`` (the send concurrency), so at most one wave is
         ever claimed without an outcome: that bounds what a kill leaves in doubt."""
         fresh: dict[str, Job] = {}
+        refused: list[Outcome] = []
         for j in jobs:
             if j.from_kafka:
-                fresh.setdefault(j.request["delivery_id"], j)
+                r = j.request
+                if "\x00" in r["delivery_id"] or "\x00" in r["user_id"]:
+                    # PostgreSQL text cannot hold it: the ledger would refuse the whole wave for ever
+                    refused.append(Outcome(r["delivery_id"], "DEAD", self.provider.name, 1,
+                                           "REJECTED: a NUL character in delivery_id or user_id",
+                                           reason="REJECTED", failed_first=True))
+                    continue
+                fresh.setdefault(r["delivery_id"], j)
         retries = [j for j in jobs if not j.from_kafka]
         items = list(fresh.items())
         depth = asyncio.Semaphore(WAVES_IN_FLIGHT)
@@ -319,7 +327,7 @@ class SinkRunner:
                 return outs + await self._send_wave([j for d, j in wave if d in claimed])
 
         waves = await asyncio.gather(*(one_wave(items[i:i + self.wave]) for i in range(0, len(items), self.wave)))
-        outcomes = [o for w in waves for o in w]
+        outcomes = refused + [o for w in waves for o in w]
         if retries:  # claimed by take_due already, one wave at a time
             outcomes += await self._send_wave(retries)
         return outcomes

@@ -109,17 +109,19 @@ async def test_unknown_users_and_bad_addresses_end_clearly(pool, unique, sandbox
     kafka.contact(magic, phone="+15005550001")
     mails = {u: request(u, "EMAIL") for u in (nobody, bad_mail)}
     texts = {u: request(u, "SMS") for u in (no_phone, bad_phone, magic)}
-    kafka.send("EMAIL", list(mails.values()))
+    poison = request(f"{unique}-nul\x00", "EMAIL")
+    kafka.send("EMAIL", [poison] + list(mails.values()))
     kafka.send("SMS", list(texts.values()))
     async with running(sink(settings, "EMAIL", pool, tmp_path)), running(sink(settings, "SMS", pool, tmp_path)):
-        await wait_for(lambda: len(by_id(kafka.statuses())) == 5, 30)
+        await wait_for(lambda: len(by_id(kafka.statuses())) == 6, 30)
     got = by_id(kafka.statuses())
     assert got[mails[nobody]["delivery_id"]] == ["SUPPRESSED"]
+    assert got[poison["delivery_id"]] == ["FAILED", "DEAD"]  # the ledger cannot store it; the rest go on
     assert got[texts[no_phone]["delivery_id"]] == ["SUPPRESSED"]
     for r in (mails[bad_mail], texts[bad_phone], texts[magic]):
         assert got[r["delivery_id"]] == ["FAILED", "DEAD"]
     reasons = Counter(d["headers"]["herald.error.reason"] for d in kafka.dead_letters())
-    assert reasons == Counter({"INVALID_ADDRESS": 3})
+    assert reasons == Counter({"INVALID_ADDRESS": 3, "REJECTED": 1})
     assert sms_for(sandbox, "+15005550001") == []
 
 

@@ -43,6 +43,18 @@ if ! has_java21; then
   has_java21 || { say "the schema registry needs Java 21 or newer and none was found: install a JDK 21+ (e.g. Temurin) and set HERALD_JAVA to its java binary"; exit 1; }
 fi
 
+# The inbox page's browser test (make test) drives Debian's Chromium through chromium-driver.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    say "installing chromium and chromium-driver for the browser test…"
+    { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; } >/dev/null \
+      || say "could not install chromium; the browser test will fail until: apt-get install -y chromium chromium-driver"
+  else
+    say "the browser test needs: sudo apt-get install -y chromium chromium-driver"
+  fi
+fi
+
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   say "Herald needs Python 3.11 or newer; found $("$PYTHON" --version 2>&1). Set PYTHON=/path/to/python3.11"

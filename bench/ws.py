@@ -7,6 +7,7 @@ prints, for one run:
   files and resident memory per connection (their growth over the idle baseline);
 - fan-out: records written to herald.delivery.websocket at ``--rate`` per second, each for one connected
   user; latency from the produce call to the frame read by the client (p50, p99, max), and frames missing;
+- (the sockets stay open, idle, through the phases below)
 - preferences: PUT then GET of the same user (a new connection each, so any API process may answer);
   p50/p99 of the PUT, of the GET and of the pair, and how many GETs did not return the PUT's document;
 - inbox list: GET /notifications?limit=20 at ``--list-rate`` per second, latency measured from each
@@ -105,7 +106,7 @@ async def _open(port: int, user: str, token: str, on_frame) -> Reader:
     return reader
 
 
-def _client(port: int, users: list[str], tokens: list[str], opened, go, results) -> None:
+def _client(port: int, users: list[str], tokens: list[str], opened, go, results, done) -> None:
     """One client process: open a socket per user, report, then collect marked frames' latencies."""
     _raise_nofile()
     latencies: list[float] = []
@@ -141,6 +142,8 @@ def _client(port: int, users: list[str], tokens: list[str], opened, go, results)
         while go.is_set():
             await asyncio.sleep(0.1)
         results.put((latencies, len(seen)))
+        while not done.is_set():  # stay open (idle) while the other phases run
+            await asyncio.sleep(0.2)
         for r in readers:
             r.transport.close()
 
@@ -284,15 +287,26 @@ def run(connections: int = 2000, rate: float = 1000, duration: float = 10, list_
     ctx = multiprocessing.get_context("spawn")
     clients = []
     try:
+        async def seed() -> None:
+            conn = await asyncpg.connect(settings.database_url)
+            try:
+                await conn.execute(
+                    "INSERT INTO notifications (notification_id, user_id, type, priority, kind, title, body, event_ids,"
+                    " created_at) SELECT $1 || '-n' || i, $1 || '-u' || (i % 200), 'BENCH', 'NORMAL', 'SINGLE', 't', 'b',"
+                    " '{}', now() - make_interval(secs => i) FROM generate_series(1, 10000) i", prefix)
+            finally:
+                await conn.close()
+
+        asyncio.run(seed())  # before any socket opens: no live frames for it
         time.sleep(2)  # every worker up
         pids = _workers(proc.pid)
         rss0, fds0 = _rss_and_fds(pids)
-        opened_q, results_q, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+        opened_q, results_q, go, done = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Event()
         share = (connections + client_procs - 1) // client_procs
         started = time.monotonic()
         for c in range(client_procs):
             part = slice(c * share, (c + 1) * share)
-            p = ctx.Process(target=_client, args=(port, users[part], tokens[part], opened_q, go, results_q))
+            p = ctx.Process(target=_client, args=(port, users[part], tokens[part], opened_q, go, results_q, done))
             p.start()
             clients.append(p)
         opened = failed = 0
@@ -326,9 +340,6 @@ def run(connections: int = 2000, rate: float = 1000, duration: float = 10, list_
                        fanout_p99_ms=round(_pct(sorted(latencies), 99), 1))
         progress(f"fan-out: {sent} deliveries at {figures['fanout_rate']}/s, {received} frames, "
                  f"{sent - received} missing; produce -> frame {_summary(latencies)}")
-        for p in clients:
-            p.join(30)
-
         prefs = asyncio.run(_preferences(port, users, tokens, pref_pairs))
         figures.update(prefs_stale=prefs["stale"], prefs_put_p99_ms=round(_pct(sorted(prefs["put"]), 99), 1),
                        prefs_get_p99_ms=round(_pct(sorted(prefs["get"]), 99), 1),
@@ -336,23 +347,15 @@ def run(connections: int = 2000, rate: float = 1000, duration: float = 10, list_
         progress(f"preferences: {pref_pairs} PUT->GET pairs, {prefs['stale']} GETs not returning the PUT; "
                  f"PUT {_summary(prefs['put'])}; GET {_summary(prefs['get'])}; pair {_summary(prefs['pair'])}")
 
-        async def seed() -> None:
-            conn = await asyncpg.connect(settings.database_url)
-            try:
-                await conn.execute(
-                    "INSERT INTO notifications (notification_id, user_id, type, priority, kind, title, body, event_ids,"
-                    " created_at) SELECT $1 || '-n' || i, $1 || '-u' || (i % 200), 'BENCH', 'NORMAL', 'SINGLE', 't', 'b',"
-                    " '{}', now() - make_interval(secs => i) FROM generate_series(1, 10000) i", prefix)
-            finally:
-                await conn.close()
-
-        asyncio.run(seed())
         listing = asyncio.run(_inbox_list(port, users[:200], tokens[:200], list_rate, list_duration))
         figures.update(list_requests=listing["requests"], list_errors=listing["errors"],
                        list_rate=round(listing["achieved"]), list_p50_ms=round(_pct(sorted(listing["latencies"]), 50), 1),
                        list_p99_ms=round(_pct(sorted(listing["latencies"]), 99), 1))
         progress(f"inbox list: {listing['requests']} requests at {figures['list_rate']}/s ({listing['errors']} errors); "
                  f"{_summary(listing['latencies'])}")
+        done.set()
+        for p in clients:
+            p.join(60)
     finally:
         for p in clients:
             if p.is_alive():

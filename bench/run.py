@@ -31,7 +31,7 @@ What it measures, in this order (each phase prints its time; the whole default r
 
 Then it writes bench/results/bench-<run>.json and bench/results/latest.json (every figure, the ratios
 Herald/ceiling and Herald/Quix, the machine, load before and after, timestamps, git commit),
-BENCHMARKS.md (each figure beside its target in ../shared/DESIGN.md) and bench/results/chart.png (needs
+BENCHMARKS.md (each figure beside its target in bench/targets.py) and bench/results/chart.png (needs
 matplotlib: `.venv/bin/pip install -e '.[bench]'`; without it everything else is still written).
 
 How long: about 15 minutes by default on a 2-core machine when Herald is fast enough; the phases that

@@ -10,21 +10,8 @@ from herald.settings import describe
 EPILOG = "settings (environment variables):\n" + describe()
 
 
-def _parser() -> argparse.ArgumentParser:
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(
-        prog="herald", formatter_class=fmt, epilog=EPILOG,
-        description=textwrap.dedent("""\
-            Herald: a Kafka-native notification pipeline.
-
-            start here:
-              herald up                  bring up Kafka, the registry, PostgreSQL, the pipeline, the
-                                         in-app sink and the API, run a demo stream and show what flows
-              herald tail herald.decisions --from-beginning   every decision, as JSON lines
-              herald token demo-user-1   a token for the API
-            """))
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_up(sub: argparse._SubParsersAction, fmt: type) -> None:
+    """`herald up`: the whole local stack."""
     up = sub.add_parser("up", formatter_class=fmt, help="the whole local stack, with a demo stream and a live view",
                         description=textwrap.dedent("""\
             Start everything on this machine: Kafka (KRaft), the schema registry, PostgreSQL, the pipeline
@@ -47,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--no-servers", action="store_true",
                     help="start no server: use the Kafka, registry and PostgreSQL answering at the HERALD_* addresses")
 
+
+def _add_processes(sub: argparse._SubParsersAction, fmt: type) -> None:
+    """`down`, `status` and the long-running processes: `worker`, `sink`, `api`."""
     sub.add_parser("down", help="stop everything `herald up` started, supervisor first (data is kept)")
     sub.add_parser("status", help="each part: up or down, address, version, topics, restarts, consumer lag")
     sub.add_parser("worker", help="run the pipeline worker (Faust) in the foreground")
@@ -56,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
                            "websocket is not available yet")
     sub.add_parser("api", help="run the query API in the foreground")
 
+
+def _add_produce(sub: argparse._SubParsersAction, fmt: type) -> None:
+    """`herald produce`: JSON lines in, Avro events out."""
     produce = sub.add_parser("produce", formatter_class=fmt, help="publish JSON lines as Avro events",
                              description=textwrap.dedent("""\
             Read NotificationEvents as JSON lines (from files or standard input) and publish them as Avro
@@ -75,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     produce.add_argument("--topic", default=None, help="topic (default: <prefix>events)")
     produce.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_tail(sub: argparse._SubParsersAction, fmt: type) -> None:
+    """`herald tail`: a topic's records as JSON lines."""
     tail = sub.add_parser("tail", formatter_class=fmt, help="print a topic's records as JSON lines",
                           description=textwrap.dedent("""\
             Decode a Herald topic's Avro records and print one JSON object a line: partition, offset,
@@ -91,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="keep waiting for new records (default: yes, or no with --from-beginning)")
     tail.add_argument("--max", type=int, default=0, help="stop after this many records")
 
+
+def _add_token(sub: argparse._SubParsersAction, fmt: type) -> None:
+    """`herald token`: an API token, or the inbox link."""
     token = sub.add_parser("token", help="mint an API token for a user",
                            description="Mint an HS256 token for USER_ID with the local secret (at most 30 days).\n\n"
                                        "examples:\n  curl -H \"Authorization: Bearer $(herald token u1)\" "
@@ -104,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--url", action="store_true",
                        help="print the inbox page's address with the token in its fragment (HERALD_API_PORT)")
 
+
+def _add_replay(sub: argparse._SubParsersAction, fmt: type) -> None:
+    """`herald replay`: re-drive a range of a topic, or dead letters."""
     replay = sub.add_parser("replay", formatter_class=fmt,
                             help="copy a range of a topic back into the pipeline, or re-drive dead letters",
                             description=textwrap.dedent("""\
@@ -149,6 +151,29 @@ def _parser() -> argparse.ArgumentParser:
                         help="with --dlq: only dead letters of this herald.error.reason (repeat for several)")
     replay.add_argument("--dry-run", action="store_true", help="with --dlq: check and count, send nothing")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="herald", formatter_class=fmt, epilog=EPILOG,
+        description=textwrap.dedent("""\
+            Herald: a Kafka-native notification pipeline.
+
+            start here:
+              herald up                  bring up Kafka, the registry, PostgreSQL, the pipeline, the
+                                         in-app sink and the API, run a demo stream and show what flows
+              herald tail herald.decisions --from-beginning   every decision, as JSON lines
+              herald token demo-user-1   a token for the API
+            """))
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    _add_up(sub, fmt)
+    _add_processes(sub, fmt)
+    _add_produce(sub, fmt)
+    _add_tail(sub, fmt)
+    _add_token(sub, fmt)
+    _add_replay(sub, fmt)
 
     # its options and help live in bench/run.py (`herald bench --help`); main() hands them over
     sub.add_parser("bench", add_help=False,

@@ -7,7 +7,9 @@ bootstrap:
 up: bootstrap          ## the whole local stack, a demo stream and a live view (Ctrl-C stops it)
 	@.venv/bin/herald up
 
-test: bootstrap        ## the whole test suite against the real broker, registry and database
+test: bootstrap        ## lint, types, then the whole test suite against the real broker, registry and database
+	@.venv/bin/ruff check .
+	@.venv/bin/mypy
 	@.venv/bin/python -m pytest
 
 unit: bootstrap        ## only the tests that need no server

@@ -81,7 +81,7 @@ async def test_email_goes_out_once_as_text_and_html_even_when_read_again(pool, u
     reqs = [request(user, "EMAIL", title=f"Hello {i} <b>", body="Line one\nLine <two> & é") for i in range(3)]
     kafka.send("EMAIL", reqs + [reqs[0]])  # the same delivery twice in the topic
     async with running(sink(settings, "EMAIL", pool, tmp_path)):
-        await wait_for(lambda: len(kafka.statuses()) >= 3 and len(mails_for(catcher, rcpt)) >= 3, 30)
+        await wait_for(lambda: len(kafka.statuses()) >= 3 and len(mails_for(catcher, rcpt)) >= 3, 60)
         await asyncio.sleep(1)
     mails = mails_for(catcher, rcpt)
     assert Counter(m["message_id"] for m in mails) == Counter({message_id(r["delivery_id"]): 1 for r in reqs})
@@ -113,7 +113,7 @@ async def test_unknown_users_and_bad_addresses_end_clearly(pool, unique, sandbox
     kafka.send("EMAIL", [poison] + list(mails.values()))
     kafka.send("SMS", list(texts.values()))
     async with running(sink(settings, "EMAIL", pool, tmp_path)), running(sink(settings, "SMS", pool, tmp_path)):
-        await wait_for(lambda: len(by_id(kafka.statuses())) == 6, 30)
+        await wait_for(lambda: len(by_id(kafka.statuses())) == 6, 60)
     got = by_id(kafka.statuses())
     assert got[mails[nobody]["delivery_id"]] == ["SUPPRESSED"]
     assert got[poison["delivery_id"]] == ["FAILED", "DEAD"]  # the ledger cannot store it; the rest go on
@@ -136,7 +136,7 @@ async def test_push_is_retried_after_5xx_and_unregistered_tokens_leave_the_conta
     r = request(user, "PUSH")
     kafka.send("PUSH", [r])
     async with running(sink(settings, "PUSH", pool, tmp_path)):
-        await wait_for(lambda: "SENT" in by_id(kafka.statuses()).get(r["delivery_id"], []), 30)
+        await wait_for(lambda: "SENT" in by_id(kafka.statuses()).get(r["delivery_id"], []), 60)
         await wait_for(lambda: any(c["push_tokens"] == tokens[:2] for c in kafka.read("contacts", "Contact")), 10)
         await asyncio.sleep(1)
     statuses = [s for s in kafka.statuses() if s["delivery_id"] == r["delivery_id"]]
@@ -154,7 +154,7 @@ async def test_exhausted_attempts_are_dead_lettered_max_attempts(pool, unique, s
     r = request(user, "SMS")
     kafka.send("SMS", [r])
     async with running(sink(settings, "SMS", pool, tmp_path)):
-        await wait_for(lambda: "DEAD" in by_id(kafka.statuses()).get(r["delivery_id"], []), 30)
+        await wait_for(lambda: "DEAD" in by_id(kafka.statuses()).get(r["delivery_id"], []), 60)
     statuses = [(s["status"], s["attempt"]) for s in kafka.statuses()]
     assert statuses == [("RETRYING", 1), ("RETRYING", 2), ("DEAD", 3)]
     (letter,) = kafka.dead_letters()
@@ -198,7 +198,7 @@ async def test_a_request_waiting_for_its_retry_does_not_hold_up_its_partition(po
     rest = [request(u, "EMAIL") for u in others]
     async with running(sink(settings, "EMAIL", pool, tmp_path)):
         kafka.send("EMAIL", [first] + rest)
-        await wait_for(lambda: all(by_id(kafka.statuses()).get(r["delivery_id"]) == ["SENT"] for r in rest), 30)
+        await wait_for(lambda: all(by_id(kafka.statuses()).get(r["delivery_id"]) == ["SENT"] for r in rest), 60)
         assert by_id(kafka.statuses())[first["delivery_id"]] == ["RETRYING"]
         await asyncio.sleep(1)
         c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"{unique}-app-sink-email"})
@@ -224,7 +224,7 @@ async def test_templates_control_characters_garbage_and_hangs(pool, unique, sand
     controls = request(u, "EMAIL", title="Ding\x07 dong\x1b[31m", body="a\x00b\x08c\x7fd\te")
     kafka.send("EMAIL", [broken, controls])
     async with running(sink(settings, "EMAIL", pool, tmp_path)):
-        await wait_for(lambda: len(by_id(kafka.statuses())) == 2, 30)
+        await wait_for(lambda: len(by_id(kafka.statuses())) == 2, 60)
     got = by_id(kafka.statuses())
     assert got[broken["delivery_id"]] == ["FAILED", "DEAD"] and got[controls["delivery_id"]] == ["SENT"]
     assert kafka.dead_letters()[0]["headers"]["herald.error.reason"] == "TEMPLATE"
@@ -239,11 +239,11 @@ async def test_templates_control_characters_garbage_and_hangs(pool, unique, sand
     garbage = request(u, "SMS", body="first")
     kafka.send("SMS", [garbage])
     async with running(sink(settings, "SMS", pool, tmp_path)) as _:
-        await wait_for(lambda: "DEAD" in by_id(kafka.statuses()).get(garbage["delivery_id"], []), 30)
+        await wait_for(lambda: "DEAD" in by_id(kafka.statuses()).get(garbage["delivery_id"], []), 60)
         sandbox.post("/_sandbox/faults", {"hang_rate": 1.0, "hang_s": 3, "budget": 1})
         hang = request(u, "SMS", body="second")
         kafka.send("SMS", [hang])
-        await wait_for(lambda: "SENT" in by_id(kafka.statuses()).get(hang["delivery_id"], []), 30)
+        await wait_for(lambda: "SENT" in by_id(kafka.statuses()).get(hang["delivery_id"], []), 60)
     assert by_id(kafka.statuses())[garbage["delivery_id"]] == ["FAILED", "DEAD"]
     assert by_id(kafka.statuses())[hang["delivery_id"]] == ["RETRYING", "SENT"]
     assert Counter(m["body"].split(": ", 1)[1] for m in sms_for(sandbox, "+15557770001")) == Counter(
@@ -258,7 +258,7 @@ async def test_a_large_record_is_dead_lettered_too_large(pool, unique, sandbox, 
     big, fine = request(u, "EMAIL", body="x" * 900_000), request(u, "EMAIL")
     kafka.send("EMAIL", [big, fine])
     async with running(sink(settings, "EMAIL", pool, tmp_path)):
-        await wait_for(lambda: len(kafka.statuses()) == 1 and len(kafka.dead_letters()) == 1, 30)
+        await wait_for(lambda: len(kafka.statuses()) == 1 and len(kafka.dead_letters()) == 1, 60)
     assert kafka.dead_letters()[0]["headers"]["herald.error.reason"] == "TOO_LARGE"
     assert by_id(kafka.statuses()) == {fine["delivery_id"]: ["SENT"]}
 
@@ -270,12 +270,12 @@ async def test_a_contact_written_now_is_used_within_seconds(pool, unique, sandbo
     before = request(u, "PUSH")
     async with running(sink(settings, "PUSH", pool, tmp_path)):
         kafka.send("PUSH", [before])
-        await wait_for(lambda: by_id(kafka.statuses()).get(before["delivery_id"]) == ["SUPPRESSED"], 30)
+        await wait_for(lambda: by_id(kafka.statuses()).get(before["delivery_id"]) == ["SUPPRESSED"], 60)
         kafka.contact(u, tokens=[f"{unique}-tok"])
         await asyncio.sleep(5)
         after = request(u, "PUSH")
         kafka.send("PUSH", [after])
-        await wait_for(lambda: by_id(kafka.statuses()).get(after["delivery_id"]) == ["SENT"], 30)
+        await wait_for(lambda: by_id(kafka.statuses()).get(after["delivery_id"]) == ["SENT"], 60)
     assert len(pushes_for(sandbox, unique)) == 1
 
 
@@ -293,7 +293,7 @@ async def test_the_ledger_database_away_holds_sends_and_nothing_goes_twice(pool,
         async with running(sink(settings, "SMS", sink_pool, tmp_path)):
             one = request(u, "SMS", body="one")
             kafka.send("SMS", [one])
-            await wait_for(lambda: len(kafka.statuses()) == 1, 30)
+            await wait_for(lambda: len(kafka.statuses()) == 1, 60)
             await proxy.down()
             held = [request(u, "SMS", body=f"held{i}") for i in range(3)]
             kafka.send("SMS", held)
@@ -322,7 +322,7 @@ async def test_a_claim_left_by_a_dead_process_is_never_sent_and_ends_in_doubt(po
     runner = sink(settings, "PUSH", pool, tmp_path)
     runner._next_janitor = 0
     async with running(runner):
-        await wait_for(lambda: by_id(kafka.statuses()).get(r["delivery_id"]) == ["DEAD"], 30)
+        await wait_for(lambda: by_id(kafka.statuses()).get(r["delivery_id"]) == ["DEAD"], 60)
     assert pushes_for(sandbox, unique) == []
     assert await pool.fetchval("SELECT status FROM delivery_ledger WHERE delivery_id = $1", r["delivery_id"]) == "DEAD"
     assert kafka.dead_letters() == []  # no bytes were kept by the claim that never happened here

@@ -32,7 +32,8 @@ def _logging() -> None:
 
 def _quiet_clients() -> None:
     # the registry client logs every HTTP request at INFO; a cache miss is not news
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _run_until_signal(main_coro_factory) -> None:
@@ -211,6 +212,23 @@ def _demo_records(codec, topic: str) -> Iterator[tuple[bytes, bytes]]:  # noqa: 
             yield payload["user_id"].encode(), codec.encode(f"{topic}-value", "NotificationEvent", event)
 
 
+def _demo_contacts(settings: Settings, producer) -> None:  # noqa: ANN001
+    """The demo users' contacts to herald.contacts, so the email, push and SMS sinks have addresses."""
+    from herald.kafka import produce
+    from schemas.codec import Codec
+    from schemas.registry import Registry
+    from streams import demo
+
+    topic = settings.topic("contacts")
+    codec = Codec(Registry(settings.schema_registry_url))
+    now = int(time.time() * 1000)
+    for user in demo.USERS:
+        value = codec.encode(f"{topic}-value", "Contact", demo.contact(user, now))
+        produce(producer, topic, value, user.encode())
+    if producer.flush(30):
+        raise UserError(f"the demo contacts were not acknowledged by Kafka at {settings.kafka_bootstrap}")
+
+
 def _json_records(codec, topic: str, files: list[str], bad: list[int]) -> Iterator[tuple[bytes, bytes]]:  # noqa: ANN001
     """Events from JSON lines; a bad line is reported with its place and counted in ``bad[0]``."""
     from streams.events import EventError, from_json
@@ -254,6 +272,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
     codec, producer = _producer_codec(settings, topic)
     failures: list[str] = []
     bad = [0]
+    if args.demo:
+        _demo_contacts(settings, producer)
     records = _demo_records(codec, topic) if args.demo else _json_records(codec, topic, args.files, bad)
     sent, started = 0, time.monotonic()
     progress, task = _progress(args, topic)

@@ -20,10 +20,12 @@ from rich.panel import Panel
 from rich.table import Table
 
 from herald.dlq import reason_of
+from herald.paths import subdir
 from herald.settings import Settings
 from herald.topics import CHANNELS
 from schemas.codec import Codec, DecodeError
 from schemas.registry import Registry
+from sinks.breaker import read_states
 from streams.demo import SAMPLE_USER
 from streams.supervisor import rows
 
@@ -37,7 +39,8 @@ class Flow:
         self.events = 0
         self.outcomes: Counter[str] = Counter()
         self.deliveries: Counter[str] = Counter()
-        self.statuses: Counter[str] = Counter()
+        self.statuses: Counter[tuple[str, str]] = Counter()  # (channel, status)
+        self.breakers: list[dict] = []  # the sinks' circuit breakers, as they last wrote them
         self.dead: Counter[str] = Counter()
         self.recent: deque[dict] = deque(maxlen=8)
         self.unread: dict | str = "…"
@@ -59,7 +62,8 @@ class Flow:
             self.recent.appendleft(decision)
         elif topic == t("delivery.status"):
             try:
-                self.statuses[codec.decode(msg.value(), "DeliveryStatus")["status"]] += 1
+                status = codec.decode(msg.value(), "DeliveryStatus")
+                self.statuses[status["channel"], status["status"]] += 1
             except DecodeError:
                 return
         elif topic.startswith(t("delivery.")):
@@ -78,8 +82,15 @@ class Flow:
             n = self.deliveries.get(channel.lower(), 0)
             if n:
                 counts.add_row(f"  delivered → {channel.lower()}", str(n), "")
-        for status, n in sorted(self.statuses.items()):
-            counts.add_row(f"  sink {status}", str(n), "")
+        for channel in CHANNELS:
+            line = ", ".join(f"{s} {n}" for (c, s), n in sorted(self.statuses.items()) if c == channel)
+            if line:
+                counts.add_row(f"  sink {channel.lower()}", "", line)
+        for breaker in self.breakers:
+            state = breaker.get("state", "?")
+            colour = "green" if state == "closed" else "yellow" if state == "half_open" else "red"
+            counts.add_row(f"  circuit {breaker.get('channel', '?').lower()}", f"[{colour}]{state}[/]",
+                           breaker.get("provider", ""))
         for reason, n in sorted(self.dead.items()):
             counts.add_row(f"  dead letter {reason}", str(n), "[yellow]bad input, kept in herald.dlq[/]")
         unread = (self.unread if isinstance(self.unread, str)
@@ -131,6 +142,7 @@ def watch(settings: Settings, processes: Callable[[], dict] | None = None) -> No
                 if time.monotonic() - last_api > 1:
                     flow.unread = _unread(settings, token)
                     flow.processes = processes() if processes else {}
+                    flow.breakers = read_states(subdir("run"))
                     last_api = time.monotonic()
                 live.update(flow.render())
     finally:

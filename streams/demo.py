@@ -39,6 +39,15 @@ def event(rng: random.Random, now_ms: int | None = None) -> dict:
     }
 
 
+def contact(user: str, now_ms: int) -> dict:
+    """The demo users' addresses: everyone has an email and a device; every fifth user has no phone, so their
+    SMS is SUPPRESSED, and the last user's device token is one the provider no longer knows."""
+    n = int(user.rsplit("-", 1)[1])
+    token = f"unregistered-{user}" if user == USERS[-1] else f"demo-device-{user}"
+    return {"user_id": user, "email": f"{user}@demo.example", "phone": None if n % 5 == 0 else f"+1555010{n:04d}",
+            "push_tokens": [token], "locale": "en", "updated_at": now_ms}
+
+
 def stream(seed: int = 7):
     """Endless (kind, payload) pairs: ("event", dict), ("retry", dict) or ("bad", bytes)."""
     rng = random.Random(seed)

@@ -29,8 +29,19 @@ from streams.supervisor import Proc, Supervisor, alive, describe_exit, read_stat
 
 console = Console(stderr=True, highlight=False)
 SERVERS = (("postgres", postgres), ("kafka", kafka), ("registry", registry))
-DEMO_WINDOWS = {"HERALD_BATCH_WINDOW_S": "10", "HERALD_DIGEST_PERIOD_S": "60"}
+# the demo's short windows, and a provider sandbox that fails a few sends so retries show (unless you chose)
+DEMO_WINDOWS = {"HERALD_BATCH_WINDOW_S": "10", "HERALD_DIGEST_PERIOD_S": "60",
+                "HERALD_SANDBOX_FAULTS": '{"fail_rate": 0.05, "status": 503}'}
 READY_TIMEOUT_S = 120
+
+
+def _local(url: str, port: int) -> bool:
+    """True when ``url`` is the local stand-in's default address (127.0.0.1 or localhost at ``port``)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.hostname in ("127.0.0.1", "localhost") and parts.port == port
+
 
 # Every process `herald up` starts and supervises, in start order (`down` stops them in reverse).
 # One line each: name, `herald` arguments (or "-m", "module", ...), readiness check; see supervisor.Proc.
@@ -39,7 +50,14 @@ PROCESSES: list[Proc] = [
     Proc("worker", ("worker",), ready.log_line("Ready")),
     Proc("sink-inapp", ("sink", "inapp"), ready.log_line("consuming")),
     Proc("api", ("api",), ready.http_ok("http://127.0.0.1:{api_port}/readyz")),
-    # -- delivery: the mail catcher, the provider sandbox and the email/push/sms sinks go here --
+    # delivery: the local stand-ins for the providers (only while the provider URLs point at them), then the sinks
+    Proc("mailcatcher", ("-m", "infra.mailcatcher", "--port", "2525", "--http-port", "2526"),
+         ready.log_line("mailcatcher listening on"), only_if=lambda s: _local(s.smtp_url, 2525)),
+    Proc("sandbox", ("-m", "infra.sandbox", "--port", "8090"), ready.log_line("sandbox listening on"),
+         only_if=lambda s: _local(s.push_url, 8090) or _local(s.sms_url, 8090)),
+    Proc("sink-email", ("sink", "email"), ready.log_line("consuming")),
+    Proc("sink-push", ("sink", "push"), ready.log_line("consuming")),
+    Proc("sink-sms", ("sink", "sms"), ready.log_line("consuming")),
     Proc("demo", ("produce", "--demo", "--quiet", "--rate", "{demo_rate:g}"), ready.running(), demo_only=True,
          after_ready=True),
 ]
@@ -129,7 +147,7 @@ def up(settings: Settings, detach: bool, demo: bool, rate: float | None, servers
     env = _environment(demo, rate)
     if rate:
         settings = dataclasses.replace(settings, demo_rate=rate)
-    names = [p.name for p in PROCESSES if demo or not p.demo_only]
+    names = [p.name for p in PROCESSES if p.wanted(settings, demo)]
     running = read_state()
     try:
         start_servers(settings, start=servers)
@@ -259,6 +277,25 @@ def _stop_supervisor(timeout: float = 150) -> None:
     _say(f"stopped `herald up` (pid {pid})")
 
 
+def _show_breakers() -> None:
+    """The sinks' circuit breakers as each sink last wrote them (none before a sink has run)."""
+    from rich.table import Table
+
+    from herald.paths import subdir
+    from sinks.breaker import read_states
+
+    states = read_states(subdir("run"))
+    if not states:
+        return
+    table = Table(title="circuit breakers")
+    for col in ("channel", "provider", "state", "detail"):
+        table.add_column(col)
+    for b in states:
+        detail = ", ".join(f"{k}={v}" for k, v in b.items() if k not in ("channel", "provider", "state"))
+        table.add_row(str(b.get("channel", "?")).lower(), str(b.get("provider", "")), str(b.get("state", "?")), detail)
+    console.print(table)
+
+
 def show_status(settings: Settings) -> int:
     from rich.table import Table
 
@@ -296,6 +333,7 @@ def show_status(settings: Settings) -> int:
         address = f"http://127.0.0.1:{metrics[pid]}/metrics" if pid in metrics else ""
         table.add_row(name, label, address, "", text)
     console.print(table)
+    _show_breakers()
     try:
         lag = consumer_lag(settings) if kafka_up else {}
     except Exception:  # noqa: BLE001

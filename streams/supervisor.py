@@ -110,13 +110,18 @@ class Proc:
     ``argv``: a ``herald`` subcommand and its arguments (``("sink", "inapp")``), or, when it starts with a
     dash, arguments of the Python interpreter (``("-m", "some.module")``). ``{setting}`` fields are filled
     from the settings (``"{demo_rate:g}"``). ``demo_only``: started only with the demo. ``after_ready``:
-    started once every entry above it is up."""
+    started once every entry above it is up. ``only_if``: started only when it says yes for the settings
+    (a local stand-in only when the provider's URL points at it)."""
 
     name: str
     argv: tuple[str, ...]
     ready: Check
     demo_only: bool = False
     after_ready: bool = False
+    only_if: Callable[[Settings], bool] | None = None
+
+    def wanted(self, settings: Settings, demo: bool) -> bool:
+        return (demo or not self.demo_only) and (self.only_if is None or self.only_if(settings))
 
     def command(self, settings: Settings) -> list[str]:
         args = [_fill(a, settings) for a in self.argv]
@@ -251,7 +256,7 @@ class Supervisor:
         self.env = dict(env or {})
         self.mode = mode
         self.clock = clock
-        self.children = [Child(p, backoff=backoff()) for p in procs if demo or not p.demo_only]
+        self.children = [Child(p, backoff=backoff()) for p in procs if p.wanted(settings, demo)]
         self.history: list[dict] = []
         self.state = "running"
         self.log = _Log()

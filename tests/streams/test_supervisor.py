@@ -75,8 +75,19 @@ def test_the_stack_table_names_every_process_once_and_the_demo_is_demo_only():
     assert names[:3] == ["worker", "sink-inapp", "api"] and len(set(names)) == len(names)
     demo = next(p for p in stack.PROCESSES if p.name == "demo")
     assert demo.demo_only and demo.after_ready
+    delivery = {"mailcatcher", "sandbox", "sink-email", "sink-push", "sink-sms"}
     assert Supervisor(stack.PROCESSES, Settings(), demo=False).snapshot()["processes"].keys() == \
-        {"worker", "sink-inapp", "api"}
+        {"worker", "sink-inapp", "api"} | delivery
+
+
+def test_the_local_provider_stand_ins_run_only_while_the_provider_urls_point_at_them():
+    elsewhere = Settings(smtp_url="smtps://user:pass@mail.example.org:465", push_url="https://fcm.googleapis.com",
+                         sms_url="https://api.twilio.com")
+    names = Supervisor(stack.PROCESSES, elsewhere, demo=False).snapshot()["processes"].keys()
+    assert "mailcatcher" not in names and "sandbox" not in names
+    assert {"sink-email", "sink-push", "sink-sms"} <= names
+    only_sms_local = Settings(push_url="https://fcm.googleapis.com")
+    assert "sandbox" in Supervisor(stack.PROCESSES, only_sms_local, demo=False).snapshot()["processes"]
 
 
 def test_a_killed_process_comes_back_counted_and_stop_restarts_nothing():

@@ -317,9 +317,10 @@ class Hub:
                     "UPDATE api_sockets SET expires_at = now() + make_interval(secs => $2) WHERE process = $1",
                     self.process, float(self.settings.presence_ttl_s))
                 await self.pool.execute("DELETE FROM api_sockets WHERE expires_at < now()")
-                for clients in list(self.local.values()):
-                    for client in list(clients):
-                        await self._presence(client, online=True)
+                for n, client in enumerate([c for clients in list(self.local.values()) for c in clients]):
+                    await self._presence(client, online=True)
+                    if n % 200 == 199:  # thousands of sockets: let frames and requests through meanwhile
+                        await asyncio.sleep(0)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - try again next round

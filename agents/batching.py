@@ -114,6 +114,23 @@ def _joined_ids(ids: list[str]) -> tuple[str, int]:
     return ",".join(ids), 0
 
 
+MAX_ITEMS = 50  # items listed in a batch's or digest's data for the sinks' templates
+
+
+def item_data(events: Sequence[Mapping[str, Any]], start: int = 0) -> dict[str, str]:
+    """``item.<n>.type``, ``item.<n>.title`` and (when the event has one) ``item.<n>.action_url`` for the
+    first ``MAX_ITEMS`` events, in the order given, numbered from ``start``: what a template needs to list
+    each item with its link."""
+    out: dict[str, str] = {}
+    for n, event in enumerate(events[:MAX_ITEMS], start):
+        out[f"item.{n}.type"] = event["type"]
+        out[f"item.{n}.title"] = one_line(event["title"])
+        url = (event.get("data") or {}).get("action_url")
+        if url:
+            out[f"item.{n}.action_url"] = url
+    return out
+
+
 def batch_request(user_id: str, channel: str, type_: str, events: Sequence[Mapping[str, Any]], window_start: int,
                   window_end: int, *, chunk: int = 0, chunks: int = 1, by_content: bool = False) -> DeliveryRequest:
     """One BATCH DeliveryRequest for the events of one user, type and channel in one window.
@@ -143,6 +160,7 @@ def batch_request(user_id: str, channel: str, type_: str, events: Sequence[Mappi
             "window_start": str(window_start), "window_end": str(window_end)}
     if left_out:
         data["event_ids_more"] = str(left_out)
+    data.update(item_data(ordered))
     label = str(window_start)
     if chunks > 1:
         label = f"{window_start}#{chunk}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from agents.batching import canonical, highest_priority, one_line, type_words
+from agents.batching import canonical, highest_priority, item_data, one_line, type_words
 from agents.ids import delivery_id
 from agents.types import DeliveryRequest
 from agents.validate import to_ms
@@ -31,11 +31,16 @@ def group_name(type_: str) -> str:
     return f"{type_words(type_)} notifications".strip().capitalize()
 
 
+def _by_importance(events: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Highest priority first, then newest, then by ``event_id``."""
+    return sorted(events, key=lambda e: (-urgency(e["priority"]), -to_ms(e["occurred_at"]), e["event_id"]))
+
+
 def _group_line(type_: str, events: list[Mapping[str, Any]], top_n: int) -> str:
     head = f"{group_name(type_)} ({len(events)})"
     if top_n <= 0:
         return head
-    top = sorted(events, key=lambda e: (-urgency(e["priority"]), -to_ms(e["occurred_at"]), e["event_id"]))[:top_n]
+    top = _by_importance(events)[:top_n]
     items = [one_line(e["title"]) for e in top]
     if len(events) > len(top):
         items.append(f"and {len(events) - len(top)} more")
@@ -48,7 +53,8 @@ def digest_request(user_id: str, channel: str, events: Sequence[Mapping[str, Any
 
     ``label`` starts the title ("Your daily digest" -> "Your daily digest: 12 notifications");
     ``top_n`` of 0 or less lists counts only. ``data`` has "count.<TYPE>" per type, "total",
-    "period_start" and "period_end". Raises ValueError if an event is for another user.
+    "period_start", "period_end", and ``item.<n>.type/title/action_url`` for the first items (group by group,
+    most important first) so a template can link each one. Raises ValueError if an event is for another user.
     """
     if not events:
         return None
@@ -64,6 +70,7 @@ def digest_request(user_id: str, channel: str, events: Sequence[Mapping[str, Any
     n = len(ids)
     data = {f"count.{t}": str(len(groups[t])) for t in order}
     data.update(total=str(n), period_start=str(period_start), period_end=str(period_end))
+    data.update(item_data([e for t in order for e in _by_importance(groups[t])]))  # each item with its link
     return {
         # one digest per user, channel and period: named by the period, not by what it holds, so a
         # period released again after a crash is the digest already sent

@@ -46,14 +46,16 @@ def cut(text: str, limit: int) -> str:
 
 def stored_event(event: Mapping[str, Any], *, light: bool = False) -> StoredEvent:
     """What a state keeps of a (normalized) event; see the module's doc for the bounds. ``light``: for
-    digests alone, without ``body`` and ``data``."""
+    digests alone, without ``body`` and with only ``data["action_url"]`` (a digest lists titles and links)."""
     out: dict[str, Any] = {"event_id": event["event_id"], "user_id": event["user_id"], "type": event["type"],
                            "priority": event["priority"], "title": cut(event.get("title") or "", MAX_TITLE),
                            "occurred_at": event["occurred_at"]}
     if not light:
         out["body"] = cut(event.get("body") or "", MAX_BODY)
-    data = None if light else event.get("data")
-    if data:
+    data = event.get("data")
+    if light and data and data.get("action_url"):
+        out["data"] = {"action_url": cut(data["action_url"], MAX_DATA_VALUE)}
+    elif data and not light:
         kept: dict[str, str] = {}
         chars = 0
         for k, v in data.items():

@@ -94,8 +94,8 @@ def groups_of(request: dict) -> list[dict]:
             t = it.get("type") or request.get("type") or ""
             g = groups.setdefault(t, {"type": t, "name": t.replace("_", " ").capitalize(), "items": [], "line": ""})
             g["items"].append({"title": it.get("title", ""), "url": it.get("action_url")})
-        for g in groups.values():
-            g["line"] = f"{g['name']} ({len(g['items'])})"
+        for g in groups.values():  # a digest says how many of each type it holds; the items may be fewer
+            g["line"] = f"{g['name']} ({data.get('count.' + g['type'], len(g['items']))})"
         return list(groups.values())
     return [{"type": "", "name": line, "items": [], "line": line}
             for line in clean(request.get("body") or "").splitlines() if line.strip()]

@@ -58,9 +58,19 @@ def test_a_batch_request():
         "delivery_id": delivery_id("BATCH", "PUSH", "u1", ["type:COMMENT"], window=str(T0)),
         "user_id": "u1", "channel": "PUSH", "kind": "BATCH", "event_ids": ["e001", "e002", "e003"],
         "type": "COMMENT", "priority": "HIGH", "title": "3 new comments", "body": "title 1\ntitle 2\ntitle 3",
-        "data": {"count": "3", "event_ids": "e001,e002,e003", "window_start": str(T0), "window_end": str(T0 + 60_000)},
+        "data": {"count": "3", "event_ids": "e001,e002,e003", "window_start": str(T0), "window_end": str(T0 + 60_000),
+                 **{f"item.{n}.{k}": v for n in range(3) for k, v in (("type", "COMMENT"), ("title", f"title {n + 1}"))}},
         "created_at": T0 + 60_000,
     }
+
+
+def test_each_item_is_listed_with_its_link_for_the_templates_up_to_a_bound():
+    events = [ev(i, data={"action_url": f"https://app.example/c/{i}"}) for i in range(60)] + [ev(99)]
+    data = batch_request("u1", "EMAIL", "COMMENT", events, T0, T0 + 60_000, chunk=0, chunks=1)["data"]
+    assert data["item.0.title"] == "title 0" and data["item.0.action_url"] == "https://app.example/c/0"
+    assert data["item.49.type"] == "COMMENT" and "item.50.title" not in data  # bounded
+    only = batch_request("u1", "EMAIL", "COMMENT", [ev(7)], T0, T0 + 60_000)["data"]
+    assert "item.0.action_url" not in only  # no link when the event has none
 
 
 def test_the_body_lists_ten_titles_then_how_many_more_and_keeps_one_line_each():

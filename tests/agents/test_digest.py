@@ -42,8 +42,15 @@ def test_a_daily_digest():
         "Billing alert notifications (1): Card expires",
         "Comments (2): Bob replied; Ann replied",
     ]
-    assert req["data"] == {"count.TASK_DEADLINE": "5", "count.BILLING_ALERT": "1", "count.COMMENT": "2",
-                           "total": "8", "period_start": str(T0), "period_end": str(T0 + DAY)}
+    items = {k: v for k, v in req["data"].items() if k.startswith("item.")}
+    assert {k: v for k, v in req["data"].items() if k not in items} == {
+        "count.TASK_DEADLINE": "5", "count.BILLING_ALERT": "1", "count.COMMENT": "2",
+        "total": "8", "period_start": str(T0), "period_end": str(T0 + DAY)}
+    # every item for the templates, group by group as the body orders them, most important first
+    assert [items[f"item.{n}.title"] for n in range(8)] == [
+        "Report due", "Launch plan due", "Budget due", "Old task due", "Older task due", "Card expires",
+        "Bob replied", "Ann replied"]
+    assert items["item.5.type"] == "BILLING_ALERT" and not any(k.endswith("action_url") for k in items)
     assert req["priority"] == "HIGH" and req["created_at"] == T0 + DAY
     assert req["event_ids"] == ["d5", "d1", "d2", "d3", "d4", "c1", "c2", "b1"]
     assert req["delivery_id"] == delivery_id("DIGEST", "EMAIL", "u1", [], window=f"{T0}-{T0 + DAY}")
@@ -91,3 +98,15 @@ def test_the_same_events_in_any_order_give_the_same_digest(events, rnd):
     rnd.shuffle(shuffled)
     assert (digest_request("u1", "PUSH", shuffled, T0, T0 + DAY, "Digest")
             == digest_request("u1", "PUSH", events, T0, T0 + DAY, "Digest"))
+
+
+def test_a_digest_item_keeps_its_link_even_from_a_light_stored_event():
+    """A state keeps of a digest-only event its title and link (no body, no other data)."""
+    from agents.state import stored_event
+
+    event = {**ev("x1", "COMMENT", "Ann replied", at=T0), "body": "long body", "data": {"action_url": "https://a.example/1",
+                                                                                         "entity_id": "e"}}
+    light = stored_event(event, light=True)
+    assert "body" not in light and light["data"] == {"action_url": "https://a.example/1"}
+    req = digest_request("u1", "EMAIL", [light], T0, T0 + DAY, "Your daily digest")
+    assert req["data"]["item.0.action_url"] == "https://a.example/1"

@@ -234,12 +234,18 @@ def _watch(settings: Settings, processes) -> int:
 
 
 def _where(settings: Settings) -> None:
-    from api import auth
+    from api import auth, inbox
     from streams.demo import SAMPLE_USER
 
     token = auth.mint(auth.signing_secret(settings), SAMPLE_USER)
     base = f"http://127.0.0.1:{settings.api_port}"
+    stand_ins = ""
+    if _local(settings.smtp_url, 2525):
+        stand_ins += "\n  emails         http://127.0.0.1:2526/messages   (what the local mail catcher received)"
+    if _local(settings.push_url, 8090) or _local(settings.sms_url, 8090):
+        stand_ins += "\n  push and SMS   http://127.0.0.1:8090/_sandbox/messages   (what the provider sandbox received)"
     console.print(f"""
+  inbox page     {inbox.url(settings.api_port, token)}{stand_ins}
   API            {base}/v1/users/{SAMPLE_USER}/unread-count   (header: Authorization: Bearer <token>)
   token          herald token {SAMPLE_USER}     (one for the sample user: {token[:24]}…)
   try            curl -s -H "Authorization: Bearer $(herald token {SAMPLE_USER})" \\
@@ -290,8 +296,11 @@ def _show_breakers() -> None:
     table = Table(title="circuit breakers")
     for col in ("channel", "provider", "state", "detail"):
         table.add_column(col)
+    now = time.time()
     for b in states:
-        detail = ", ".join(f"{k}={v}" for k, v in b.items() if k not in ("channel", "provider", "state"))
+        detail = f"failures={b.get('failures', 0)}, opened {b.get('opened', 0)} times"
+        if str(b.get("state", "")).upper() != "CLOSED" and b.get("retry_at"):
+            detail += f", next try in {max(0.0, float(b['retry_at']) - now):.0f} s"
         table.add_row(str(b.get("channel", "?")).lower(), str(b.get("provider", "")), str(b.get("state", "?")), detail)
     console.print(table)
 

@@ -18,12 +18,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from api import auth, contacts, inbox, openapi, preferences, store, stream
-from api.http import (CODEC, HUB, OUTBOX, POOL, SECRET, SETTINGS, VERIFIER, ApiError, error, identifier, json_response,
-                      user as _user)
+from api.http import CODEC, HUB, OUTBOX, POOL, SECRET, SETTINGS, VERIFIER, ApiError, error, identifier, json_response
+from api.http import user as _user
 from api.outbox import Outbox
+from herald.settings import Settings
 from schemas.codec import Codec
 from schemas.registry import Registry
-from herald.settings import Settings
 
 log = logging.getLogger("herald.api")
 

@@ -26,9 +26,8 @@ import time
 from aiohttp import web
 
 from agents.preferences import defaults, effective, validate
-from api.http import OUTBOX, POOL, json_body, json_response, user, validation
+from api.http import OUTBOX, POOL, ApiError, json_body, json_response, user, validation
 from api.outbox import PublishError
-from api.http import ApiError
 
 UNKNOWN = re.compile(r"^unknown key (['\"])(.*)\1$")
 

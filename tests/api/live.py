@@ -8,9 +8,9 @@ from datetime import datetime
 from confluent_kafka import Consumer
 
 from api import auth
+from herald.settings import Settings
 from schemas.codec import Codec
 from schemas.registry import Registry
-from herald.settings import Settings
 
 SECRET = "live-api-test-" + "k" * 40
 

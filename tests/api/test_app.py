@@ -11,9 +11,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from api import auth
 from api.app import create_app
+from herald.settings import Settings
 from infra import postgres
 from sinks.inapp import InAppDeliverer
-from herald.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -55,8 +55,8 @@ def test_two_workers_share_the_port_and_their_metrics(stack, unique, tmp_path):
             assert get(port, f"/v1/users/{user}/unread-count", token) == (200, b'{"user_id":"%s","unread":0,"unseen":0}' % user.encode())
         time.sleep(1)  # the other worker may not have answered /readyz yet
         metrics = get(port, "/metrics")[1].decode()
-        line = next(l for l in metrics.splitlines()
-                    if l.startswith('herald_api_requests_total{route="/v1/users/{user_id}/unread-count",status="200"}'))
+        line = next(row for row in metrics.splitlines()
+                    if row.startswith('herald_api_requests_total{route="/v1/users/{user_id}/unread-count",status="200"}'))
         assert float(line.split()[-1]) == 20.0, metrics
         second = subprocess.run([sys.executable, "-m", "streams.cli", "api"], cwd=REPO_ROOT, env=env,
                                 capture_output=True, text=True, timeout=60)

@@ -18,11 +18,12 @@ the client are ignored. Each socket has a queue of at most ``QUEUE_MAX`` frames:
 them is closed with 1008 (its writer abandoned if the close itself cannot be sent in ``CLOSE_WAIT_S``).
 
 Presence: connect writes ``herald.presence`` online with ``expires_at`` = now + ``HERALD_PRESENCE_TTL_S``,
-renewed every third of that while open; disconnect writes offline. Each open socket is also a row of
-``api_sockets`` (migration 003), renewed alike; rows of a process killed outright expire and are swept.
+renewed every third of that while open (a slice of the sockets each second); disconnect writes offline.
+Each open socket is also a row of ``api_sockets`` (migration 004), renewed alike; rows of a process killed
+outright expire and are swept.
 
 Fan-out across ``herald api``'s processes (a user's sockets may sit in several):
-- In-app rows and counts: PostgreSQL LISTEN/NOTIFY. Triggers (migration 003) notify ``herald_inbox`` and
+- In-app rows and counts: PostgreSQL LISTEN/NOTIFY. Triggers (migration 004) notify ``herald_inbox`` and
   ``herald_unread`` at commit, only for users with a row in ``api_sockets``; every API process listens on
   one connection of its own and acts only for the users it holds. The counts come in the message; new
   rows are read in one query per burst. The triggers see every writer, which the API's own requests
@@ -309,18 +310,28 @@ class Hub:
                     self.broadcast(m["u"], m["f"])
 
     async def _renew(self) -> None:
-        every = max(1.0, self.settings.presence_ttl_s / 3)
+        """Renew each socket's row and presence once per third of the TTL, a slice of them every second
+        (a socket's slice is fixed by its id), so thousands of sockets cost an even trickle rather than a
+        burst that holds up frames; expired rows (of processes killed outright) are swept once a round."""
+        slices = max(1, int(self.settings.presence_ttl_s / 3))
+        tick = 0
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(1.0)
+            tick += 1
+            due = [c for clients in list(self.local.values()) for c in clients
+                   if int(c.connection_id[:8], 16) % slices == tick % slices]
             try:
-                await self.pool.execute(
-                    "UPDATE api_sockets SET expires_at = now() + make_interval(secs => $2) WHERE process = $1",
-                    self.process, float(self.settings.presence_ttl_s))
-                await self.pool.execute("DELETE FROM api_sockets WHERE expires_at < now()")
-                for n, client in enumerate([c for clients in list(self.local.values()) for c in clients]):
+                if due:
+                    await self.pool.execute(
+                        "UPDATE api_sockets SET expires_at = now() + make_interval(secs => $2) "
+                        "WHERE connection_id = ANY($1::text[])",
+                        [c.connection_id for c in due], float(self.settings.presence_ttl_s))
+                for n, client in enumerate(due):
                     await self._presence(client, online=True)
-                    if n % 200 == 199:  # thousands of sockets: let frames and requests through meanwhile
+                    if n % 200 == 199:
                         await asyncio.sleep(0)
+                if tick % slices == 0:
+                    await self.pool.execute("DELETE FROM api_sockets WHERE expires_at < now()")
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - try again next round

@@ -279,3 +279,21 @@ async def test_a_get_right_after_a_put_returns_it_from_any_process(api_processes
             written = json.loads(r.read())
         assert _get(port, f"/v1/users/{user}/preferences", token=token) == written
         assert written["quiet_hours"]["start"] == f"{i:02d}:00"
+
+
+async def test_an_open_socket_renews_its_presence_and_row(settings, pool, unique):
+    short = Settings.from_env(jwt_secret=SECRET, topic_prefix=settings.topic_prefix, presence_ttl_s=3)
+    client = TestClient(TestServer(create_app(short)))
+    await client.start_server()
+    user = f"{unique}-renew"
+    try:
+        ws = await client.ws_connect(f"/v1/users/{user}/stream", headers=bearer(user))
+        assert (await frame(ws))["type"] == "unread"
+        first = await pool.fetchval("SELECT expires_at FROM api_sockets WHERE user_id = $1", user)
+        presence = await aread_topic(settings, "presence", lambda rs: len(rs) >= 3, timeout=30)
+        assert [online for _, online in ((k, v["online"]) for k, v in presence)][:3] == [True, True, True]
+        assert len({v["connection_id"] for _, v in presence}) == 1
+        assert await pool.fetchval("SELECT expires_at FROM api_sockets WHERE user_id = $1", user) > first
+        await ws.close()
+    finally:
+        await client.close()

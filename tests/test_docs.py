@@ -10,11 +10,11 @@ import uuid
 import pytest
 from confluent_kafka import Consumer
 
+from herald.settings import Settings
+from herald.topics import ensure_topics, register_schemas
 from infra.common import REPO_ROOT
 from schemas.codec import Codec
 from schemas.registry import Registry
-from herald.settings import Settings
-from herald.topics import ensure_topics, register_schemas
 
 GUIDE = REPO_ROOT / "docs" / "producers.md"
 

@@ -15,6 +15,8 @@ def create_app(settings: Settings | None = None) -> faust.App:
     as raw bytes: Herald's codec decodes them, so a record that does not decode is dead-lettered, not raised."""
     settings = settings or Settings.from_env()
     faust_adapter.install_fetch_max_wait()
+    faust_adapter.install_resume_after_suspension()
+    faust_adapter.install_seek_forgetting_read_offsets()
     if settings.data_dir:
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)  # Faust makes only the last folder
     app = faust.App(

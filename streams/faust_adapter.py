@@ -7,11 +7,16 @@ reporting the last assignment to its sticky assignor. Each of those touches a pr
 here, so an upgrade that removes one breaks this module's test (``tests/streams/test_faust_adapter.py``)
 instead of a worker at run time.
 
-``install_fetch_max_wait`` replaces Faust's consumer factory once, explicitly (``streams.worker`` calls
-it), to use ``HERALD_FETCH_MAX_WAIT_MS`` instead of the wait Faust hard-codes: aiokafka keeps one fetch in
-flight per broker and leaves out of it the partitions that still have records buffered, so a fetch that
-holds only quiet partitions (ticks, preferences, presence) is parked at the broker for the whole wait while
-events pile up on the partitions left out.
+Three corrections of Faust's behaviour are installed explicitly (``streams.app.create_app`` calls them),
+each idempotent:
+
+- ``install_fetch_max_wait`` replaces Faust's consumer factory to use ``HERALD_FETCH_MAX_WAIT_MS`` instead
+  of the wait Faust hard-codes: aiokafka keeps one fetch in flight per broker and leaves out of it the
+  partitions that still have records buffered, so a fetch that holds only quiet partitions (ticks,
+  preferences, presence) is parked at the broker for the whole wait while events pile up elsewhere.
+- ``install_resume_after_suspension`` and ``install_seek_forgetting_read_offsets`` close two ways in which
+  Faust lost records at a rebalance with state recovery and then committed past them (issue #12, an event
+  that never got a decision); their docstrings say how.
 """
 from __future__ import annotations
 
@@ -19,10 +24,14 @@ import weakref
 from typing import Any, Iterator
 
 from faust.streams import _current_event
+from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
+from mode.utils.queues import FlowControlEvent
 
 _PATCHED = "_herald_fetch_wait"
+_RESUME_PATCHED = "_herald_resume_after_suspension"
+_SEEK_PATCHED = "_herald_seek_forgets_read_offsets"
 
 
 def install_fetch_max_wait() -> None:
@@ -40,6 +49,54 @@ def install_fetch_max_wait() -> None:
 
     setattr(create_worker_consumer, _PATCHED, True)
     AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
+
+
+def install_resume_after_suspension() -> None:
+    """Resuming Faust's flow control clears its queues only when the flow was suspended (idempotent).
+
+    Faust clears the streams' queues whenever it resumes the flow, to drop what was queued before a
+    rebalance. At the end of a recovery it resumes the stream partitions, seeks them to their committed
+    offsets (one round trip per partition) and resumes the flow again; but the flow has been on since the
+    recovery began, so records fetched during the seek are already queued, and that last resume dropped
+    them after the fetch position had passed them: they were not read again, and the commit went past a
+    single missing one (Faust accepts a gap of one at the head of the acked offsets). Resuming a flow that
+    is on now leaves the queues alone; a record the seek makes the consumer read again is ignored by the
+    policy (its offset is not above the user's ``upto``). A flow suspended by a rebalance still has its
+    queues cleared when it resumes."""
+    original = FlowControlEvent.resume
+    if getattr(original, _RESUME_PATCHED, False):
+        return
+
+    def resume(self: FlowControlEvent) -> None:
+        if self.is_active():
+            return
+        original(self)
+
+    setattr(resume, _RESUME_PATCHED, True)
+    FlowControlEvent.resume = resume  # type: ignore[method-assign]
+
+
+def install_seek_forgetting_read_offsets() -> None:
+    """Faust's seek to the committed offsets, with its read offsets forgotten first (idempotent).
+
+    Faust drops a fetched record whose offset is below the partition's read offset (the last one it handed
+    to the streams) as read already. ``perform_seek`` moves aiokafka's fetch positions one partition at a
+    time but sets the read offsets to the committed ones only after the last: in between, records fetched
+    from a new position were compared with the old read offset, ahead when the worker had fetched records
+    that the rebalance then cleared from its queues, and dropped; the jump that followed was noted as a gap,
+    which Faust counts as acked, so the commit went past them. Forgetting the read offsets first lets them
+    through (a record handed over twice is ignored by the policy)."""
+    original = FaustConsumer.perform_seek
+    if getattr(original, _SEEK_PATCHED, False):
+        return
+
+    async def perform_seek(self: FaustConsumer) -> None:
+        for tp in list(self._read_offset):
+            self._read_offset[tp] = None
+        await original(self)
+
+    setattr(perform_seek, _SEEK_PATCHED, True)
+    FaustConsumer.perform_seek = perform_seek  # type: ignore[method-assign]
 
 
 def serve_event(event: Any) -> None:

@@ -22,7 +22,12 @@ def test_the_rocksdb_store_still_has(name):
 
 
 def test_the_private_names_of_the_consumer_the_assignor_and_streams_still_exist():
+    from faust.transport.consumer import Consumer as FaustConsumer
+    from mode.utils.queues import FlowControlEvent
+
     assert hasattr(AIOKafkaConsumerThread, "_create_worker_consumer")
+    assert hasattr(FlowControlEvent, "resume") and hasattr(FlowControlEvent, "is_active")
+    assert hasattr(FaustConsumer, "perform_seek") and "_read_offset" in inspect.getsource(FaustConsumer.__init__)
     assert "_fetch_max_wait_ms" in inspect.getsource(AIOKafkaConsumer.__init__)
     assert "_key_index" in inspect.getsource(Store.__init__)
     from faust.streams import _current_event  # noqa: F401 - importable is the check
@@ -60,3 +65,46 @@ def test_installing_the_fetch_wait_twice_wraps_faust_s_factory_once():
     first = AIOKafkaConsumerThread._create_worker_consumer
     faust_adapter.install_fetch_max_wait()
     assert AIOKafkaConsumerThread._create_worker_consumer is first
+
+
+def test_resuming_a_flow_that_is_on_keeps_what_is_queued_and_a_suspended_one_still_clears():
+    """Issue #12: the last resume of a recovery dropped the records fetched during the seek."""
+    from mode.utils.queues import FlowControlEvent, FlowControlQueue
+
+    faust_adapter.install_resume_after_suspension()
+    faust_adapter.install_resume_after_suspension()  # idempotent
+
+    async def scenario() -> None:
+        flow = FlowControlEvent(initially_suspended=False)
+        queue: FlowControlQueue = FlowControlQueue(maxsize=10, flow_control=flow, clear_on_resume=True)
+        queue.put_nowait("fetched during the seek")
+        flow.resume()  # Faust's last resume of a recovery, the flow being on: nothing may be dropped
+        assert queue.qsize() == 1
+        flow.suspend()  # a rebalance: what was queued before it is dropped when the flow resumes
+        flow.resume()
+        assert queue.qsize() == 0 and flow.is_active()
+
+    asyncio.run(scenario())
+
+
+def test_the_seek_to_committed_offsets_starts_with_the_read_offsets_forgotten(tmp_path):
+    """Issue #12: records fetched during the seek were compared with stale read offsets and dropped."""
+    faust_adapter.install_seek_forgetting_read_offsets()
+
+    async def seen_during_the_seek() -> dict:
+        app = create_app(Settings(app_id="test-adapter-seek", data_dir=str(tmp_path)))
+        consumer = app.consumer
+        consumer._read_offset[faust_adapter.TP("t", 0)] = 7258  # ahead: fetched, then cleared by a rebalance
+        seen: dict = {}
+
+        async def seek_to_committed() -> dict:
+            seen.update(consumer._read_offset)
+            return {faust_adapter.TP("t", 0): 6080}
+
+        consumer.seek_to_committed = seek_to_committed
+        await consumer.perform_seek()
+        return {"during": seen, "after": dict(consumer._read_offset)}
+
+    result = asyncio.run(seen_during_the_seek())
+    assert result["during"] == {faust_adapter.TP("t", 0): None}
+    assert result["after"][faust_adapter.TP("t", 0)] == 6080

@@ -23,11 +23,11 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
 
+from herald.settings import Settings
+from herald.topics import ensure_topics, register_schemas
 from infra.common import REPO_ROOT
 from schemas.codec import Codec
 from schemas.registry import Registry
-from herald.settings import Settings
-from herald.topics import ensure_topics, register_schemas
 
 
 def bad_record(rng: random.Random, good: bytes, schema_id: bytes, user: str) -> tuple[bytes | None, bytes | None]:

@@ -295,7 +295,7 @@ class Console:
     @contextmanager
     def meter(self, description: str, total: int, unit: str = "events") -> Iterator[Callable[[int, str], None]]:
         if self.rich.is_terminal:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn)
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             progress = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[extra]}"), TimeElapsedColumn(), console=self.rich,
@@ -845,9 +845,9 @@ class Run:
         return subdir("bench", "data", self.run_id)
 
     def codec(self) -> Any:
+        from herald.settings import Settings
         from schemas.codec import Codec
         from schemas.registry import Registry
-        from herald.settings import Settings
 
         if "codec" not in self.details:
             self.details["codec"] = Codec(Registry(Settings.from_env().schema_registry_url))
@@ -857,8 +857,8 @@ class Run:
 
     def ensure_stack(self) -> None:
         """Use the servers at the HERALD_* addresses; start, as local processes, the ones that do not answer."""
-        from infra import kafka, postgres, registry
         from herald.settings import Settings
+        from infra import kafka, postgres, registry
 
         settings = Settings.from_env()
         up = {"postgres": _postgres_answers(settings.database_url), "kafka": _kafka_answers(settings.kafka_bootstrap),
@@ -1308,8 +1308,8 @@ class Run:
                               f"{self.data_root()} were kept for inspection.")
         if not self.opts.keep and self.prefixes and not kept_for:
             from bench.workload import delete_topics
-            from infra.common import home
             from herald.settings import Settings
+            from infra.common import home
 
             prefixes, groups = tuple(self.prefixes), [g for g in self.groups if g]
             try:

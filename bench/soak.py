@@ -47,11 +47,11 @@ from confluent_kafka import Consumer, Producer
 
 from bench.ingest_accounting import bad_record
 from bench.workload import generate_events, generate_preferences, producer_config
+from herald.settings import Settings
+from herald.topics import CHANNELS, ensure_topics, register_schemas
 from infra.common import REPO_ROOT
 from schemas.codec import Codec
 from schemas.registry import Registry
-from herald.settings import Settings
-from herald.topics import CHANNELS, ensure_topics, register_schemas
 
 RESULTS = REPO_ROOT / "bench" / "results"
 

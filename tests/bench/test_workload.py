@@ -7,8 +7,7 @@ from collections import Counter
 import fastavro
 import pytest
 
-from bench.workload import (PRIORITIES, RECENT, TYPES, FieldwiseEncoder, generate_events, generate_preferences,
-                            user_id)
+from bench.workload import PRIORITIES, RECENT, TYPES, FieldwiseEncoder, generate_events, generate_preferences, user_id
 from schemas.codec import Codec
 from schemas.loader import parsed
 from schemas.registry import Registry

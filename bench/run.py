@@ -39,8 +39,16 @@ depend on Herald's speed are cut to fit --budget-min and say so in the results: 
 after its share of the budget (the rate is then over the events decided), and the digest phase seeds only
 as many users as it can restore and release within what is left. --quick is a one-minute smoke run.
 
+Two more phases run on their own, each with its own --help:
+  herald bench sinks    each sink process's rate to the local SMTP catcher and provider sandbox, against a
+                        bare provider loop (aiosmtplib / aiohttp, no Herald) in the same run (bench/sinks.py)
+  herald bench ws       20,000 WebSockets, fan-out latency from herald.delivery.websocket to the frame,
+                        preferences PUT->GET and the inbox list under load (bench/ws.py)
+
 examples:
   herald bench                                   # the full run, ~15 minutes
+  herald bench sinks --count 5000                # the sinks' phase alone
+  herald bench ws --connections 20000 --rate 1000 --duration 20
   herald bench --quick                           # smoke run: small numbers, ~1 minute
   herald bench --events 200000 --digest-users 100000 --skip-peer
   herald bench --quick --out /tmp/b              # results, BENCHMARKS.md and chart in /tmp/b
@@ -1511,8 +1519,16 @@ def _summary(console: Console, results: dict, path: Path, made: dict) -> None:
     console.say(f"wrote {path}, {made['markdown']}" + (f", {made['chart']}" if made["chart"] else " (no chart)"))
 
 
+PHASES = {"sinks": "bench.sinks", "ws": "bench.ws"}  # phases of their own: `herald bench sinks ...`
+
+
 def main(argv: list[str] | None = None) -> int:
-    opts = options_from(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in PHASES:
+        import importlib
+
+        return importlib.import_module(PHASES[argv[0]]).main(argv[1:])
+    opts = options_from(argv)
 
     def interrupted(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # so that the workers (in sessions of their own) are stopped on the way out

@@ -188,7 +188,7 @@ async def _bare_loop(settings, channel: str, reqs: list[dict]) -> tuple[str, flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.sinks", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="herald bench sinks", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, default=5000, help="delivery requests per channel (default 5000)")
     p.add_argument("--users", type=int, default=1000, help="distinct users (contacts) per channel")

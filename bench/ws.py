@@ -398,7 +398,7 @@ def _cleanup(settings, prefix: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ws", description=__doc__,
+    parser = argparse.ArgumentParser(prog="herald bench ws", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--connections", type=int, default=2000, help="WebSockets to open, one user each")
     parser.add_argument("--rate", type=float, default=1000, help="WebSocket deliveries per second")

@@ -346,6 +346,9 @@ def chart(results: dict, path: Path) -> Path | None:
     return path
 
 
+KEEP_MARKER = "<!-- other runs: written by hand, kept when herald bench renders the file again -->"
+
+
 def write(results: dict, markdown: Path, chart_png: Path, say: Callable[[str], None] = lambda line: None) -> dict:
     """Write the chart (when matplotlib is there) and the markdown; return ``{"markdown", "chart"}`` paths (chart None)."""
     made = chart(results, chart_png)
@@ -353,7 +356,10 @@ def write(results: dict, markdown: Path, chart_png: Path, say: Callable[[str], N
         say(CHART_HINT + "; BENCHMARKS.md is written without it")
     relative = os.path.relpath(made, markdown.parent) if made else None
     markdown.parent.mkdir(parents=True, exist_ok=True)
-    markdown.write_text(render_markdown(results, relative))
+    kept = ""  # the log of other runs below the marker is the project's record: rendering keeps it
+    if markdown.exists() and KEEP_MARKER in markdown.read_text():
+        kept = markdown.read_text().split(KEEP_MARKER, 1)[1]
+    markdown.write_text(render_markdown(results, relative) + (f"\n{KEEP_MARKER}{kept}" if kept else ""))
     return {"markdown": str(markdown), "chart": str(made) if made else None}
 
 

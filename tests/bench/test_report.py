@@ -157,3 +157,14 @@ def test_command_line_renders_a_results_file(tmp_path, capsys):
     assert report.main([str(path), "--markdown", str(tmp_path / "B.md"), "--chart", str(tmp_path / "c.png")]) == 0
     assert json.loads(capsys.readouterr().out)["markdown"] == str(tmp_path / "B.md")
     assert "| 48.5 ms |" in (tmp_path / "B.md").read_text()
+
+
+def test_rendering_again_keeps_the_hand_written_log_of_other_runs(tmp_path):
+    markdown = tmp_path / "BENCHMARKS.md"
+    markdown.write_text(f"old generated part\n{report.KEEP_MARKER}\n## Sinks\n| email | 530/s |\n")
+    report.write(sample(), markdown, tmp_path / "chart.png")
+    text = markdown.read_text()
+    assert "old generated part" not in text and "(`pipeline_events_per_s`)" in text
+    assert text.endswith(f"{report.KEEP_MARKER}\n## Sinks\n| email | 530/s |\n")
+    report.write(sample(), markdown, tmp_path / "chart.png")
+    assert markdown.read_text().count(report.KEEP_MARKER) == 1

@@ -54,3 +54,39 @@ def test_the_worker_rides_out_a_broker_restart(own_broker, tmp_path_factory):
         stage.close()
     finally:
         p.stop()
+
+
+async def test_the_in_app_sink_rides_out_a_broker_restart(own_broker, unique, tmp_path):
+    """The sink keeps running while its broker is away; what is produced once it is back is delivered once."""
+    import asyncpg
+
+    from infra import postgres
+    from tests.integration.test_delivery_inapp import start_sink, stop
+    from tests.sinks.helpers import Kafka, by_id, request, settings_for
+    from tests.sinks.helpers import wait_for as wait_async
+
+    settings = settings_for(unique)
+    kafka = Kafka(settings)
+    user = f"{unique}-u"
+    before = [request(user, "INAPP") for _ in range(3)]
+    kafka.send("INAPP", before)
+    proc, log = start_sink(unique, tmp_path)
+    pool = await asyncpg.create_pool(postgres.database_url(), min_size=1, max_size=2)
+    try:
+        await wait_async(lambda: len(by_id(kafka.statuses())) == 3, 60)
+        own_broker.stop()
+        time.sleep(8)
+        assert proc.poll() is None, f"the sink exited while the broker was away:\n{log.read_text()[-2000:]}"
+        own_broker.start(progress=lambda line: None)
+        after = [request(user, "INAPP") for _ in range(3)]
+        kafka.send("INAPP", after)
+        wanted = {r["delivery_id"] for r in before + after}
+        statuses = await wait_async(lambda: (s := by_id(kafka.statuses())) and wanted <= set(s) and s, 120)
+        assert all("SENT" in statuses[i] and "DEAD" not in statuses[i] for i in wanted)
+        rows = await pool.fetch("SELECT notification_id FROM notifications WHERE user_id = $1", user)
+        assert sorted(r["notification_id"] for r in rows) == sorted(wanted), "each delivered once"
+        assert proc.poll() is None
+    finally:
+        stop(proc)
+        await pool.execute("DELETE FROM notifications WHERE user_id = $1", user)
+        await pool.close()

@@ -1,0 +1,77 @@
+"""The clock's release loop, without a broker: one user's failing release does not strand the others."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from agents import policy
+from agents.preferences import effective
+from streams.clock import RETRY_MS, Clock
+from streams.outbox import Outbox
+from streams.step import Step
+
+NOW = 1_800_000_000_000
+
+
+class States:
+    """The users' states as the clock and the step see them (the real ones are a RocksDB table)."""
+
+    def __init__(self, states: dict[str, dict]) -> None:
+        self.states = states
+        self.written: list = []
+
+    def get(self, user_id: str, partition: int) -> dict | None:
+        return self.states.get(user_id)
+
+    def scan(self, partition: int):
+        return iter(self.states.items())
+
+    def write(self, changes: list) -> int:
+        self.written.extend(changes)
+        return len(changes)
+
+    def persist_offsets(self) -> None:
+        pass
+
+
+class Context:
+    def of(self, user_id: str, partition: int, now_ms: int) -> tuple[dict, bool]:
+        return effective(None, user_id), False
+
+
+class Outputs:
+    def encode(self, out: policy.Outcome) -> list:
+        return []
+
+
+def held_state(user: str) -> dict:
+    event = {"event_id": f"{user}-e", "user_id": user, "type": "COMMENT", "priority": "NORMAL", "title": "t",
+             "body": "b", "data": {}, "occurred_at": NOW - 10_000, "dedup_key": None, "batchable": True,
+             "channels": ["INAPP"], "deliver_after": NOW - 1, "cancel_key": None}
+    out = policy.on_event(None, {**event, "deliver_after": NOW - 1}, effective(None, user), False, NOW - 10_000,
+                          "t:0:0", policy.PolicyConfig(), offset=0)
+    assert policy.next_due(out.state) == NOW - 1  # held until then
+    return out.state
+
+
+def test_a_user_whose_release_fails_is_tried_again_later_and_the_others_are_released(monkeypatch):
+    users = ["ok-1", "broken", "ok-2"]
+    states = States({u: held_state(u) for u in users})
+    app = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: set(), highwater=lambda tp: None))
+    outbox = Outbox("127.0.0.1:1")
+    clock = Clock(app, states, Context(), policy.PolicyConfig(), outbox, "t.events", "t-ticks", release_chunk=100)
+    real = policy.on_tick
+
+    def on_tick(state, prefs, online, now_ms, config):
+        if any(e.startswith("broken") for e in state.get("events", {})):
+            raise ValueError("data the policy cannot handle")
+        return real(state, prefs, online, now_ms, config)
+
+    monkeypatch.setattr(policy, "on_tick", on_tick)
+    step = Step(states, Outputs(), outbox, clock.reindex)  # type: ignore[arg-type]
+    clock.release(step, 0, NOW)
+    index = clock.index(0)
+    assert step.released == 3
+    assert index.pop_due(NOW + RETRY_MS - 1) == [], "the failing user is not due again at once"
+    assert index.pop_due(NOW + RETRY_MS) == ["broken"], "but it is tried again a minute later"
+    released = {u for u in ("ok-1", "ok-2") if step.state(u, 0) is not states.states[u]}
+    assert released == {"ok-1", "ok-2"}, "the users popped with it were released"

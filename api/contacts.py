@@ -14,12 +14,11 @@ error names the field only.
 from __future__ import annotations
 
 import re
-import time
 
 from aiohttp import web
 
-from api.http import OUTBOX, POOL, ApiError, json_body, json_response, user, validation
-from api.outbox import PublishError
+from api.http import POOL, json_body, json_response, user, validation
+from api.outbox import publish_then_store
 
 MAX_TOKENS = 20
 EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@"
@@ -77,14 +76,6 @@ async def get_contacts(request: web.Request) -> web.Response:
 async def put_contacts(request: web.Request) -> web.Response:
     user_id = user(request)
     contact = checked(await json_body(request), user_id)
-    async with request.app[POOL].acquire() as conn:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"herald.contacts:{user_id}")
-            last = await conn.fetchval(LAST, user_id) or 0
-            contact["updated_at"] = max(int(time.time() * 1000), last + 1)
-            try:
-                await request.app[OUTBOX].send("contacts", "Contact", user_id, contact)
-            except PublishError as exc:
-                raise ApiError(503, "UNAVAILABLE", f"contacts not saved: {exc}") from None
-            await conn.execute(UPSERT, user_id, contact, contact["updated_at"])
+    await publish_then_store(request, topic="contacts", schema="Contact", user_id=user_id, record=contact,
+                             last_sql=LAST, upsert_sql=UPSERT, what="contacts")
     return json_response(contact)

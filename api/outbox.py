@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from typing import Any
 
 from confluent_kafka import KafkaException
 
@@ -77,3 +79,23 @@ def _settle(done: asyncio.Future, err) -> None:
         done.set_result(None)
     else:
         done.set_exception(PublishError(f"the broker did not take the record: {err.name()}"))
+
+
+async def publish_then_store(request: Any, *, topic: str, schema: str, user_id: str, record: dict, last_sql: str,
+                             upsert_sql: str, what: str) -> dict:
+    """Publish a user's document (preferences, contacts) to its compacted topic, then store it in PostgreSQL,
+    under a per-user lock so the topic and the table end with the same last write; ``updated_at`` is made to
+    grow for the user even when clocks do not. A broker that does not acknowledge is a 503, nothing stored."""
+    from api.http import OUTBOX, POOL, ApiError
+
+    async with request.app[POOL].acquire() as conn:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"herald.{topic}:{user_id}")
+            last = await conn.fetchval(last_sql, user_id) or 0
+            record["updated_at"] = max(int(time.time() * 1000), last + 1)
+            try:
+                await request.app[OUTBOX].send(topic, schema, user_id, record)
+            except PublishError as exc:
+                raise ApiError(503, "UNAVAILABLE", f"{what} not saved: {exc}") from None
+            await conn.execute(upsert_sql, user_id, record, record["updated_at"])
+    return record

@@ -21,13 +21,12 @@ pipeline but not this GET. A user who never wrote any gets ``defaults(user_id)``
 from __future__ import annotations
 
 import re
-import time
 
 from aiohttp import web
 
 from agents.preferences import defaults, effective, validate
-from api.http import OUTBOX, POOL, ApiError, json_body, json_response, user, validation
-from api.outbox import PublishError
+from api.http import POOL, json_body, json_response, user, validation
+from api.outbox import publish_then_store
 
 UNKNOWN = re.compile(r"^unknown key (['\"])(.*)\1$")
 
@@ -73,14 +72,6 @@ async def get_preferences(request: web.Request) -> web.Response:
 async def put_preferences(request: web.Request) -> web.Response:
     user_id = user(request)
     prefs = checked(await json_body(request), user_id)
-    async with request.app[POOL].acquire() as conn:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"herald.preferences:{user_id}")
-            last = await conn.fetchval(LAST, user_id) or 0
-            prefs["updated_at"] = max(int(time.time() * 1000), last + 1)
-            try:
-                await request.app[OUTBOX].send("preferences", "Preferences", user_id, prefs)
-            except PublishError as exc:
-                raise ApiError(503, "UNAVAILABLE", f"preferences not saved: {exc}") from None
-            await conn.execute(UPSERT, user_id, prefs, prefs["updated_at"])
+    await publish_then_store(request, topic="preferences", schema="Preferences", user_id=user_id, record=prefs,
+                             last_sql=LAST, upsert_sql=UPSERT, what="preferences")
     return json_response(prefs)

@@ -25,7 +25,7 @@ from infra.common import REPO_ROOT, InfraError, ServiceStatus, _tail, log_path, 
 from streams import supervisor as ready  # the readiness checks: ready.log_line, http_ok, tcp_port, running
 from streams.metrics import served_ports
 from streams.supervisor import NAME as SUPERVISOR
-from streams.supervisor import Proc, Supervisor, alive, describe_exit, read_state, rows
+from streams.supervisor import Proc, Supervisor, alive, describe_exit, fill, read_state, rows
 
 console = Console(stderr=True, highlight=False)
 SERVERS = (("postgres", postgres), ("kafka", kafka), ("registry", registry))
@@ -35,12 +35,11 @@ DEMO_WINDOWS = {"HERALD_BATCH_WINDOW_S": "10", "HERALD_DIGEST_PERIOD_S": "60",
 READY_TIMEOUT_S = 120
 
 
-def _local(url: str, port: int) -> bool:
-    """True when ``url`` is the local stand-in's default address (127.0.0.1 or localhost at ``port``)."""
+def _local(url: str) -> bool:
+    """True when ``url`` points at this machine (127.0.0.1 or localhost): a local stand-in serves it."""
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
-    return parts.hostname in ("127.0.0.1", "localhost") and parts.port == port
+    return urlsplit(url).hostname in ("127.0.0.1", "localhost")
 
 
 # Every process `herald up` starts and supervises, in start order (`down` stops them in reverse).
@@ -51,10 +50,10 @@ PROCESSES: list[Proc] = [
     Proc("sink-inapp", ("sink", "inapp"), ready.log_line("consuming")),
     Proc("api", ("api",), ready.http_ok("http://127.0.0.1:{api_port}/readyz")),
     # delivery: the local stand-ins for the providers (only while the provider URLs point at them), then the sinks
-    Proc("mailcatcher", ("-m", "infra.mailcatcher", "--port", "2525", "--http-port", "2526"),
-         ready.log_line("mailcatcher listening on"), only_if=lambda s: _local(s.smtp_url, 2525)),
-    Proc("sandbox", ("-m", "infra.sandbox", "--port", "8090"), ready.log_line("sandbox listening on"),
-         only_if=lambda s: _local(s.push_url, 8090) or _local(s.sms_url, 8090)),
+    Proc("mailcatcher", ("-m", "infra.mailcatcher", "--port", "{smtp_port}", "--http-port", "{mail_page_port}"),
+         ready.log_line("mailcatcher listening on"), only_if=lambda s: _local(s.smtp_url)),
+    Proc("sandbox", ("-m", "infra.sandbox", "--port", "{provider_port}"), ready.log_line("sandbox listening on"),
+         only_if=lambda s: _local(s.push_url) or _local(s.sms_url)),
     Proc("sink-email", ("sink", "email"), ready.log_line("consuming")),
     Proc("sink-push", ("sink", "push"), ready.log_line("consuming")),
     Proc("sink-sms", ("sink", "sms"), ready.log_line("consuming")),
@@ -240,10 +239,12 @@ def _where(settings: Settings) -> None:
     token = auth.mint(auth.signing_secret(settings), SAMPLE_USER)
     base = f"http://127.0.0.1:{settings.api_port}"
     stand_ins = ""
-    if _local(settings.smtp_url, 2525):
-        stand_ins += "\n  emails         http://127.0.0.1:2526/messages   (what the local mail catcher received)"
-    if _local(settings.push_url, 8090) or _local(settings.sms_url, 8090):
-        stand_ins += "\n  push and SMS   http://127.0.0.1:8090/_sandbox/messages   (what the provider sandbox received)"
+    if _local(settings.smtp_url):
+        page = fill("{mail_page_port}", settings)
+        stand_ins += f"\n  emails         http://127.0.0.1:{page}/messages   (what the local mail catcher received)"
+    if _local(settings.push_url) or _local(settings.sms_url):
+        port = fill("{provider_port}", settings)
+        stand_ins += f"\n  push and SMS   http://127.0.0.1:{port}/_sandbox/messages   (what the provider sandbox received)"
     console.print(f"""
   inbox page     {inbox.url(settings.api_port, token)}{stand_ins}
   API            {base}/v1/users/{SAMPLE_USER}/unread-count   (header: Authorization: Bearer <token>)

@@ -83,7 +83,7 @@ def log_line(marker: str) -> Check:
 def http_ok(url: str) -> Check:
     """Ready once ``url`` (``{setting}`` fields filled from the settings) answers 200."""
     def check(probe: Probe) -> bool:
-        with urllib.request.urlopen(_fill(url, probe.settings), timeout=1) as response:
+        with urllib.request.urlopen(fill(url, probe.settings), timeout=1) as response:
             return response.status == 200
     return check
 
@@ -93,7 +93,7 @@ def tcp_port(port: str | int, host: str = "127.0.0.1") -> Check:
     import socket
 
     def check(probe: Probe) -> bool:
-        with socket.create_connection((host, int(_fill(str(port), probe.settings))), timeout=0.5):
+        with socket.create_connection((host, int(fill(str(port), probe.settings))), timeout=0.5):
             return True
     return check
 
@@ -124,12 +124,22 @@ class Proc:
         return (demo or not self.demo_only) and (self.only_if is None or self.only_if(settings))
 
     def command(self, settings: Settings) -> list[str]:
-        args = [_fill(a, settings) for a in self.argv]
+        args = [fill(a, settings) for a in self.argv]
         return [sys.executable, *args] if args[0].startswith("-") else [sys.executable, "-m", "streams.cli", *args]
 
 
-def _fill(text: str, settings: Settings) -> str:
-    return text.format_map({f.name: getattr(settings, f.name) for f in fields(settings)}) if "{" in text else text
+def fill(text: str, settings: Settings) -> str:
+    """``text`` with ``{setting}`` fields filled from the settings, and ``{smtp_port}`` / ``{provider_port}``
+    (the ports of HERALD_SMTP_URL and of the push, else SMS, provider URL: where their local stand-ins listen)."""
+    if "{" not in text:
+        return text
+    from urllib.parse import urlsplit
+
+    values = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    values["smtp_port"] = urlsplit(settings.smtp_url).port or 25
+    values["mail_page_port"] = values["smtp_port"] + 1  # the mail catcher's page of what it caught
+    values["provider_port"] = urlsplit(settings.push_url).port or urlsplit(settings.sms_url).port or 80
+    return text.format_map(values)
 
 
 def backoff_delay(exits_in_a_row: int, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_CAP_S) -> float:

@@ -41,7 +41,10 @@ def isolated(stack, unique):
     home = REPO_ROOT / ".herald" / f"test-up-{unique}"
     env = {**os.environ, "HERALD_HOME": str(home), "HERALD_TOPIC_PREFIX": f"{unique}.",
            "HERALD_APP_ID": f"{unique}-pipeline", "HERALD_API_PORT": str(free_port()), "HERALD_DEMO_RATE": "2",
-           "HERALD_KAFKA_CONTROLLER_PORT": str(free_port()), "COLUMNS": "250", "PYTHONUNBUFFERED": "1"}
+           "HERALD_KAFKA_CONTROLLER_PORT": str(free_port()), "COLUMNS": "250", "PYTHONUNBUFFERED": "1",
+           # the mail catcher and the provider sandbox on ports of this test's own
+           "HERALD_SMTP_URL": f"smtp://127.0.0.1:{free_port()}", "HERALD_PUSH_URL": f"http://127.0.0.1:{free_port()}"}
+    env["HERALD_SMS_URL"] = env["HERALD_PUSH_URL"]
     ports = {int(env["HERALD_KAFKA_BOOTSTRAP"].rsplit(":", 1)[1]), int(env["HERALD_API_PORT"]),
              int(env["HERALD_SCHEMA_REGISTRY_URL"].split("://")[1].split("/")[0].rsplit(":", 1)[1]),
              int(env["HERALD_DATABASE_URL"].rsplit(":", 1)[1].split("/")[0])}
@@ -80,7 +83,7 @@ def test_killed_processes_come_back_and_down_stops_everything_without_restarts(i
     first = _state(home)
     assert first["pid"] == supervisor and first["mode"] == "detached"
     assert {n: p["state"] for n, p in first["processes"].items()} == dict.fromkeys(
-        ("worker", "sink-inapp", "api", "demo"), "up")
+        ("worker", "sink-inapp", "api", "mailcatcher", "sandbox", "sink-email", "sink-push", "sink-sms", "demo"), "up")
     old = {name: first["processes"][name]["pid"] for name in ("worker", "api")}
     for pid in old.values():
         os.kill(pid, signal.SIGKILL)
@@ -114,7 +117,8 @@ def test_killed_processes_come_back_and_down_stops_everything_without_restarts(i
     final = _state(home)
     assert final["state"] == "stopped"
     assert {n: (p["state"], p["restarts"]) for n, p in final["processes"].items()} == {
-        "worker": ("stopped", 1), "api": ("stopped", 1), "sink-inapp": ("stopped", 0), "demo": ("stopped", 0)}
+        "worker": ("stopped", 1), "api": ("stopped", 1), "sink-inapp": ("stopped", 0), "demo": ("stopped", 0),
+        **dict.fromkeys(("mailcatcher", "sandbox", "sink-email", "sink-push", "sink-sms"), ("stopped", 0))}
     assert not list((home / "run").glob("*.pid"))
     bootstrap = env["HERALD_KAFKA_BOOTSTRAP"].rsplit(":", 1)
     assert port_open(bootstrap[0], int(bootstrap[1]))  # the shared servers were used, never stopped
@@ -138,7 +142,8 @@ def test_foreground_up_supervises_in_its_process_and_down_from_elsewhere_stops_i
             return state["pid"] == up.pid and all(p["state"] == "up" for p in state["processes"].values())
         _wait(ready, 300, "herald up never had every process up")
         state = _state(home)
-        assert state["mode"] == "foreground" and set(state["processes"]) == {"worker", "sink-inapp", "api"}
+        assert state["mode"] == "foreground" and set(state["processes"]) == {
+            "worker", "sink-inapp", "api", "mailcatcher", "sandbox", "sink-email", "sink-push", "sink-sms"}
         assert not (home / "run" / "supervisor.pid").exists()  # no detached supervisor
         old = state["processes"]["sink-inapp"]["pid"]
         os.kill(old, signal.SIGKILL)
@@ -155,7 +160,8 @@ def test_foreground_up_supervises_in_its_process_and_down_from_elsewhere_stops_i
         assert not any(_alive(pid) for pid in pids)
         final = _state(home)
         assert {n: (p["state"], p["restarts"]) for n, p in final["processes"].items()} == {
-            "worker": ("stopped", 0), "sink-inapp": ("stopped", 1), "api": ("stopped", 0)}
+            "worker": ("stopped", 0), "sink-inapp": ("stopped", 1), "api": ("stopped", 0),
+            **dict.fromkeys(("mailcatcher", "sandbox", "sink-email", "sink-push", "sink-sms"), ("stopped", 0))}
     finally:
         if up.poll() is None:
             up.kill()

@@ -79,6 +79,9 @@ class Settings:
     worker_metrics_port: int = _setting(0, "HERALD_WORKER_METRICS_PORT",
                                         "Port of a worker's Prometheus /metrics on 127.0.0.1; 0 picks a free one "
                                         "(`herald status` lists it); -1 serves none.")
+    sink_metrics_port: int = _setting(0, "HERALD_SINK_METRICS_PORT",
+                                      "Port of a sink's Prometheus /metrics on 127.0.0.1; 0 picks a free one "
+                                      "(`herald status` lists it); -1 serves none.")
     presence_ttl_s: int = _setting(120, "HERALD_PRESENCE_TTL_S",
                                    "A connection not renewed within this many seconds counts as offline.")
     demo_rate: float = _setting(20.0, "HERALD_DEMO_RATE", "Events per second of the demo stream `herald up` starts.")

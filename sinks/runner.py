@@ -129,6 +129,7 @@ class SinkRunner:
         self.contacts = contacts
         self.templates = templates
         self.breaker = breaker
+        self.metrics: Any = None  # a SinkMetrics, when the sink serves its metrics
         self.batch_size = batch_size or settings.sink_batch_size
         self.topic = delivery_topic(settings, channel)
         self.codec = Codec(Registry(settings.schema_registry_url), max_bytes=settings.max_event_bytes)
@@ -486,6 +487,8 @@ class SinkRunner:
 
     def _count(self, status: str, n: int = 1) -> None:
         self.counts[status] = self.counts.get(status, 0) + n
+        if self.metrics is not None:
+            self.metrics.outcomes.labels(self.channel, status).inc(n)
 
     async def _report(self, outcomes: list[Outcome], dead_letters: list[tuple]) -> None:
         """Produce the status records and dead letters and wait until Kafka has every one of them."""

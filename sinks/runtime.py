@@ -12,9 +12,11 @@ import logging
 import asyncpg
 
 from herald import paths
+from herald.metrics import serve
 from herald.settings import Settings
 from sinks.breaker import Breaker
 from sinks.contacts import ContactBook
+from sinks.metrics import SinkMetrics
 from sinks.runner import SinkRunner
 from sinks.templates import Templates
 
@@ -75,6 +77,13 @@ def build(settings: Settings, channel: str, pool: asyncpg.Pool, **kwargs) -> Sin
 async def run(settings: Settings, channel: str) -> None:
     pool = await open_pool(settings, max_size=4)
     try:
-        await build(settings, channel, pool).run()
+        runner = build(settings, channel, pool)
+        if settings.sink_metrics_port >= 0:
+            runner.metrics = SinkMetrics()
+            if runner.breaker is not None:
+                runner.metrics.watch_breaker(runner.breaker)
+            serve(runner.metrics.registry, settings.sink_metrics_port, f"sink-{channel.lower()}",
+                  f"{settings.app_id}-sink-{channel.lower()}")
+        await runner.run()
     finally:
         await pool.close()

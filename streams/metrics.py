@@ -10,20 +10,15 @@ The port is ``HERALD_WORKER_METRICS_PORT``; 0 picks a free one. Either way the p
 """
 from __future__ import annotations
 
-import atexit
-import json
-import logging
-import os
 from collections import Counter as Tally
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from herald.paths import subdir
+from herald.metrics import serve
 
-log = logging.getLogger("herald.metrics")
 BATCH_SIZES = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
 BATCH_SECONDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -65,13 +60,7 @@ class WorkerMetrics:
 
     def serve(self, port: int, app_id: str) -> int:
         """Serve ``/metrics`` on 127.0.0.1:``port`` (0: a free one) and note the port for ``herald status``."""
-        server, _thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
-        bound = int(server.server_address[1])
-        note = subdir("run", "metrics") / f"{app_id}-{os.getpid()}.json"
-        note.write_text(json.dumps({"process": "worker", "app_id": app_id, "pid": os.getpid(), "port": bound}))
-        atexit.register(lambda: note.unlink(missing_ok=True))
-        log.info("metrics on http://127.0.0.1:%d/metrics", bound)
-        return bound
+        return serve(self.registry, port, "worker", app_id)
 
 
 class _Readings:
@@ -89,16 +78,3 @@ class _Readings:
         size = GaugeMetricFamily("herald_worker_rocksdb_bytes", "Size of the worker's RocksDB files")
         size.add_metric([], sum(f.stat().st_size for f in self.data_dir.rglob("*") if f.is_file()))
         yield from (lag, due, size)
-
-
-def served_ports() -> list[dict]:
-    """The metrics ports noted by running processes (for ``herald status``)."""
-    out = []
-    for note in sorted(subdir("run", "metrics").glob("*.json")):
-        try:
-            entry = json.loads(note.read_text())
-            os.kill(int(entry["pid"]), 0)
-        except (OSError, ValueError, KeyError):
-            continue
-        out.append(entry)
-    return out

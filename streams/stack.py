@@ -19,11 +19,11 @@ import time
 
 from rich.console import Console
 
+from herald.metrics import served_ports
 from herald.settings import Settings
 from infra import kafka, postgres, registry
 from infra.common import REPO_ROOT, InfraError, ServiceStatus, _tail, log_path, read_pid, start_process, stop_process
 from streams import supervisor as ready  # the readiness checks: ready.log_line, http_ok, tcp_port, running
-from streams.metrics import served_ports
 from streams.supervisor import NAME as SUPERVISOR
 from streams.supervisor import Proc, Supervisor, alive, describe_exit, fill, read_state, rows
 

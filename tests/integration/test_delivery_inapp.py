@@ -163,3 +163,27 @@ async def test_a_sink_whose_broker_is_away_keeps_polling_instead_of_exiting(pool
     assert not task.done(), task.exception() if task.done() else None
     runner.stop()
     await asyncio.wait_for(task, 30)
+
+
+async def test_a_sink_serves_its_outcomes_as_metrics(pool, unique, tmp_path):
+    import urllib.request
+
+    from herald.metrics import served_ports
+
+    settings = settings_for(unique)
+    kafka = Kafka(settings)
+    user = f"{unique}-u"
+    kafka.send("INAPP", [request(user, "INAPP") for _ in range(3)])
+    proc, log = start_sink(unique, tmp_path)
+    try:
+        await wait_for(lambda: len(kafka.statuses()) == 3, 60)
+        entry = [e for e in served_ports() if e["pid"] == proc.pid]
+        assert entry and entry[0]["process"] == "sink-inapp", log.read_text()[-2000:]
+        with urllib.request.urlopen(f"http://127.0.0.1:{entry[0]['port']}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        line = next(x for x in text.splitlines() if x.startswith('herald_sink_outcomes_total{channel="INAPP",status="SENT"}'))
+        assert float(line.rsplit(" ", 1)[1]) == 3
+        assert user not in text, "no user id in any label"
+    finally:
+        stop(proc)
+        await pool.execute("DELETE FROM notifications WHERE user_id = $1", user)

@@ -135,7 +135,7 @@ def test_the_worker_serves_its_metrics_with_bounded_labels(worker):
     """Counts by partition, outcome, channel and reason; readings of lag and users due; no user id anywhere."""
     import urllib.request
 
-    from streams.metrics import served_ports
+    from herald.metrics import served_ports
 
     user = f"{worker.unique}-metrics"
     worker.send(ev(user, "m1", channels=["INAPP"]), ev(user, "m2", channels=["INAPP"]))

@@ -73,6 +73,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from bench.undecided import _long  # the Avro long reader the tap shares with it
 from infra.common import REPO_ROOT
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -322,18 +323,6 @@ class Console:
 
 
 # -- reading Herald's outputs ------------------------------------------------------------------------------
-
-def _long(buf: bytes, pos: int) -> tuple[int, int]:
-    """An Avro long at ``pos``: (value, position after it)."""
-    b = buf[pos]
-    pos += 1
-    n, shift = b & 0x7F, 7
-    while b & 0x80:
-        b = buf[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        shift += 7
-    return (n >> 1) ^ -(n & 1), pos
 
 
 class Heads:

@@ -36,6 +36,23 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _free_pair() -> int:
+    """A port p with p and p + 1 free (the mail catcher's page listens on the next port), below the kernel's
+    range of ephemeral ports, so an outgoing connection cannot take p + 1 meanwhile."""
+    import random
+    import socket
+
+    while True:
+        port = random.randrange(20_000, 32_000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+
+
 @pytest.fixture
 def isolated(stack, unique):
     home = REPO_ROOT / ".herald" / f"test-up-{unique}"
@@ -43,7 +60,7 @@ def isolated(stack, unique):
            "HERALD_APP_ID": f"{unique}-pipeline", "HERALD_API_PORT": str(free_port()), "HERALD_DEMO_RATE": "2",
            "HERALD_KAFKA_CONTROLLER_PORT": str(free_port()), "COLUMNS": "250", "PYTHONUNBUFFERED": "1",
            # the mail catcher and the provider sandbox on ports of this test's own
-           "HERALD_SMTP_URL": f"smtp://127.0.0.1:{free_port()}", "HERALD_PUSH_URL": f"http://127.0.0.1:{free_port()}"}
+           "HERALD_SMTP_URL": f"smtp://127.0.0.1:{_free_pair()}", "HERALD_PUSH_URL": f"http://127.0.0.1:{_free_pair()}"}
     env["HERALD_SMS_URL"] = env["HERALD_PUSH_URL"]
     ports = {int(env["HERALD_KAFKA_BOOTSTRAP"].rsplit(":", 1)[1]), int(env["HERALD_API_PORT"]),
              int(env["HERALD_SCHEMA_REGISTRY_URL"].split("://")[1].split("/")[0].rsplit(":", 1)[1]),

@@ -323,8 +323,12 @@ class SinkRunner:
                     [(d, j.request["user_id"], j.raw, j.source) for d, j in wave]), "ledger claim")
                 outs = self._late(unreported)
                 if existing:
-                    log.debug("sink %s: not sent again: %s", self.channel, Counter(existing.values()))
+                    found = Counter(existing.values())
+                    log.debug("sink %s: not sent again: %s", self.channel, found)
                     self._count("SKIPPED", len(existing))
+                    if self.metrics is not None:
+                        for status, k in found.items():
+                            self.metrics.ledger_conflicts.labels(self.channel, status).inc(k)
                 return outs + await self._send_wave([j for d, j in wave if d in claimed])
 
         waves = await asyncio.gather(*(one_wave(items[i:i + self.wave]) for i in range(0, len(items), self.wave)))
@@ -397,8 +401,13 @@ class SinkRunner:
             return [Outcome(d, "RETRYING", name, n - 1, why)], Mark(d, "RETRYING", n - 1, why, delay, job.done)
         try:
             async with self.semaphore:
-                sent = await asyncio.wait_for(self.provider.send(r, rendered, to, set(job.done)),
-                                              self.settings.sink_send_timeout_s * 1.5 + 1)
+                started = time.perf_counter()
+                try:
+                    sent = await asyncio.wait_for(self.provider.send(r, rendered, to, set(job.done)),
+                                                  self.settings.sink_send_timeout_s * 1.5 + 1)
+                finally:
+                    if self.metrics is not None:
+                        self.metrics.provider_seconds.labels(self.channel).observe(time.perf_counter() - started)
         except (TransientError, asyncio.TimeoutError, OSError) as exc:
             if self.breaker is not None:
                 self.breaker.failure()

@@ -84,6 +84,12 @@ async def run(settings: Settings, channel: str) -> None:
                 runner.metrics.watch_breaker(runner.breaker)
             serve(runner.metrics.registry, settings.sink_metrics_port, f"sink-{channel.lower()}",
                   f"{settings.app_id}-sink-{channel.lower()}")
-        await runner.run()
+        waiting = (asyncio.ensure_future(runner.metrics.watch_retries(pool, runner.channel))
+                   if runner.metrics is not None and runner.ledger is not None else None)
+        try:
+            await runner.run()
+        finally:
+            if waiting is not None:
+                waiting.cancel()
     finally:
         await pool.close()

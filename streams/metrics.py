@@ -3,7 +3,8 @@
 Label values are bounded (partitions, outcomes, channels, reasons): never a user id, address or text.
 Counts are gathered per batch and added once at its end, so the hot path pays a dict update per record,
 not a metric call. What is cheap to read when Prometheus asks (lag, users due, the size of the RocksDB
-files) is read then, by a collector, rather than kept up to date on every record.
+files, the restore progress) is read then, by a collector, rather than kept up to date on every record.
+``herald_worker_rocksdb_bytes`` is the worker's state on disk.
 
 The port is ``HERALD_WORKER_METRICS_PORT``; 0 picks a free one. Either way the port in use is written to
 ``run/metrics/<app id>-<pid>.json`` in the state folder, where ``herald status`` finds it, and removed at exit.
@@ -58,6 +59,12 @@ class WorkerMetrics:
         """Read these when scraped: unread events and users due per partition, and the RocksDB files' size."""
         self.registry.register(_Readings(lag, due, data_dir))
 
+    def watch_recovery(self, recovery: Callable[[], Any]) -> None:
+        """Read the restore progress when scraped from ``recovery()`` (Faust's ``app.tables.recovery``):
+        whether the worker is restoring its tables now, and the changelog records its active partitions
+        have still to read (0 once they are up to date; a worker that never restored reports 0)."""
+        self.registry.register(_Recovery(recovery))
+
     def serve(self, port: int, app_id: str) -> int:
         """Serve ``/metrics`` on 127.0.0.1:``port`` (0: a free one) and note the port for ``herald status``."""
         return serve(self.registry, port, "worker", app_id)
@@ -78,3 +85,21 @@ class _Readings:
         size = GaugeMetricFamily("herald_worker_rocksdb_bytes", "Size of the worker's RocksDB files")
         size.add_metric([], sum(f.stat().st_size for f in self.data_dir.rglob("*") if f.is_file()))
         yield from (lag, due, size)
+
+
+class _Recovery:
+    def __init__(self, recovery: Callable[[], Any]) -> None:
+        self.recovery = recovery
+
+    def collect(self) -> Iterator[Any]:
+        r = self.recovery()
+        restoring = GaugeMetricFamily("herald_worker_restoring", "1 while the worker restores its tables from "
+                                      "their changelogs (a partition taken over), else 0")
+        restoring.add_metric([], 1.0 if getattr(r, "in_recovery", False) else 0.0)
+        left = GaugeMetricFamily("herald_worker_restore_remaining",
+                                 "Changelog records the worker's active partitions have still to restore")
+        try:
+            left.add_metric([], float(r.active_remaining_total()))
+        except (AttributeError, KeyError, TypeError):  # before the first assignment there is nothing to count
+            left.add_metric([], 0.0)
+        yield from (restoring, left)

@@ -100,6 +100,9 @@ class Settings:
     sms_account: str = _setting("ACherald", "HERALD_SMS_ACCOUNT", "Twilio account SID (basic-auth user).")
     sms_token: str = _setting("", "HERALD_SMS_TOKEN", "Twilio auth token (basic-auth password).")
     sms_from: str = _setting("+15005550006", "HERALD_SMS_FROM", "The From number of every SMS (E.164).")
+    sms_status_callback_url: str = _setting("", "HERALD_SMS_STATUS_CALLBACK_URL",
+                                            "Where Twilio posts each SMS's delivery status (its StatusCallback), with "
+                                            "?delivery_id=<id> appended so a receipt names its delivery; empty: none.")
     templates_dir: str = _setting("", "HERALD_TEMPLATES_DIR",
                                   "Folder of Jinja2 templates <channel>/<name>.<part>.j2 that override the shipped ones.")
     sink_max_attempts: int = _setting(5, "HERALD_SINK_MAX_ATTEMPTS",
@@ -122,6 +125,44 @@ class Settings:
                                     "Comma-separated browser origins that may open the API's WebSocket stream "
                                     "(e.g. 'https://app.example.com'); empty means the API's own origin only "
                                     "(http://127.0.0.1:<port> and http://localhost:<port>).")
+    kafka_security_protocol: str = _setting("PLAINTEXT", "HERALD_KAFKA_SECURITY_PROTOCOL",
+                                            "How every Herald client talks to Kafka: PLAINTEXT, SSL (TLS), "
+                                            "SASL_PLAINTEXT or SASL_SSL (SASL over TLS).")
+    kafka_sasl_mechanism: str = _setting("PLAIN", "HERALD_KAFKA_SASL_MECHANISM",
+                                         "SASL mechanism with a SASL_* protocol: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
+    kafka_sasl_username: str = _setting("", "HERALD_KAFKA_SASL_USERNAME", "SASL user name (SASL_* protocols only).")
+    kafka_sasl_password: str = _setting("", "HERALD_KAFKA_SASL_PASSWORD", "SASL password (SASL_* protocols only).")
+    kafka_ssl_cafile: str = _setting("", "HERALD_KAFKA_SSL_CAFILE",
+                                     "PEM file of the CA(s) that signed the brokers' certificates (SSL, SASL_SSL); "
+                                     "empty: the system's CAs. The broker's name must match its certificate.")
+    kafka_ssl_certfile: str = _setting("", "HERALD_KAFKA_SSL_CERTFILE",
+                                       "PEM client certificate, for brokers that authenticate clients by TLS (mTLS).")
+    kafka_ssl_keyfile: str = _setting("", "HERALD_KAFKA_SSL_KEYFILE",
+                                      "PEM private key of HERALD_KAFKA_SSL_CERTFILE (unencrypted); empty when the "
+                                      "certificate file holds the key too.")
+    schema_registry_username: str = _setting("", "HERALD_SCHEMA_REGISTRY_USERNAME",
+                                             "Basic-auth user for the schema registry (or put user:password@ in "
+                                             "HERALD_SCHEMA_REGISTRY_URL; not both).")
+    schema_registry_password: str = _setting("", "HERALD_SCHEMA_REGISTRY_PASSWORD", "Basic-auth password for the schema registry.")
+    schema_registry_cafile: str = _setting("", "HERALD_SCHEMA_REGISTRY_CAFILE",
+                                           "PEM file of the CA that signed an https:// registry's certificate; "
+                                           "empty: the system's CAs.")
+    topic_replication_factor: int = _setting(1, "HERALD_TOPIC_REPLICATION_FACTOR",
+                                             "Replicas of each topic Herald creates (and of the worker's changelog "
+                                             "topics); 1 suits the one-broker local stack, 3 a production cluster. "
+                                             "Existing topics are left as they are.")
+    topic_min_insync_replicas: int = _setting(1, "HERALD_TOPIC_MIN_INSYNC_REPLICAS",
+                                              "min.insync.replicas of each topic Herald creates: a write is "
+                                              "acknowledged once this many replicas have it (2 with a replication "
+                                              "factor of 3). At most HERALD_TOPIC_REPLICATION_FACTOR.")
+    prometheus_port: int = _setting(9090, "HERALD_PROMETHEUS_PORT",
+                                    "Port of the Prometheus `herald up --monitoring` starts on 127.0.0.1.")
+    prometheus_url: str = _setting("", "HERALD_PROMETHEUS_URL",
+                                   "Prometheus the API's status page (/status) asks; empty: the local one, "
+                                   "http://127.0.0.1:<HERALD_PROMETHEUS_PORT>.")
+    log_format: str = _setting("text", "HERALD_LOG_FORMAT",
+                               "Log lines of every Herald process: text, or json (one JSON object a line with "
+                               "time, level, logger and message).")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Settings":

@@ -123,7 +123,8 @@ class Sandbox:
             return web.json_response({"code": 21211, "message": "The 'To' number is not a valid phone number.",
                                       "status": 400}, status=400)
         self._keep({"kind": "sms", "account": request.match_info["sid"], "to": to, "from": form.get("From"),
-                    "body": body, "auth": request.headers.get("Authorization", ""), "garbage": fault == "garbage"})
+                    "body": body, "status_callback": form.get("StatusCallback"), "auth": request.headers.get("Authorization", ""),
+                    "garbage": fault == "garbage"})
         if fault == "garbage":
             return web.Response(text="{\"ok\": tru", content_type="application/json", status=201)
         return web.json_response({"sid": f"SM{self.counter:032x}", "status": "queued", "to": to}, status=201)

@@ -38,7 +38,7 @@ def make_provider(settings: Settings, channel: str):
     if channel == "SMS":
         from sinks.sms import SmsProvider
         return SmsProvider(settings.sms_url, settings.sms_account, settings.sms_token, settings.sms_from,
-                           settings.sink_concurrency, timeout)
+                           settings.sink_concurrency, timeout, status_callback=settings.sms_status_callback_url)
     raise ValueError(f"no provider for channel {channel}")
 
 

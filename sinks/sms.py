@@ -4,7 +4,9 @@ Form-encoded ``To``, ``From``, ``Body`` with basic auth (account SID, auth token
 ``sid`` is sent; 429 and 5xx, timeouts and connection errors are retryable (``Retry-After`` honoured); a 400
 about the number (Twilio codes 21211, 21614, 21610) is INVALID_ADDRESS; any other 4xx, or a 2xx whose body
 has no ``sid``, is permanent. A number that is not E.164 (``+`` and 7 to 15 digits) is INVALID_ADDRESS before
-anything is sent. The body is one segment (``sinks/templates.py`` cuts it).
+anything is sent. The body is one segment (``sinks/templates.py`` cuts it). With a status callback URL
+configured, each message carries ``StatusCallback=<url>?delivery_id=<id>``: Twilio's delivery receipts then
+name the delivery they are about.
 """
 from __future__ import annotations
 
@@ -29,10 +31,11 @@ class SmsProvider(Provider):
     name = "twilio"
 
     def __init__(self, base_url: str, account: str, token: str, sender: str, concurrency: int = 64,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, status_callback: str = "") -> None:
         self.url = f"{base_url.rstrip('/')}/2010-04-01/Accounts/{account}/Messages.json"
         self.authorization = "Basic " + base64.b64encode(f"{account}:{token}".encode()).decode()
         self.sender = sender
+        self.status_callback = status_callback
         self.concurrency = concurrency
         self.timeout = timeout
         self.session: aiohttp.ClientSession | None = None
@@ -55,7 +58,11 @@ class SmsProvider(Provider):
         return phone
 
     async def send(self, request: dict, rendered: dict[str, str], to, done: set[str]) -> Sent:
-        form = urlencode({"To": to, "From": self.sender, "Body": rendered["body"]}).encode()
+        fields = {"To": to, "From": self.sender, "Body": rendered["body"]}
+        if self.status_callback:
+            joint = "&" if "?" in self.status_callback else "?"
+            fields["StatusCallback"] = f"{self.status_callback}{joint}{urlencode({'delivery_id': request['delivery_id']})}"
+        form = urlencode(fields).encode()
         try:
             async with self.session.post(self.url, data=form, headers=FORM) as resp:
                 text = await resp.read()

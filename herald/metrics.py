@@ -3,6 +3,13 @@
 Each long-running process (worker, sinks) serves ``/metrics`` on 127.0.0.1 and notes its port in the state
 folder's ``run/metrics/<name>-<pid>.json``, where ``herald status`` finds it; the note goes when the process
 exits. Port 0 picks a free one, so several processes on one machine never collide.
+
+Every note written or removed also rewrites ``prometheus/targets.json`` in the state folder: the
+``file_sd_configs`` file the local Prometheus (``herald up --monitoring``) reads, one target group per
+process with the labels ``process`` (worker, sink-email...) and ``app_id``. Prometheus notices the new file
+by itself, so a restarted process on a new port is scraped without a reload. A process killed with -9
+keeps its target (its note stays until its pid is gone and another process rewrites the file), so
+Prometheus sees it down (``up == 0``) rather than forgetting it.
 """
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ import atexit
 import json
 import logging
 import os
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -24,7 +32,13 @@ def serve(registry: CollectorRegistry, port: int, process: str, name: str) -> in
     bound = int(server.server_address[1])
     note = subdir("run", "metrics") / f"{name}-{os.getpid()}.json"
     note.write_text(json.dumps({"process": process, "app_id": name, "pid": os.getpid(), "port": bound}))
-    atexit.register(lambda: note.unlink(missing_ok=True))
+    write_targets()
+
+    def forget() -> None:
+        note.unlink(missing_ok=True)
+        write_targets(leaving=os.getpid())
+
+    atexit.register(forget)
     log.info("metrics on http://127.0.0.1:%d/metrics", bound)
     return bound
 
@@ -40,3 +54,27 @@ def served_ports() -> list[dict]:
             continue
         out.append(entry)
     return out
+
+
+def targets_path() -> Path:
+    """The file_sd targets file: ``<state folder>/prometheus/targets.json``."""
+    return subdir("prometheus") / "targets.json"
+
+
+def targets(leaving: int | None = None) -> list[dict]:
+    """The target groups of the processes serving metrics now (less the process ``leaving``)."""
+    return [{"targets": [f"127.0.0.1:{e['port']}"],
+             "labels": {"process": str(e.get("process", "")), "app_id": str(e.get("app_id", ""))}}
+            for e in served_ports() if e.get("pid") != leaving]
+
+
+def write_targets(leaving: int | None = None) -> Path:
+    """Rewrite the targets file from the notes, atomically (Prometheus never reads half a file)."""
+    path = targets_path()
+    tmp = path.with_name(f".targets-{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(targets(leaving), indent=1))
+        os.replace(tmp, path)
+    except OSError as exc:  # the state folder read-only or gone: metrics are still served
+        log.warning("could not write %s (%s)", path, exc)
+    return path

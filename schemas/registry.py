@@ -24,6 +24,11 @@ A writer schema the registry has but Herald cannot read (not Avro, or not parsea
 On an event loop, call ``await registry.ensure(schema_id)`` before decoding: it returns at once for an
 id already resolved (found or known missing), and otherwise runs the look-up in a thread, one look-up
 per id however many records wait for it. The synchronous ``writer()`` then answers from the cache.
+
+A secured registry: basic auth from ``HERALD_SCHEMA_REGISTRY_USERNAME``/``PASSWORD`` or from ``user:password@``
+in the URL (one or the other), and for an ``https://`` URL the CA in ``HERALD_SCHEMA_REGISTRY_CAFILE`` (else
+the system's CAs). A ``Registry`` given none of them explicitly reads those variables, so every process
+that builds one from its URL alone gets them; ``Registry.from_settings`` takes them from a ``Settings``.
 """
 from __future__ import annotations
 
@@ -128,9 +133,14 @@ class Registry:
     def __init__(self, url: str | None = None, missing_retries: int = 3, missing_backoff_s: float = 0.2,
                  negative_ttl_s: float = 30.0, client: SchemaRegistryClient | None = None, *,
                  max_missing: int = 10_000, timeout_s: float = 2.0, http_retries: int = 1,
-                 lookup_threads: int = 4) -> None:
+                 lookup_threads: int = 4, username: str | None = None, password: str | None = None,
+                 cafile: str | None = None) -> None:
         self.url = url or registry_url()
-        self.client = client or SchemaRegistryClient(client_config(self.url, timeout_s, http_retries))
+        self.client = client or SchemaRegistryClient(client_config(
+            self.url, timeout_s, http_retries,
+            username=_env("HERALD_SCHEMA_REGISTRY_USERNAME") if username is None else username,
+            password=_env("HERALD_SCHEMA_REGISTRY_PASSWORD") if password is None else password,
+            cafile=_env("HERALD_SCHEMA_REGISTRY_CAFILE") if cafile is None else cafile))
         self._ids: dict[tuple[str, str], int] = {}
         self._writers: dict[int, dict] = {}
         # id -> (monotonic deadline, detail), oldest first; bounded by max_missing
@@ -144,6 +154,12 @@ class Registry:
         self.negative_ttl_s = negative_ttl_s
         self.max_missing = max_missing
         self.lookup_threads = lookup_threads
+
+    @classmethod
+    def from_settings(cls, settings, **kwargs) -> "Registry":
+        """A registry client for ``settings`` (a ``herald.settings.Settings``): its URL, basic auth and CA file."""
+        return cls(settings.schema_registry_url, username=settings.schema_registry_username,
+                   password=settings.schema_registry_password, cafile=settings.schema_registry_cafile, **kwargs)
 
     # -- registering -------------------------------------------------------------------------------
 
@@ -323,9 +339,31 @@ class Registry:
             future.exception()  # retrieved here, so an outage nobody still awaits is not logged as lost
 
 
-def client_config(url: str, timeout_s: float = 2.0, http_retries: int = 1) -> dict:
+def _env(name: str) -> str:
+    return os.environ.get(name, "")
+
+
+def client_config(url: str, timeout_s: float = 2.0, http_retries: int = 1, *, username: str = "", password: str = "",
+                  cafile: str = "") -> dict:
     """The ``SchemaRegistryClient`` configuration bounding one request: ``timeout_s`` per connect/read,
     ``http_retries`` further attempts on a 408/429/5xx answer or a transport error, after a pause of at
-    most 100 ms then 200 ms (full jitter)."""
-    return {"url": url, "timeout": timeout_s, "max.retries": http_retries, "retries.wait.ms": 100,
-            "retries.max.wait.ms": 500}
+    most 100 ms then 200 ms (full jitter).
+
+    ``username``/``password`` add basic auth (refused beside ``user:password@`` in the URL, and a password
+    without a user name); ``cafile`` is the PEM CA that verifies an https registry (it must be a readable
+    file). Raises ``ValueError`` naming the variable to fix."""
+    config: dict = {"url": url, "timeout": timeout_s, "max.retries": http_retries, "retries.wait.ms": 100,
+                    "retries.max.wait.ms": 500}
+    if username or password:
+        if not username:
+            raise ValueError("HERALD_SCHEMA_REGISTRY_PASSWORD is set without HERALD_SCHEMA_REGISTRY_USERNAME; set both")
+        if any(urlsplit(one.strip()).username for one in url.split(",")):
+            raise ValueError("the registry credentials are given twice: in HERALD_SCHEMA_REGISTRY_URL (user:password@) "
+                             "and in HERALD_SCHEMA_REGISTRY_USERNAME; keep one")
+        config["basic.auth.user.info"] = f"{username}:{password}"
+    if cafile:
+        if not os.path.isfile(cafile) or not os.access(cafile, os.R_OK):
+            raise ValueError(f"HERALD_SCHEMA_REGISTRY_CAFILE={cafile!r} is not a readable file; point it at the PEM CA "
+                             "that signed the registry's certificate")
+        config["ssl.ca.location"] = cafile
+    return config

@@ -26,7 +26,7 @@ class PublishError(RuntimeError):
 class Outbox:
     def __init__(self, settings: Settings, codec: Codec) -> None:
         self.settings, self.codec = settings, codec
-        self.producer = make_producer(settings.kafka_bootstrap, linger_ms=5)
+        self.producer = make_producer(settings, linger_ms=5)
         self._known: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="herald-api-producer", daemon=True)

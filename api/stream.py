@@ -342,10 +342,12 @@ class Hub:
     async def _consume(self) -> None:
         from confluent_kafka import Consumer, KafkaError
 
+        from herald.kafka import client_config
+
         loop = asyncio.get_running_loop()
         topic = self.settings.topic("delivery.websocket")
         self.consumer = consumer = Consumer({
-            "bootstrap.servers": self.settings.kafka_bootstrap,
+            **client_config(self.settings),
             "group.id": f"{self.settings.topic_prefix}api-websocket",
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "session.timeout.ms": 10000, "heartbeat.interval.ms": 2000,

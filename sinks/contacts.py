@@ -16,7 +16,7 @@ import uuid
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from herald.kafka import make_producer, produce
+from herald.kafka import client_config, make_producer, produce
 from herald.settings import Settings
 from schemas.codec import Codec, DecodeError
 
@@ -70,13 +70,13 @@ class ContactBook:
         contact = {**contact, "updated_at": int(time.time() * 1000)}
         self._keep(contact)
         if self._producer is None:
-            self._producer = make_producer(self.settings.kafka_bootstrap)
+            self._producer = make_producer(self.settings)
         value = self.codec.encode(f"{self.topic}-value", "Contact", contact)
         produce(self._producer, self.topic, value, contact["user_id"].encode())
         self._producer.poll(0)
 
     def _run(self) -> None:
-        consumer = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap,
+        consumer = Consumer({**client_config(self.settings),
                              "group.id": f"herald-contacts-{uuid.uuid4().hex}", "enable.auto.commit": False,
                              "enable.partition.eof": True})
         try:

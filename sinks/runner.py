@@ -53,7 +53,7 @@ from typing import Any, Awaitable, Callable
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from herald import dlq
-from herald.kafka import make_producer, produce
+from herald.kafka import client_config, make_producer, produce
 from herald.settings import Settings
 from herald.topics import delivery_topic
 from schemas.codec import Codec, DecodeError
@@ -136,7 +136,7 @@ class SinkRunner:
         self.worker_id = worker_id or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.ledger = Ledger(pool, channel, self.worker_id, settings.sink_claim_lease_s) if provider else None
         self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **client_config(settings),
             "group.id": f"{settings.app_id}-sink-{channel.lower()}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
@@ -144,7 +144,7 @@ class SinkRunner:
             "heartbeat.interval.ms": 2000,
             "fetch.message.max.bytes": max(settings.max_event_bytes * 2, 1_048_576),
         })
-        self.producer = make_producer(settings.kafka_bootstrap)
+        self.producer = make_producer(settings)
         self.status_topic = settings.topic("delivery.status")
         self.dlq_topic = settings.topic("dlq")
         self.stage = f"sink-{channel.lower()}"

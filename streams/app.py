@@ -5,6 +5,7 @@ from pathlib import Path
 
 import faust
 
+from herald.kafka import faust_credentials
 from herald.paths import subdir
 from herald.settings import Settings
 from streams import faust_adapter
@@ -22,10 +23,11 @@ def create_app(settings: Settings | None = None) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=f"aiokafka://{settings.kafka_bootstrap}",
+        broker_credentials=faust_credentials(settings),
         store="rocksdb://",
         datadir=settings.data_dir or str(subdir("faust", settings.app_id)),
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.topic_replication_factor,
         key_serializer="raw",
         value_serializer="raw",
         processing_guarantee="at_least_once",

@@ -20,6 +20,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from herald.dlq import reason_of
+from herald.kafka import client_config
 from herald.paths import subdir
 from herald.settings import Settings
 from herald.topics import CHANNELS
@@ -128,7 +129,7 @@ def watch(settings: Settings, processes: Callable[[], dict] | None = None) -> No
     token = auth.mint(auth.signing_secret(settings), SAMPLE_USER)
     flow = Flow(settings)
     codec = Codec(Registry(settings.schema_registry_url))
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"herald-view-{uuid.uuid4()}",
+    consumer = Consumer({**client_config(settings), "group.id": f"herald-view-{uuid.uuid4()}",
                          "enable.auto.commit": False, "auto.offset.reset": "latest"})
     consumer.subscribe([settings.topic(n) for n in ("events", "decisions", "dlq", "delivery.status",
                                                     *(f"delivery.{c.lower()}" for c in CHANNELS))])

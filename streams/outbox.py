@@ -16,6 +16,7 @@ from typing import Any, Callable
 from confluent_kafka import KafkaException
 
 from herald.kafka import make_producer, produce
+from herald.settings import Settings
 
 log = logging.getLogger("herald.outbox")
 
@@ -26,7 +27,7 @@ MAX_RECORD_BYTES = 8 * 1024 * 1024
 
 
 class Outbox:
-    def __init__(self, bootstrap: str, linger_ms: int = 20) -> None:
+    def __init__(self, bootstrap: "str | Settings", linger_ms: int = 20) -> None:
         self._producer = make_producer(bootstrap, **{
             "linger.ms": linger_ms,
             "batch.size": 1_000_000,

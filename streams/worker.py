@@ -66,7 +66,7 @@ class Pipeline:
         self.settings = settings
         self.fatal = fatal
         self.events_topic = settings.topic("events")
-        self.outbox = Outbox(settings.kafka_bootstrap, linger_ms=settings.producer_linger_ms)
+        self.outbox = Outbox(settings, linger_ms=settings.producer_linger_ms)
         self.states = UserStates(app, settings, self.outbox)
         self.context = UserContext(app, settings)
         self.config = policy_config(settings)

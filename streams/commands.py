@@ -50,15 +50,17 @@ def _run_until_signal(main_coro_factory) -> None:
 
 
 def _require_kafka(settings: Settings, timeout: float = 5.0) -> None:
-    """Fail in one line, not a traceback, when the broker does not answer."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
+    """Fail in one line, not a traceback, when the broker does not answer (or refuses the login or the TLS
+    handshake: ``herald.kafka.connection_problem`` says which)."""
+    from herald.kafka import KafkaSecurityError, connection_problem
 
     try:
-        AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=timeout)
-    except KafkaException:
-        raise UserError(f"Kafka at {settings.kafka_bootstrap} is not answering; start the stack with "
-                        "`herald up --detach` (or point HERALD_KAFKA_BOOTSTRAP at your broker)") from None
+        problem = connection_problem(settings, timeout)
+    except KafkaSecurityError as exc:
+        raise UserError(str(exc)) from None
+    if problem is not None:
+        raise UserError(f"{problem} Start the stack with `herald up --detach` (or point HERALD_KAFKA_BOOTSTRAP "
+                        "at your broker)")
 
 
 # -- processes -------------------------------------------------------------------------------------
@@ -198,7 +200,7 @@ def _producer_codec(settings: Settings, topic: str):  # noqa: ANN202 - (Codec, P
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"the schema registry at {settings.schema_registry_url} did not answer ({type(exc).__name__}); "
                         "is the stack up? (`herald up --detach` or `herald status`)") from None
-    return codec, make_producer(settings.kafka_bootstrap, **{"linger.ms": 20})
+    return codec, make_producer(settings, **{"linger.ms": 20})
 
 
 def _demo_records(codec, topic: str) -> Iterator[tuple[bytes, bytes]]:  # noqa: ANN001
@@ -336,13 +338,14 @@ def render(msg, codec) -> dict:
 def cmd_tail(args: argparse.Namespace) -> int:
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 
+    from herald.kafka import client_config
     from schemas.codec import Codec
     from schemas.registry import Registry
 
     settings = _settings()
     _require_kafka(settings)
     follow = args.follow if args.follow is not None else not args.from_beginning
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"herald-tail-{uuid.uuid4()}",
+    consumer = Consumer({**client_config(settings), "group.id": f"herald-tail-{uuid.uuid4()}",
                          "enable.auto.commit": False, "enable.partition.eof": True})
     meta = consumer.list_topics(args.topic, timeout=10)
     topic_meta = meta.topics.get(args.topic)

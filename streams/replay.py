@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterator
 
-from herald.kafka import produce
+from herald.kafka import client_config, produce
 from herald.settings import Settings
 
 REPLAYED_FROM = "herald.replayed.from"
@@ -173,7 +173,7 @@ def read(consumer: Any, topic: str, spans: list[Span]) -> Iterator[Any]:
 def consumer_for(settings: Settings) -> Any:
     from confluent_kafka import Consumer
 
-    return Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"herald-replay-{uuid.uuid4()}",
+    return Consumer({**client_config(settings), "group.id": f"herald-replay-{uuid.uuid4()}",
                      "enable.auto.commit": False, "enable.partition.eof": True})
 
 
@@ -184,7 +184,7 @@ class Sender:
     def __init__(self, settings: Settings) -> None:
         from herald.kafka import make_producer
 
-        self.producer = make_producer(settings.kafka_bootstrap, **{"linger.ms": 20})
+        self.producer = make_producer(settings, **{"linger.ms": 20})
         self.failures: list[str] = []
 
     def send(self, topic: str, value: bytes | None, key: bytes | None, headers: list | None,

@@ -356,6 +356,13 @@ def show_status(settings: Settings) -> int:
         for (group, topic), value in sorted(lag.items()):
             lag_table.add_row(group, topic, str(value))
         console.print(lag_table)
+    try:  # topics too weakly replicated for the cluster they are on (herald.topics.weak_topics)
+        from herald.topics import replication_warnings
+
+        for warning in replication_warnings(settings) if kafka_up else []:
+            console.print(f"[yellow]warning:[/] {warning}")
+    except Exception:  # noqa: BLE001 - status must always print something
+        pass
     return 0 if all_up else 1
 
 
@@ -364,12 +371,14 @@ def consumer_lag(settings: Settings) -> dict[tuple[str, str], int]:
     from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    from herald.kafka import client_config
+
+    admin = AdminClient(client_config(settings))
     groups = [g.group_id for g in admin.list_consumer_groups(request_timeout=5).result(10).valid
               if g.group_id.startswith(settings.app_id)]
     if not groups:
         return {}
-    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "herald-status-probe"})
+    probe = Consumer({**client_config(settings), "group.id": "herald-status-probe"})
     lag: dict[tuple[str, str], int] = {}
     try:
         for group in groups:

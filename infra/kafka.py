@@ -119,7 +119,23 @@ def _write_config(host: str, port: int, cport: int) -> tuple[Path, Path]:
     """Write server.properties and the log4j2 config (every start, so address changes apply)."""
     conf = subdir(NAME)
     data = subdir(NAME, "data")
-    props = {
+    props = server_properties(host, port, cport, data)
+    server = conf / "server.properties"
+    server.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    log4j = conf / "log4j2.properties"
+    log4j.write_text(_log4j_text())
+    return server, log4j
+
+
+def _log4j_text() -> str:
+    return LOG4J2 + "".join(f"logger.l{i}.name = {name}\nlogger.l{i}.level = {level}\n"
+                            for i, (name, level) in enumerate(LOGGER_LEVELS.items()))
+
+
+def server_properties(host: str, port: int, cport: int, data: Path) -> dict[str, str]:
+    """The one-node broker's configuration: a PLAINTEXT listener on ``port``, the controller on ``cport``, data
+    in ``data``. ``start_extra`` overrides entries of it (listeners, security) for a broker of a test's own."""
+    return {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.bootstrap.servers": f"{host}:{cport}",
@@ -141,12 +157,6 @@ def _write_config(host: str, port: int, cport: int) -> tuple[Path, Path]:
         "offsets.topic.num.partitions": "8",
         "group.initial.rebalance.delay.ms": "0",
     }
-    server = conf / "server.properties"
-    server.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-    log4j = conf / "log4j2.properties"
-    log4j.write_text(LOG4J2 + "".join(f"logger.l{i}.name = {name}\nlogger.l{i}.level = {level}\n"
-                                      for i, (name, level) in enumerate(LOGGER_LEVELS.items())))
-    return server, log4j
 
 
 def _cluster_id() -> str:
@@ -249,3 +259,70 @@ def create_topics(names: list[str], partitions: int = 4, config: dict | None = N
             err: KafkaError = exc.args[0]
             if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise InfraError(f"{NAME}: creating topic {name!r} on {bootstrap()} failed: {err.str()}") from None
+
+
+# -- a broker of a test's own ------------------------------------------------------------------------------
+
+
+class ExtraBroker:
+    """A second, throw-away Kafka broker started by ``start_extra``: its process, folder and log. ``stop()``
+    ends it (SIGTERM to its process group, SIGKILL after ``timeout``); its folder is left for the caller."""
+
+    def __init__(self, proc: subprocess.Popen, directory: Path, bootstrap: str) -> None:
+        self.proc, self.directory, self.bootstrap = proc, directory, bootstrap
+        self.log = directory / "kafka.log"
+
+    def stop(self, timeout: float = 60) -> None:
+        import signal
+
+        if self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        except ProcessLookupError:
+            pass
+
+
+def start_extra(directory: Path, port: int, cport: int, properties: dict[str, str], ready: Callable[[], bool],
+                host: str = "127.0.0.1", timeout: float = 90) -> ExtraBroker:
+    """Start one more single-node KRaft broker, beside the default one and sharing nothing with it but the jars:
+    its configuration, cluster id, data and log live in ``directory`` (formatted afresh when empty), its
+    listener on ``port`` and its controller on ``cport``. ``properties`` override ``server_properties`` (e.g.
+    a SASL_SSL listener: ``listeners``, ``listener.security.protocol.map``, ``inter.broker.listener.name``,
+    ``ssl.*``, ``listener.name.<name>.<mechanism>.sasl.jaas.config``). Ready when ``ready()`` returns true
+    (a probe with the client settings the listener needs); a broker that exits or is not ready within
+    ``timeout`` is stopped and raises ``InfraError`` with its log's tail. The caller stops it."""
+    install(progress=lambda _line: None)
+    for what, p in (("listener", port), ("controller", cport)):
+        ensure_port_free(f"{NAME} extra broker {what}", host, p, "the extra broker's ports")
+    directory.mkdir(parents=True, exist_ok=True)
+    data = directory / "data"
+    props = {**server_properties(host, port, cport, data), **properties}
+    server = directory / "server.properties"
+    server.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    log4j = directory / "log4j2.properties"
+    log4j.write_text(_log4j_text())
+    log = directory / "kafka.log"
+    if not (data / "meta.properties").exists():
+        while (cid := base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()).startswith("-"):
+            pass
+        result = subprocess.run([*_java(log4j), "kafka.tools.StorageTool", "format", "--standalone", "-t", cid,
+                                 "-c", str(server)], capture_output=True, text=True, check=False)
+        log.write_text(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise InfraError(f"{NAME}: formatting the extra broker's storage in {directory} failed "
+                             f"(exit {result.returncode}); see {log}")
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([*_java(log4j), "kafka.Kafka", str(server)], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    broker = ExtraBroker(proc, directory, f"{host}:{port}")
+    try:
+        wait_until(lambda: port_open(host, port) and ready(), timeout, f"{NAME}: extra broker start", log, proc)
+    except BaseException:
+        broker.stop()
+        raise
+    return broker

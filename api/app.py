@@ -17,7 +17,7 @@ import uvloop
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from api import auth, contacts, inbox, openapi, preferences, store, stream
+from api import auth, contacts, inbox, openapi, preferences, status, store, stream
 from api.http import CODEC, HUB, OUTBOX, POOL, SECRET, SETTINGS, VERIFIER, ApiError, error, identifier, json_response
 from api.http import user as _user
 from api.outbox import Outbox
@@ -204,6 +204,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_get("/openapi.json", openapi.serve)
     app.router.add_get("/inbox", inbox.page)
     app.router.add_get("/inbox.js", inbox.script)
+    status.setup(app)
     return app
 
 

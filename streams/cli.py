@@ -27,12 +27,17 @@ def _add_up(sub: argparse._SubParsersAction, fmt: type) -> None:
               herald up --detach           # return once ready; `herald down` stops it
               herald up --no-demo          # no demo producer: publish your own with `herald produce`
               herald up --no-servers       # use the Kafka, registry and PostgreSQL you already run
+              herald up --monitoring       # Prometheus too; the API's /status page shows the live rates
             """))
     up.add_argument("--detach", action="store_true", help="return once every part is ready, leaving it running")
     up.add_argument("--no-demo", action="store_true", help="do not start the demo producer")
     up.add_argument("--rate", type=float, default=None, help="demo events per second (default HERALD_DEMO_RATE, 20)")
     up.add_argument("--no-servers", action="store_true",
                     help="start no server: use the Kafka, registry and PostgreSQL answering at the HERALD_* addresses")
+    up.add_argument("--monitoring", action="store_true",
+                    help="start Prometheus (Debian's package) on HERALD_PROMETHEUS_PORT, scraping every Herald process "
+                         "and alerting by infra/prometheus/alerts.yml; the API's /status page draws from it; "
+                         "`herald down` stops it")
 
 
 def _add_processes(sub: argparse._SubParsersAction, fmt: type) -> None:

@@ -26,7 +26,13 @@ def _settings() -> Settings:
 
 
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Log INFO and above to standard error, as text or JSON lines (HERALD_LOG_FORMAT, herald/logs.py)."""
+    from herald import logs
+
+    try:
+        logs.configure(_settings().log_format, logging.INFO)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     _quiet_clients()
 
 
@@ -140,7 +146,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from streams import stack
 
     return stack.up(_settings(), detach=args.detach, demo=not args.no_demo, rate=args.rate,
-                    servers=not args.no_servers)
+                    servers=not args.no_servers, monitoring=args.monitoring)
 
 
 def cmd_down(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from herald.metrics import served_ports
 from herald.settings import Settings
-from infra import kafka, postgres, registry
+from infra import kafka, postgres, prometheus, registry
 from infra.common import REPO_ROOT, InfraError, ServiceStatus, _tail, log_path, read_pid, start_process, stop_process
 from streams import supervisor as ready  # the readiness checks: ready.log_line, http_ok, tcp_port, running
 from streams.supervisor import NAME as SUPERVISOR
@@ -140,8 +140,10 @@ def _wait_ready(snapshot, names: list[str], supervisor_proc: subprocess.Popen | 
         time.sleep(0.25)
 
 
-def up(settings: Settings, detach: bool, demo: bool, rate: float | None, servers: bool = True) -> int:
-    """Bring the stack up (``servers`` false: use the servers already answering, start none)."""
+def up(settings: Settings, detach: bool, demo: bool, rate: float | None, servers: bool = True,
+       monitoring: bool = False) -> int:
+    """Bring the stack up (``servers`` false: use the servers already answering, start none; ``monitoring``:
+    Herald's Prometheus too, scraping every process, for the API's /status page)."""
     t0 = time.monotonic()
     env = _environment(demo, rate)
     if rate:
@@ -151,6 +153,10 @@ def up(settings: Settings, detach: bool, demo: bool, rate: float | None, servers
     try:
         start_servers(settings, start=servers)
         prepare(settings)
+        if monitoring:
+            t1 = time.monotonic()
+            status = prometheus.start(settings, progress=_say)
+            _say(f"[green]✓[/] prometheus ready on {status.address} ({time.monotonic() - t1:.1f}s)")
         if running.get("alive"):
             _say(f"already running, supervised by pid {running['pid']} ({running['mode']})")
             _wait_ready(read_state, [n for n in names if n in running.get("processes", {})])
@@ -254,7 +260,13 @@ def _where(settings: Settings) -> None:
   decisions      herald tail {settings.topic('decisions')}
   dead letters   herald tail {settings.topic('dlq')} --from-beginning
   metrics        {base}/metrics        logs  {log_path('worker').parent}/
+  status page    {base}/status   ({_monitoring_note(settings)})
 """)
+
+
+def _monitoring_note(settings: Settings) -> str:
+    state = prometheus.status(settings)
+    return f"rates and lag from Prometheus at {state.address}" if state.up else "start `herald up --monitoring` to fill it"
 
 
 def down() -> None:
@@ -263,6 +275,8 @@ def down() -> None:
     for proc in reversed(PROCESSES):
         if stop_process(proc.name, timeout=20):
             _say(f"stopped {proc.name}")
+    if prometheus.stop():
+        _say("stopped prometheus")
     for name, module in reversed(SERVERS):
         if module.stop():
             _say(f"stopped {name}")
@@ -326,6 +340,10 @@ def show_status(settings: Settings) -> int:
             detail["topics"] = len([t for t in s.detail["topics"] if t.startswith(settings.topic_prefix)])
         table.add_row(name, "[green]up[/]" if s.up else "[red]down[/]", s.address, s.version,
                       ", ".join(f"{k}={v}" for k, v in detail.items()))
+    if read_pid(prometheus.NAME) is not None:  # only once `herald up --monitoring` started it
+        p = prometheus.status(settings)
+        table.add_row(p.name, "[green]up[/]" if p.up else "[red]down[/]", p.address, p.version,
+                      ", ".join(f"{k}={v}" for k, v in p.detail.items()))
     state = read_state()
     if state.get("alive"):
         table.add_row(SUPERVISOR, "[green]up[/]", "", "", f"pid={state['pid']}, {state['mode']}")

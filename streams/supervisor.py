@@ -269,7 +269,7 @@ class Supervisor:
         self.children = [Child(p, backoff=backoff()) for p in procs if p.wanted(settings, demo)]
         self.history: list[dict] = []
         self.state = "running"
-        self.log = _Log()
+        self.log = _Log(settings.log_format)
         self._adopt()
         self._write()
 
@@ -424,7 +424,13 @@ class Supervisor:
 
 
 class _Log:
-    """Lines appended to ``logs/supervisor.log`` (opened per line: the state folder is read when it is written)."""
+    """Lines appended to ``logs/supervisor.log`` (opened per line: the state folder is read when it is written),
+    as text or one JSON object a line (``HERALD_LOG_FORMAT``, see ``herald/logs.py``)."""
+
+    def __init__(self, fmt: str = "text") -> None:
+        from herald.logs import check
+
+        self.fmt = check(fmt)
 
     def info(self, fmt: str, *args) -> None:
         self._write("INFO", fmt % args)
@@ -433,10 +439,11 @@ class _Log:
         self._write("WARNING", fmt % args)
 
     def _write(self, level: str, text: str) -> None:
+        from herald.logs import line
         from infra.common import log_path
 
         with open(log_path(NAME), "a") as handle:
-            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {level} supervisor: {text}\n")
+            handle.write(line(self.fmt, level, "herald.supervisor" if self.fmt == "json" else "supervisor", text) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,77 @@
+"""How every Herald process writes its log lines: text (the default) or one JSON object a line.
+
+``HERALD_LOG_FORMAT=json`` gives each record as ``{"time", "level", "logger", "message", "pid"}`` (plus
+``"exception"`` with the traceback when there is one), one per line, for a log shipper to read without
+parsing text. ``text`` is ``<time> <LEVEL> <logger>: <message>``. Anything else is refused with a message
+naming the setting.
+
+What goes in a message is the caller's business, and Herald's rule is that none carries a notification's
+title or body, an address, a phone number or a token: ids, counts, channels and reasons only. The JSON
+formatter adds nothing from the record but the fields above (no ``args``, no ``extra``), so it cannot leak
+more than the text format does.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record; ``time`` is UTC ISO-8601 with milliseconds."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        out: dict[str, Any] = {"time": at, "level": record.levelname, "logger": record.name,
+                               "message": record.getMessage(), "pid": record.process}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exception"] = record.exc_text
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def check(fmt: str) -> str:
+    """``fmt`` lower-cased if it is a known format; ValueError naming the setting otherwise."""
+    value = (fmt or "text").strip().lower()
+    if value not in FORMATS:
+        raise ValueError(f"HERALD_LOG_FORMAT must be text or json, not {fmt!r}")
+    return value
+
+
+def formatter(fmt: str) -> logging.Formatter:
+    return JsonFormatter() if check(fmt) == "json" else logging.Formatter(TEXT_FORMAT)
+
+
+def configure(fmt: str, level: int = logging.INFO) -> None:
+    """Log ``level`` and above to standard error in ``fmt`` (text or json), replacing any handler the root
+    logger had."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter(fmt))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def faust_logging_config(fmt: str) -> dict | None:
+    """For ``faust.Worker(logging_config=...)``: the worker's own handler with the JSON formatter (merged into
+    the configuration Faust makes), or None for text, which leaves Faust's as it is."""
+    if check(fmt) != "json":
+        return None
+    return {"version": 1, "merge": True, "formatters": {"herald_json": {"()": "herald.logs.JsonFormatter"}},
+            "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "herald_json",
+                                     "stream": "ext://sys.stdout"}}}
+
+
+def line(fmt: str, level: str, logger: str, message: str) -> str:
+    """One line (no newline) for a writer that is not a ``logging`` handler (the supervisor's own log)."""
+    record = logging.LogRecord(logger, logging.getLevelName(level), "", 0, message, None, None)
+    if check(fmt) == "json":
+        return JsonFormatter().format(record)
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S')} {level} {logger}: {message}"

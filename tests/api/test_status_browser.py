@@ -1,0 +1,116 @@
+"""The status page (/status) in a real browser (Debian's headless Chromium through Selenium), drawn from a
+real Prometheus (Debian's, started by ``infra/prometheus.py``) scraping real Herald processes: a worker, the
+in-app sink and the API, with the demo producer's events flowing. The page must show non-zero live rates of
+events, decisions and deliveries, every process answering, and redraw by itself. A screenshot goes to
+``docs/status-page.png`` (the README shows it)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from api import status
+from api.app import create_app
+from herald.settings import Settings
+from infra import postgres, prometheus
+from infra.common import REPO_ROOT
+from tests.api.test_inbox_browser import browser  # noqa: F401 - the fixture
+from tests.conftest import free_port
+from tests.integration.harness import Pipeline
+
+pytestmark = pytest.mark.integration
+
+SCREENSHOT = REPO_ROOT / "docs" / "status-page.png"
+
+
+async def test_without_prometheus_the_queries_answer_that_it_is_not_reachable(stack, unique):
+    await postgres.migrate_async()
+    settings = Settings.from_env(topic_prefix=f"{unique}.", prometheus_url=f"http://127.0.0.1:{free_port()}")
+    client = TestClient(TestServer(create_app(settings)))
+    await client.start_server()
+    try:
+        r = await client.get("/status/queries")
+        body = await r.json()
+        assert r.status == 200 and body["available"] is False and "not reachable" in body["error"]
+        assert [p["name"] for p in body["panels"]] == [q.name for q in status.QUERIES]
+        # the browser names nothing: a query string is ignored, never run
+        r = await client.get("/status/queries", params={"query": "up"})
+        assert [p["name"] for p in (await r.json())["panels"]] == [q.name for q in status.QUERIES]
+        page = await client.get("/status")
+        assert page.status == 200 and "script-src 'self'" in page.headers["Content-Security-Policy"]
+        assert '<script src="/status.js">' in await page.text()
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def monitored(stack, unique, tmp_path, monkeypatch):
+    """worker + in-app sink + API with their own state folder, a Prometheus scraping them, demo events."""
+    postgres.migrate()
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HERALD_HOME", str(home))
+    p = Pipeline(unique, tmp_path, free_port())
+    prom_port = free_port()
+    p.env.update(HERALD_HOME=str(home), HERALD_PROMETHEUS_PORT=str(prom_port))
+    settings = Settings.from_env(topic_prefix=p.settings.topic_prefix, app_id=p.settings.app_id,
+                                 api_port=p.settings.api_port, prometheus_port=prom_port)
+    p.prepare()
+    producer = None
+    try:
+        p.start("worker")
+        p.start("sink")
+        p.start("api")
+        prometheus.start(settings, progress=lambda _: None)
+        producer = subprocess.Popen([sys.executable, "-m", "streams.cli", "produce", "--demo", "--quiet", "--rate", "40",
+                                     "--count", "6000"], cwd=REPO_ROOT, env=p.env, stdout=subprocess.DEVNULL,
+                                    stderr=open(tmp_path / "produce.log", "wb"))
+        yield p, settings
+    finally:
+        if producer is not None and producer.poll() is None:
+            producer.terminate()
+            producer.wait(20)
+        prometheus.stop()
+        p.stop()
+
+
+def _panel_total(driver, name: str) -> float:
+    return float(driver.find_element(By.ID, name).get_attribute("data-total") or 0)
+
+
+def test_the_status_page_shows_live_rates_from_prometheus(monitored, browser):  # noqa: F811
+    pipeline, settings = monitored
+    base = f"http://127.0.0.1:{settings.api_port}"
+    browser.get(f"{base}/status")
+    wait = WebDriverWait(browser, 120, poll_frequency=1)
+    wait.until(lambda d: _panel_total(d, "events") > 0 and _panel_total(d, "decisions") > 0
+               and _panel_total(d, "deliveries") > 0)
+    assert browser.find_element(By.ID, "problem").get_attribute("hidden") is not None
+    shown = browser.find_element(By.CSS_SELECTOR, "#events .big").text  # e.g. "7.11/s"
+    assert shown.endswith("/s") and float(shown.removesuffix("/s")) > 0
+    deliveries = browser.find_element(By.ID, "deliveries").text
+    assert "INAPP" in deliveries and "SENT" in deliveries
+    decisions = browser.find_element(By.ID, "decisions").text
+    assert any(outcome in decisions for outcome in ("SENT", "BATCHED", "HELD", "DIGESTED", "DEDUPLICATED"))
+    # every scraped process answers: the worker and the sink from the targets file, the API by its port
+    wait.until(lambda d: {"worker", "sink-inapp", "api"} <= {
+        row.text.split()[0] for row in d.find_elements(By.CSS_SELECTOR, "#processes tr") if row.text.endswith("up")})
+    # the page redraws by itself, and the history has points
+    first = browser.find_element(By.TAG_NAME, "body").get_attribute("data-updated")
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-updated") != first)
+    wait.until(lambda d: int(d.find_element(By.ID, "history").get_attribute("data-points") or 0) >= 2)
+    # what the page showed is what Prometheus answers for the same named query
+    with urllib.request.urlopen(f"{base}/status/queries", timeout=10) as r:
+        body = json.loads(r.read())
+    assert body["available"] and body["prometheus"] == prometheus.url(settings)
+    panel = {p["name"]: p for p in body["panels"]}
+    assert panel["events"]["series"][0]["value"] > 0
+    assert all("user" not in k for p in body["panels"] for s in p["series"] for k in s["labels"])
+    browser.save_screenshot(str(SCREENSHOT))
+    assert SCREENSHOT.stat().st_size > 10_000

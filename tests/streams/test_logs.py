@@ -1,0 +1,83 @@
+"""HERALD_LOG_FORMAT=json: every record one JSON object a line, in each kind of Herald process."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from herald import logs
+from infra.common import REPO_ROOT
+
+
+def test_a_record_becomes_one_json_line_with_level_logger_and_message():
+    record = logging.LogRecord("herald.sink", logging.WARNING, __file__, 1, "sink %s: %d held", ("EMAIL", 3), None)
+    text = logs.JsonFormatter().format(record)
+    assert "\n" not in text
+    out = json.loads(text)
+    assert out["level"] == "WARNING" and out["logger"] == "herald.sink" and out["message"] == "sink EMAIL: 3 held"
+    assert out["time"].endswith("Z") and out["pid"] == os.getpid()
+    assert set(out) == {"time", "level", "logger", "message", "pid"}
+
+
+def test_an_exception_stays_inside_its_line():
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        record = logging.LogRecord("herald.api", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    text = logs.JsonFormatter().format(record)
+    assert "\n" not in text and "RuntimeError: boom" in json.loads(text)["exception"]
+
+
+def test_an_unknown_format_is_refused_naming_the_setting():
+    with pytest.raises(ValueError, match="HERALD_LOG_FORMAT must be text or json"):
+        logs.check("xml")
+    assert logs.check(" JSON ") == "json" and logs.check("") == "text"
+
+
+def _run(code: str, fmt: str, home) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HERALD_LOG_FORMAT": fmt, "HERALD_HOME": str(home)}
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_herald_commands_log_json_lines_when_asked(tmp_path):
+    """``_logging()`` is what ``herald sink`` and ``herald api`` call first."""
+    code = ("import logging; from streams.commands import _logging; _logging(); "
+            "logging.getLogger('herald.sink').info('sink EMAIL consuming herald.delivery.email'); "
+            "logging.getLogger('herald.api').warning('slow')")
+    out = _run(code, "json", tmp_path)
+    lines = [json.loads(line) for line in out.stderr.splitlines()]
+    assert [(x["level"], x["logger"], x["message"]) for x in lines] == [
+        ("INFO", "herald.sink", "sink EMAIL consuming herald.delivery.email"), ("WARNING", "herald.api", "slow")]
+    text = _run(code, "text", tmp_path).stderr.splitlines()
+    assert text[0].endswith(" INFO herald.sink: sink EMAIL consuming herald.delivery.email")
+    bad = subprocess.run([sys.executable, "-m", "streams.cli", "sink", "email"], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "HERALD_LOG_FORMAT": "xml", "HERALD_HOME": str(tmp_path)})
+    assert bad.returncode != 0 and "HERALD_LOG_FORMAT must be text or json" in bad.stderr
+
+
+def test_the_faust_worker_logging_config_gives_json_lines(tmp_path):
+    """What ``herald worker`` hands Faust's Worker: mode's own setup with Herald's formatter."""
+    code = ("import logging; from mode.utils.logging import setup_logging; from herald.logs import faust_logging_config; "
+            "setup_logging(loglevel='INFO', logging_config=faust_logging_config('json')); "
+            "logging.getLogger('faust.worker').info('Ready')")
+    out = _run(code, "json", tmp_path)
+    got = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    assert [(x["logger"], x["message"]) for x in got] == [("faust.worker", "Ready")]
+    assert logs.faust_logging_config("text") is None
+
+
+def test_the_supervisor_log_is_json_lines_when_asked(tmp_path, monkeypatch):
+    from herald.settings import Settings
+    from streams.supervisor import Proc, Supervisor, running
+
+    monkeypatch.setenv("HERALD_HOME", str(tmp_path))
+    sup = Supervisor([Proc("nothing", ("-c", "pass"), running())], Settings.from_env(log_format="json"), demo=False)
+    sup.log.warning("%s (pid %s) exited", "nothing", 42)
+    lines = [json.loads(line) for line in (tmp_path / "logs" / "supervisor.log").read_text().splitlines()]
+    assert lines[-1]["level"] == "WARNING" and lines[-1]["logger"] == "herald.supervisor"
+    assert lines[-1]["message"] == "nothing (pid 42) exited"

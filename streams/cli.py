@@ -116,10 +116,14 @@ def _add_replay(sub: argparse._SubParsersAction, fmt: type) -> None:
                             description=textwrap.dedent("""\
             Copy records from a topic (default: herald.events) to a topic (default: herald.events), byte
             for byte with their keys, headers and timestamps, between two times or offsets. Safe by
-            construction: the pipeline decides an event on its record's timestamp, so an event already
-            decided is DEDUPLICATED within its dedup window, and one decided again gets the same
-            delivery_ids, which the sinks never send twice. Keys go to their home partition. Herald topics
-            of different schemas (decisions into events, say) are refused.
+            construction: into herald.events, an event that already has a decision in herald.decisions is
+            left out (counted "already decided"), so only events the pipeline never decided go in: a
+            backfill from an archive topic, events lost before they reached Kafka. --include-decided copies
+            them too: the pipeline decides an event on its record's timestamp, so one within its dedup
+            window is DEDUPLICATED and one sent alone gets the same delivery_id, which the sinks never
+            send twice; but a batchable one past its dedup window joins the next open batch, which has a
+            new delivery_id. Keys go to their home partition. Herald topics of different schemas
+            (decisions into events, say) are refused.
 
             With --dlq, re-drive dead letters from herald.dlq back to the topic each came from (its
             herald.source.topic header, or --to): each is checked first with the current code, schemas and
@@ -155,6 +159,8 @@ def _add_replay(sub: argparse._SubParsersAction, fmt: type) -> None:
     replay.add_argument("--reason", action="append", default=[], metavar="CODE",
                         help="with --dlq: only dead letters of this herald.error.reason (repeat for several)")
     replay.add_argument("--dry-run", action="store_true", help="with --dlq: check and count, send nothing")
+    replay.add_argument("--include-decided", action="store_true",
+                        help="into herald.events: copy the events already decided too (see above)")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -444,6 +444,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     source = args.topic or settings.topic("dlq" if args.dlq else "events")
     if not args.dlq and (args.reason or args.dry_run):
         raise UserError("--reason and --dry-run go with --dlq")
+    if args.dlq and args.include_decided:
+        raise UserError("--include-decided goes with a range replay, not --dlq")
     dest = args.to or settings.topic("events")
     if source == settings.topic("dlq") and not args.dlq:
         print("herald replay: copying dead letters as they are (error headers too); --dlq re-drives them to "
@@ -455,7 +457,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             counts = replay.redrive(settings, source, args.to, set(args.reason), start, end, args.max, args.dry_run,
                                     tick=tick, on_plan=on_plan, on_refused=_refused_line)
         else:
-            counts = replay.replay(settings, source, dest, start, end, args.max, tick=tick, on_plan=on_plan)
+            counts = replay.replay(settings, source, dest, start, end, args.max, tick=tick, on_plan=on_plan,
+                                   include_decided=args.include_decided)
     except replay.ReplayError as exc:
         raise UserError(str(exc)) from None
     finally:
@@ -468,7 +471,9 @@ def _replay_summary(args: argparse.Namespace, source: str, dest: str, counts) ->
     sent = sum(counts.sent.values())
     where = ", ".join(f"{n} to {t}" for t, n in sorted(counts.sent.items())) or "none"
     if not args.dlq:
-        return f"replayed {sent} records from {source} to {dest}"
+        return (f"replayed {sent} records from {source} to {dest}"
+                + (f"; left out {counts.decided} already decided (--include-decided copies them)"
+                   if counts.decided else ""))
     verb = "would re-drive" if args.dry_run else "re-drove"
     refused = ", ".join(f"{n} {why}" for why, n in sorted(counts.refused.items()))
     return (f"{verb} {sent} of {counts.read} dead letters from {source} ({where})"

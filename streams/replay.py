@@ -7,9 +7,17 @@ Replaying a range (``replay``):
   partitions it names; a per-partition ``--until`` stops only those, the others go to their end. The end
   is never past the last record when the replay started, so a topic replayed into itself terminates.
 - Records are copied byte for byte with their key, headers and original timestamp. The pipeline decides
-  an event on its record's timestamp, so a replayed event is decided at the same time as the first time:
-  one still in its dedup window is DEDUPLICATED, one decided again takes the same path and its deliveries
-  get the same ``delivery_id``, which the sinks' ledger has already seen. Safe by construction.
+  an event on its record's timestamp, so a replayed event is decided at the same time as the first time.
+- Into the pipeline's events topic, an event that already has a decision in the decisions topic is left
+  out (counted as "already decided"): only events the pipeline never decided are copied (a backfill from
+  an archive, events lost before they reached Kafka). Why: once an event is past its dedup window the
+  pipeline no longer knows it, and a batchable event whose batch window was sent goes to the next open
+  window (the policy's rule for late events), so a batch re-formed of replayed events gets a new
+  ``delivery_id`` and would reach the user again. The decisions read are those written since ``--from``
+  (a time) or all of them (offsets), up to the end when the replay starts; a record that does not decode
+  is copied as it is (the pipeline dead-letters it). ``include_decided`` copies the decided ones too: one
+  still in its dedup window is then DEDUPLICATED, one decided again alone (not batched) gets the same
+  ``delivery_id``, which the sinks' ledger has already seen.
 - Keys are partitioned by Kafka's default partitioner: a replayed event lands on its user's home partition.
 - Between two Herald topics of different schemas (decisions into events, say) nothing is copied: every
   record would be dead-lettered.
@@ -76,6 +84,7 @@ class Counts:
     sent: Counter = field(default_factory=Counter)       # destination topic -> records
     refused: Counter = field(default_factory=Counter)    # why -> records
     skipped: int = 0                                     # dead letters of another reason than --reason
+    decided: int = 0                                     # events left out: the pipeline already decided them
 
 
 def parse_position(text: str | None) -> Position | None:
@@ -218,22 +227,67 @@ def same_schema(settings: Settings, source: str, dest: str) -> None:
                           "replay into a topic of the same schema")
 
 
+def decided_ids(settings: Settings, since_ms: int | None, tick: Tick = lambda n: None) -> set[str]:
+    """The event_ids of every decision in the decisions topic written since ``since_ms`` (None: all), up to
+    the end now."""
+    from schemas.codec import Codec, DecodeError
+    from schemas.registry import Registry
+
+    codec = Codec(Registry(settings.schema_registry_url))
+    topic, out = settings.topic("decisions"), set()
+    consumer = consumer_for(settings)
+    try:
+        spans = plan(consumer, topic, Position(ms=since_ms) if since_ms is not None else None, None)
+        for n, msg in enumerate(read(consumer, topic, spans), 1):
+            try:
+                out.add(codec.decode(msg.value(), "Decision")["event_id"])
+            except DecodeError:
+                pass
+            tick(n)
+    finally:
+        consumer.close()
+    return out
+
+
+def event_id_of(codec: Any, value: bytes | None) -> str | None:
+    """The event_id of an encoded NotificationEvent, or None when it does not decode."""
+    from schemas.codec import DecodeError
+
+    try:
+        return codec.decode(value, "NotificationEvent", max_bytes=1 << 30)["event_id"]
+    except (DecodeError, KeyError, TypeError):
+        return None
+
+
 def replay(settings: Settings, source: str, dest: str, start: Position | None, end: Position | None,
-           limit: int = 0, tick: Tick = lambda n: None, on_plan: Callable[[int], None] = lambda total: None) -> Counts:
-    """Copy ``source``'s records from ``start`` to ``end`` (at most ``limit``; 0: all) to ``dest`` with their
-    key, headers and timestamp."""
+           limit: int = 0, tick: Tick = lambda n: None, on_plan: Callable[[int], None] = lambda total: None,
+           include_decided: bool = False) -> Counts:
+    """Copy ``source``'s records from ``start`` to ``end`` (at most ``limit`` read; 0: all) to ``dest`` with
+    their key, headers and timestamp; into the events topic, without the events already decided unless
+    ``include_decided``."""
     same_schema(settings, source, dest)
     counts = Counts()
+    decided: set[str] | None = None
+    codec = None
+    if dest == settings.topic("events") and not include_decided:
+        from schemas.codec import Codec
+        from schemas.registry import Registry
+
+        decided = decided_ids(settings, start.ms if start is not None else None)
+        codec = Codec(Registry(settings.schema_registry_url))
     consumer, sender = consumer_for(settings), Sender(settings)
     try:
         spans = plan(consumer, source, start, end)
         on_plan(sum(s.stop - s.first for s in spans))
         for msg in read(consumer, source, spans):
-            kind, ts = msg.timestamp()
-            sender.send(dest, msg.value(), msg.key(), msg.headers(), ts if kind and ts > 0 else None)
             counts.read += 1
-            counts.sent[dest] += 1
             tick(counts.read)
+            if decided and event_id_of(codec, msg.value()) in decided:
+                counts.decided += 1
+            else:
+                kind, ts = msg.timestamp()
+                sender.send(dest, msg.value(), msg.key(), msg.headers(), ts if kind and ts > 0 else None)
+                counts.sent[dest] += 1
             if limit and counts.read >= limit:
                 break
     finally:

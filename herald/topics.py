@@ -131,6 +131,6 @@ def register_schemas(settings: Settings, registry=None) -> dict[str, int]:
     """Register every topic's value schema under `<topic>-value` with BACKWARD_TRANSITIVE; return the ids."""
     from schemas.registry import Registry
 
-    registry = registry or Registry(settings.schema_registry_url)
+    registry = registry or Registry.from_settings(settings)
     return {settings.topic(s.name): registry.register(f"{settings.topic(s.name)}-value", s.schema)
             for s in SPECS if s.schema}

@@ -84,9 +84,13 @@ def _lib() -> Path:
 
 
 def _admin() -> AdminClient:
-    # log_level 0 and a no-op error_cb: a broker that is not up yet must not flood stderr while we poll
+    from herald.kafka import security_config
+    from herald.settings import Settings
+
+    # log_level 0 and a no-op error_cb: a broker that is not up yet must not flood stderr while we poll.
+    # The security keys (none for PLAINTEXT) let `herald status` and `--no-servers` see a secured cluster.
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap(), "log_level": 0, "error_cb": lambda _e: None,
-                            "socket.connection.setup.timeout.ms": 3000}
+                            "socket.connection.setup.timeout.ms": 3000, **security_config(Settings.from_env())}
     return AdminClient(conf)
 
 

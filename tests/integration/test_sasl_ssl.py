@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from confluent_kafka.admin import AdminClient
 from herald.kafka import client_config, connection_problem
 from herald.settings import Settings
 from infra import kafka as infra_kafka
+from infra.common import REPO_ROOT
 from tests.conftest import free_port
 from tests.integration.harness import Pipeline
 from tests.integration.test_end_to_end import make_event, wait_for_rows
@@ -94,6 +98,12 @@ def secured(settings: Settings, bootstrap: str, ca_file: Path, password: str = P
                                kafka_ssl_cafile=str(ca_file))
 
 
+def security_env(bootstrap: str, ca_file: Path, password: str = PASSWORD) -> dict[str, str]:
+    return {"HERALD_KAFKA_BOOTSTRAP": bootstrap, "HERALD_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "HERALD_KAFKA_SASL_MECHANISM": "PLAIN", "HERALD_KAFKA_SASL_USERNAME": USER,
+            "HERALD_KAFKA_SASL_PASSWORD": password, "HERALD_KAFKA_SSL_CAFILE": str(ca_file)}
+
+
 def answers(settings: Settings, timeout: float = 5.0) -> bool:
     AdminClient({**client_config(settings), "log_level": 0, "error_cb": lambda _e: None}).list_topics(timeout=timeout)
     return True
@@ -121,9 +131,7 @@ def test_the_pipeline_delivers_over_sasl_ssl(broker, tmp_path):
     unique = f"sasl{uuid.uuid4().hex[:8]}"
     p = Pipeline(unique, tmp_path, free_port())
     p.settings = secured(p.settings, bootstrap, ca_file)
-    p.env.update({"HERALD_KAFKA_BOOTSTRAP": bootstrap, "HERALD_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-                  "HERALD_KAFKA_SASL_MECHANISM": "PLAIN", "HERALD_KAFKA_SASL_USERNAME": USER,
-                  "HERALD_KAFKA_SASL_PASSWORD": PASSWORD, "HERALD_KAFKA_SSL_CAFILE": str(ca_file)})
+    p.env.update(security_env(bootstrap, ca_file))
     p.prepare()
     try:
         p.start("worker", timeout=120)
@@ -167,6 +175,24 @@ def test_a_wrong_password_is_refused_with_an_authentication_error(broker):
     assert problem is not None and "refused the login" in problem and "HERALD_KAFKA_SASL_PASSWORD" in problem
     assert "not-the-password" not in problem
     assert connection_problem(secured(Settings(), bootstrap, ca_file)) is None
+    # the command line says the same, in one line
+    env = {**os.environ, **security_env(bootstrap, ca_file, "not-the-password")}
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "tail", "x.events"], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "refused the login" in result.stderr and "Traceback" not in result.stderr
+    assert "not-the-password" not in result.stderr
+
+
+def test_herald_status_sees_the_secured_broker(broker, monkeypatch):
+    bootstrap, ca_file = broker
+    for name, value in security_env(bootstrap, ca_file).items():
+        monkeypatch.setenv(name, value)
+    status = infra_kafka.status()
+    assert status.up and status.address == bootstrap
+    monkeypatch.setenv("HERALD_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+    for name in ("HERALD_KAFKA_SASL_USERNAME", "HERALD_KAFKA_SASL_PASSWORD", "HERALD_KAFKA_SSL_CAFILE"):
+        monkeypatch.delenv(name)
+    assert infra_kafka.status().up is False
 
 
 def test_a_broker_certificate_from_another_ca_fails_the_handshake(broker, tmp_path):

@@ -157,7 +157,8 @@ def connection_problem(settings: "Settings", timeout: float = 5.0) -> str | None
     from confluent_kafka.admin import AdminClient
 
     errors: list[KafkaError] = []
-    admin = AdminClient({**client_config(settings), "error_cb": errors.append, "log_level": 0})
+    config: dict[str, Any] = {**client_config(settings), "error_cb": errors.append, "log_level": 0}
+    admin = AdminClient(config)
     try:
         admin.list_topics(timeout=timeout)
         return None

@@ -157,6 +157,10 @@ def up(settings: Settings, detach: bool, demo: bool, rate: float | None, servers
             t1 = time.monotonic()
             status = prometheus.start(settings, progress=_say)
             _say(f"[green]✓[/] prometheus ready on {status.address} ({time.monotonic() - t1:.1f}s)")
+        if monitoring:
+            t1 = time.monotonic()
+            status = prometheus.start(settings, progress=_say)
+            _say(f"[green]✓[/] prometheus ready on {status.address} ({time.monotonic() - t1:.1f}s)")
         if running.get("alive"):
             _say(f"already running, supervised by pid {running['pid']} ({running['mode']})")
             _wait_ready(read_state, [n for n in names if n in running.get("processes", {})])
@@ -277,6 +281,8 @@ def down() -> None:
             _say(f"stopped {proc.name}")
     if prometheus.stop():
         _say("stopped prometheus")
+    if prometheus.stop():
+        _say("stopped prometheus")
     for name, module in reversed(SERVERS):
         if module.stop():
             _say(f"stopped {name}")
@@ -344,6 +350,10 @@ def show_status(settings: Settings) -> int:
         p = prometheus.status(settings)
         table.add_row(p.name, "[green]up[/]" if p.up else "[red]down[/]", p.address, p.version,
                       ", ".join(f"{k}={v}" for k, v in p.detail.items()))
+    if read_pid(prometheus.NAME) is not None:  # only once `herald up --monitoring` started it
+        p = prometheus.status(settings)
+        table.add_row(p.name, "[green]up[/]" if p.up else "[red]down[/]", p.address, p.version,
+                      ", ".join(f"{k}={v}" for k, v in p.detail.items()))
     state = read_state()
     if state.get("alive"):
         table.add_row(SUPERVISOR, "[green]up[/]", "", "", f"pid={state['pid']}, {state['mode']}")
@@ -356,10 +366,13 @@ def show_status(settings: Settings) -> int:
             if proc.name not in state["processes"] and read_pid(proc.name):
                 state["processes"][proc.name] = {"state": "up", "pid": read_pid(proc.name)}
     metrics = {entry["pid"]: entry["port"] for entry in served_ports()}
+    version = _herald_version()
     for name, label, text in rows(state, [p.name for p in PROCESSES]):
         pid = (state.get("processes", {}).get(name) or {}).get("pid")
         address = f"http://127.0.0.1:{metrics[pid]}/metrics" if pid in metrics else ""
-        table.add_row(name, label, address, "", text)
+        if name == "api" and pid:
+            address = f"http://127.0.0.1:{settings.api_port}/metrics"
+        table.add_row(name, label, address, version if pid else "", text)
     console.print(table)
     _show_breakers()
     try:
@@ -382,6 +395,16 @@ def show_status(settings: Settings) -> int:
     except Exception:  # noqa: BLE001 - status must always print something
         pass
     return 0 if all_up else 1
+
+
+def _herald_version() -> str:
+    """The installed Herald's version (the code every process of this checkout runs)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("herald")
+    except PackageNotFoundError:
+        return ""
 
 
 def consumer_lag(settings: Settings) -> dict[tuple[str, str], int]:

@@ -59,6 +59,7 @@ def isolated(stack, unique):
     env = {**os.environ, "HERALD_HOME": str(home), "HERALD_TOPIC_PREFIX": f"{unique}.",
            "HERALD_APP_ID": f"{unique}-pipeline", "HERALD_API_PORT": str(free_port()), "HERALD_DEMO_RATE": "2",
            "HERALD_KAFKA_CONTROLLER_PORT": str(free_port()), "COLUMNS": "250", "PYTHONUNBUFFERED": "1",
+           "HERALD_PROMETHEUS_PORT": str(free_port()),
            # the mail catcher and the provider sandbox on ports of this test's own
            "HERALD_SMTP_URL": f"smtp://127.0.0.1:{_free_pair()}", "HERALD_PUSH_URL": f"http://127.0.0.1:{_free_pair()}"}
     env["HERALD_SMS_URL"] = env["HERALD_PUSH_URL"]
@@ -93,8 +94,9 @@ def _wait(what, timeout: float, why: str) -> None:
 
 
 def test_killed_processes_come_back_and_down_stops_everything_without_restarts(isolated):
+    """With --monitoring: Prometheus too, which `herald status` lists and `herald down` stops."""
     env, home = isolated
-    result = _herald(env, "up", "--detach", "--no-servers")
+    result = _herald(env, "up", "--detach", "--no-servers", "--monitoring")
     assert result.returncode == 0, result.stdout + result.stderr
     supervisor = int((home / "run" / "supervisor.pid").read_text())
     first = _state(home)
@@ -126,6 +128,7 @@ def test_killed_processes_come_back_and_down_stops_everything_without_restarts(i
         line = next(row for row in lines if row.strip("│ ").startswith(name))
         assert "up" in line and "restarts=1" in line and "SIGKILL" in line, "\n".join(lines)
     assert any(row.strip("│ ").startswith("supervisor") and "up" in row for row in lines), "\n".join(lines)
+    _status_shows_every_part(env, home)
 
     pids = [supervisor, *(p["pid"] for p in state["processes"].values())]
     result = _herald(env, "down", timeout=300)
@@ -137,8 +140,52 @@ def test_killed_processes_come_back_and_down_stops_everything_without_restarts(i
         "worker": ("stopped", 1), "api": ("stopped", 1), "sink-inapp": ("stopped", 0), "demo": ("stopped", 0),
         **dict.fromkeys(("mailcatcher", "sandbox", "sink-email", "sink-push", "sink-sms"), ("stopped", 0))}
     assert not list((home / "run").glob("*.pid"))
+    assert not port_open("127.0.0.1", int(env["HERALD_PROMETHEUS_PORT"]))  # down stopped Prometheus too
     bootstrap = env["HERALD_KAFKA_BOOTSTRAP"].rsplit(":", 1)
     assert port_open(bootstrap[0], int(bootstrap[1]))  # the shared servers were used, never stopped
+
+
+def _row(lines: list[str], name: str) -> str:
+    return next(row for row in lines if row.strip("│ ").startswith(name + " "))
+
+
+def _status_shows_every_part(env: dict, home) -> None:
+    """`herald status` on the running stack: each part up with Herald's version and its metrics address,
+    Prometheus and what it scrapes, each sink's circuit breaker, and the consumer groups' lag."""
+    from importlib.metadata import version
+
+    app = env["HERALD_APP_ID"]
+    prometheus_port = int(env["HERALD_PROMETHEUS_PORT"])
+
+    def scraped() -> bool:  # Prometheus has every process's target up (ports picked at start, from targets.json)
+        url = f"http://127.0.0.1:{prometheus_port}/api/v1/query?query=up"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            up = {(t["metric"].get("process"), t["value"][1]) for t in json.loads(r.read())["data"]["result"]}
+        return {(p, "1") for p in ("worker", "api", "sink-inapp", "sink-email", "sink-push", "sink-sms")} <= up
+    _wait(scraped, 120, "Prometheus does not scrape every process")
+
+    def lag_listed() -> bool:
+        text = _herald(env, "status", timeout=120)
+        return "consumer lag" in text.stdout + text.stderr
+    _wait(lag_listed, 120, "no consumer lag table")
+    status = _herald(env, "status", timeout=120)
+    lines = (status.stdout + status.stderr).splitlines()
+    shown = "\n".join(lines)
+    for name in ("worker", "api", "sink-inapp", "sink-email", "sink-push", "sink-sms"):
+        row = _row(lines, name)
+        assert " up " in row and "http://127.0.0.1:" in row and "/metrics" in row, shown
+        assert version("herald") in row, shown
+    row = _row(lines, "prometheus")
+    assert " up " in row and f"127.0.0.1:{prometheus_port}" in row and "targets=" in row, shown
+    breakers = shown[shown.index("circuit breakers"):]
+    for channel in ("email", "push", "sms"):
+        assert any(r.strip("│ ").startswith(channel) and any(s in r for s in ("CLOSED", "OPEN", "HALF_OPEN"))
+                   for r in breakers.splitlines()), shown
+    lag = shown[shown.index("consumer lag"):]
+    assert f"{app}-sink-email" in lag and env["HERALD_TOPIC_PREFIX"] + "delivery.email" in lag, shown
+    assert all(r.split("│")[-2].strip().isdigit() for r in lag.splitlines() if app in r), shown
+    with urllib.request.urlopen(f"http://127.0.0.1:{env['HERALD_API_PORT']}/status/queries", timeout=10) as r:
+        assert json.loads(r.read())["available"] is True
 
 
 def test_foreground_up_supervises_in_its_process_and_down_from_elsewhere_stops_it(isolated):

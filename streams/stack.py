@@ -157,10 +157,6 @@ def up(settings: Settings, detach: bool, demo: bool, rate: float | None, servers
             t1 = time.monotonic()
             status = prometheus.start(settings, progress=_say)
             _say(f"[green]✓[/] prometheus ready on {status.address} ({time.monotonic() - t1:.1f}s)")
-        if monitoring:
-            t1 = time.monotonic()
-            status = prometheus.start(settings, progress=_say)
-            _say(f"[green]✓[/] prometheus ready on {status.address} ({time.monotonic() - t1:.1f}s)")
         if running.get("alive"):
             _say(f"already running, supervised by pid {running['pid']} ({running['mode']})")
             _wait_ready(read_state, [n for n in names if n in running.get("processes", {})])
@@ -281,8 +277,6 @@ def down() -> None:
             _say(f"stopped {proc.name}")
     if prometheus.stop():
         _say("stopped prometheus")
-    if prometheus.stop():
-        _say("stopped prometheus")
     for name, module in reversed(SERVERS):
         if module.stop():
             _say(f"stopped {name}")
@@ -346,10 +340,6 @@ def show_status(settings: Settings) -> int:
             detail["topics"] = len([t for t in s.detail["topics"] if t.startswith(settings.topic_prefix)])
         table.add_row(name, "[green]up[/]" if s.up else "[red]down[/]", s.address, s.version,
                       ", ".join(f"{k}={v}" for k, v in detail.items()))
-    if read_pid(prometheus.NAME) is not None:  # only once `herald up --monitoring` started it
-        p = prometheus.status(settings)
-        table.add_row(p.name, "[green]up[/]" if p.up else "[red]down[/]", p.address, p.version,
-                      ", ".join(f"{k}={v}" for k, v in p.detail.items()))
     if read_pid(prometheus.NAME) is not None:  # only once `herald up --monitoring` started it
         p = prometheus.status(settings)
         table.add_row(p.name, "[green]up[/]" if p.up else "[red]down[/]", p.address, p.version,

@@ -39,11 +39,11 @@ def _seed_range(args: tuple[Any, int, int, int, str]) -> int:
 
     from agents import policy
     from agents.preferences import effective
-    from herald.kafka import home_partition
+    from herald.kafka import client_config, home_partition
     from streams.config import policy_config
 
     config = policy_config(settings)
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20, "batch.size": 1_000_000,
+    producer = Producer({**client_config(settings), "linger.ms": 20, "batch.size": 1_000_000,
                          "queue.buffering.max.messages": 1_000_000, "enable.idempotence": True})
     topic = changelog_topic(settings.app_id)
     source = settings.topic("events")
@@ -71,9 +71,10 @@ def seed(settings: Any, users: int, at_ms: int, prefix: str = "digest-user-", pr
     """Write ``users`` states (one LOW event each, at ``at_ms``) to the users changelog of ``settings.app_id``."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
+    from herald.kafka import client_config
     from streams.states import COMPACTED
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(client_config(settings))
     topic = changelog_topic(settings.app_id)
     futures = admin.create_topics([NewTopic(topic, settings.partitions, 1,
                                             config={"cleanup.policy": "compact", **COMPACTED})])

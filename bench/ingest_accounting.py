@@ -23,6 +23,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
 
+from herald.kafka import client_config
 from herald.settings import Settings
 from herald.topics import ensure_topics, register_schemas
 from infra.common import REPO_ROOT
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     log = open(Path("/tmp") / f"{unique}-worker.log", "wb")
     worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], cwd=REPO_ROOT, env=env,
                               stdout=log, stderr=subprocess.STDOUT)
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"{unique}-count",
+    consumer = Consumer({**client_config(settings), "group.id": f"{unique}-count",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([settings.topic("decisions"), settings.topic("dlq")])
     try:
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             if worker.poll() is not None:
                 raise SystemExit(f"worker exited; see {log.name}")
             time.sleep(0.2)
-        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20, "batch.size": 1_000_000,
+        producer = Producer({**client_config(settings), "linger.ms": 20, "batch.size": 1_000_000,
                              "partitioner": "murmur2_random",  # Kafka's default: no hop to the user's home partition
                              "queue.buffering.max.messages": 1_000_000})
         started = time.monotonic()

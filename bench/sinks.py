@@ -65,7 +65,7 @@ def _seed(settings, channel: str, reqs: list[dict], users: int) -> None:
     from schemas.registry import Registry
 
     codec = Codec(Registry(settings.schema_registry_url))
-    producer = make_producer(settings.kafka_bootstrap, linger_ms=20)
+    producer = make_producer(settings, linger_ms=20)
     ctopic = settings.topic("contacts")
     prefix = settings.topic_prefix
     for u in range(users):
@@ -230,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
             if not args.keep:
                 from confluent_kafka.admin import AdminClient
 
-                AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).delete_topics(
+                from herald.kafka import client_config
+
+                AdminClient(client_config(settings)).delete_topics(
                     [settings.topic(s.name) for s in SPECS])
     finally:
         sandbox.terminate()

@@ -179,7 +179,7 @@ def _fanout(settings, users: list[str], rate: float, duration: float) -> tuple[i
     from schemas.registry import Registry
 
     codec = Codec(Registry(settings.schema_registry_url))
-    producer = make_producer(settings.kafka_bootstrap, linger_ms=1)
+    producer = make_producer(settings, linger_ms=1)
     topic = settings.topic("delivery.websocket")
     subject = f"{topic}-value"
     total = int(rate * duration)
@@ -378,6 +378,7 @@ def _cleanup(settings, prefix: str) -> None:
     import asyncpg
     from confluent_kafka.admin import AdminClient
 
+    from herald.kafka import client_config
     from herald.topics import SPECS
 
     async def rows() -> None:
@@ -389,7 +390,7 @@ def _cleanup(settings, prefix: str) -> None:
             await conn.close()
 
     asyncio.run(rows())
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(client_config(settings))
     for future in admin.delete_topics([settings.topic(s.name) for s in SPECS]).values():
         try:
             future.result(30)

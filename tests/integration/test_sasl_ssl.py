@@ -152,6 +152,8 @@ def test_the_pipeline_delivers_over_sasl_ssl(broker, tmp_path):
 
         rows = wait_for_rows(settings.database_url, users, len(events), timeout=120)
         assert sorted(r["event_ids"][0] for r in rows) == sorted(e["event_id"] for e in events)
+        for name in ("worker", "sink"):
+            assert PASSWORD not in p.log(name).read_text(errors="replace"), f"the {name} logged the SASL password"
         # the records really went through the SASL_SSL broker: its topics hold them, the shared broker has none
         meta = AdminClient(client_config(settings)).list_topics(topic, timeout=10)
         assert len(meta.topics[topic].partitions) == settings.partitions

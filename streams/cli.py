@@ -133,6 +133,16 @@ def _add_replay(sub: argparse._SubParsersAction, fmt: type) -> None:
             timestamp. Deliveries a sink dead-lettered (MAX_ATTEMPTS, IN_DOUBT, REJECTED, ...) are refused:
             they are final in the sinks' ledger. The exit status is 1 when any dead letter was refused.
 
+            With --shadow, a what-if run: the real worker (`herald worker`, no sink) decides the range of
+            herald.events again under its own topic prefix (<prefix>shadow.<run id>.), app id and data
+            folder, with your --set overrides, after reading the live preferences and presence; it delivers
+            nothing. Once every copied event has a final decision (or is still held past now: a digest,
+            quiet hours, a schedule), its decisions are compared with the live ones by event_id: outcomes,
+            notifications per user and channel, and every event whose fate changed (e.g. "BATCHED, alone"
+            becoming "BATCHED, with 4 others"). A table is printed, a JSON and a CSV file written (their
+            paths printed; --out chooses the folder), and the run's topics deleted (not with --keep). Its
+            state starts empty: dedup keys, rate counts and batches from before --from are not known.
+
             WHEN is ISO-8601 (2026-11-23T10:00:00Z) or epoch milliseconds; or offsets: offset:N (every
             partition) or P:N,P:N (those partitions only). --from is inclusive; --until is inclusive for a
             time and exclusive for offsets. The end is never past the last record when the replay starts.
@@ -145,6 +155,10 @@ def _add_replay(sub: argparse._SubParsersAction, fmt: type) -> None:
               herald replay --dlq --dry-run                        # what would be re-driven or refused
               herald replay --dlq --reason SCHEMA_NOT_FOUND        # after registering the missing schema
               herald replay --dlq --reason INTERNAL --from 2026-11-23T10:00:00Z   # after a bug fix
+              herald replay --shadow --set HERALD_BATCH_WINDOW_S=300 \
+                  --from 2026-11-23T00:00:00Z --until 2026-11-24T00:00:00Z     # a 5-minute batch window?
+              herald replay --shadow --set HERALD_RATE_PER_HOUR=20 --set HERALD_DIGEST_PERIOD_S=3600 \
+                  --from 2026-11-23T10:00:00Z --until 2026-11-23T11:00:00Z --out reports/
             """))
     replay.add_argument("topic", nargs="?", default=None,
                         help="the topic to read (default: <prefix>events, or <prefix>dlq with --dlq)")
@@ -161,6 +175,15 @@ def _add_replay(sub: argparse._SubParsersAction, fmt: type) -> None:
     replay.add_argument("--dry-run", action="store_true", help="with --dlq: check and count, send nothing")
     replay.add_argument("--include-decided", action="store_true",
                         help="into herald.events: copy the events already decided too (see above)")
+    replay.add_argument("--shadow", action="store_true",
+                        help="a what-if run of the range under other settings, compared with the live decisions")
+    replay.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
+                        help="with --shadow: a HERALD_* setting of the shadow worker (repeat for several)")
+    replay.add_argument("--keep", action="store_true", help="with --shadow: keep the run's topics and data folder")
+    replay.add_argument("--out", default=None, metavar="DIR",
+                        help="with --shadow: the folder of the JSON and CSV reports (default: <state folder>/shadow)")
+    replay.add_argument("--timeout", type=float, default=600,
+                        help="with --shadow: seconds to wait for the shadow decisions (default 600)")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -446,6 +446,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UserError("--reason and --dry-run go with --dlq")
     if args.dlq and args.include_decided:
         raise UserError("--include-decided goes with a range replay, not --dlq")
+    if args.shadow:
+        return _replay_shadow(args, settings)
+    if args.sets or args.keep or args.out:
+        raise UserError("--set, --keep and --out go with --shadow")
     dest = args.to or settings.topic("events")
     if source == settings.topic("dlq") and not args.dlq:
         print("herald replay: copying dead letters as they are (error headers too); --dlq re-drives them to "
@@ -465,6 +469,52 @@ def cmd_replay(args: argparse.Namespace) -> int:
         stop()
     print(_replay_summary(args, source, dest, counts), file=sys.stderr)
     return 1 if counts.refused else 0
+
+
+def _replay_shadow(args: argparse.Namespace, settings: Settings) -> int:
+    """``herald replay --shadow``: the what-if run (streams/shadow.py), a table, a JSON and a CSV file."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from herald import paths
+    from streams import replay, shadow
+
+    if args.dlq or args.topic or args.to or args.include_decided or args.max:
+        raise UserError("--shadow replays herald.events by time or offsets: no topic, --to, --dlq, --max "
+                        "or --include-decided")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    show = not args.quiet and sys.stderr.isatty()
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=Console(stderr=True), disable=not show)
+    task = progress.add_task("shadow run", total=None)
+
+    def on_phase(what: str, total: int | None) -> None:
+        progress.update(task, description=what, total=total, completed=0)
+
+    def tick(n: int) -> None:
+        progress.update(task, completed=n)
+
+    try:
+        sets = shadow.overrides(args.sets)
+        start, end = replay.parse_position(args.since), replay.parse_position(args.until)
+        with progress:
+            result = shadow.run(settings, start, end, sets, keep=args.keep, timeout=args.timeout,
+                                on_phase=on_phase, tick=tick)
+    except replay.ReplayError as exc:
+        raise UserError(str(exc)) from None
+    meta = {**result.meta, "from": args.since, "until": args.until}
+    shadow.render(result.report, Console())
+    folder = Path(args.out) if args.out else paths.subdir("shadow")
+    js, cs = shadow.write_files(result.report, meta, folder, result.run_id)
+    unsettled = meta["unsettled"]
+    print(f"shadow run {result.run_id}: {result.report.events} events, {len(result.report.changed)} changed"
+          + (f", {unsettled} not settled within {args.timeout:g} s" if unsettled else "")
+          + ("; kept its topics under " + result.shadow.topic_prefix if args.keep
+             else f"; deleted its {len(result.deleted)} topics"), file=sys.stderr)
+    print(f"report: {js}\nevents: {cs}", file=sys.stderr)
+    return 1 if unsettled else 0
 
 
 def _replay_summary(args: argparse.Namespace, source: str, dest: str, counts) -> str:  # noqa: ANN001

@@ -105,9 +105,15 @@ def weak_topics(brokers: int, topics: dict[str, tuple[int, int]]) -> list[str]:
 
 
 def replication_warnings(settings: Settings, timeout: float = 10.0) -> list[str]:
-    """``weak_topics`` for the Herald topics (those under ``HERALD_TOPIC_PREFIX``, and the worker's clock) as the
-    cluster has them now: the broker count and each topic's replicas from the metadata, min.insync.replicas
-    from its effective configuration."""
+    """``weak_topics`` for the Herald topics as the cluster has them now (``cluster_replication``)."""
+    brokers, topics = cluster_replication(settings, timeout)
+    return weak_topics(brokers, topics)
+
+
+def cluster_replication(settings: Settings, timeout: float = 10.0) -> tuple[int, dict[str, tuple[int, int]]]:
+    """The cluster's broker count and ``{topic: (replication factor, min.insync.replicas)}`` for the Herald
+    topics (those under ``HERALD_TOPIC_PREFIX``, and the worker's clock): replicas from the metadata (the
+    fewest of any partition), min.insync.replicas from each topic's effective configuration."""
     from confluent_kafka.admin import AdminClient, ConfigResource
 
     from herald.kafka import client_config
@@ -115,16 +121,16 @@ def replication_warnings(settings: Settings, timeout: float = 10.0) -> list[str]
     admin = AdminClient(client_config(settings))
     meta = admin.list_topics(timeout=timeout)
     names = [n for n in meta.topics if n.startswith(settings.topic_prefix) or n == ticks_topic(settings)]
-    if len(meta.brokers) < PRODUCTION_BROKERS or not names:
-        return []
-    resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
     topics: dict[str, tuple[int, int]] = {}
+    if not names:
+        return len(meta.brokers), topics
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
     for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
         isr_entry = future.result(timeout).get("min.insync.replicas")
         partitions = meta.topics[resource.name].partitions.values()
         rf = min((len(p.replicas) for p in partitions), default=0)
         topics[resource.name] = (rf, int(isr_entry.value) if isr_entry is not None and isr_entry.value else 1)
-    return weak_topics(len(meta.brokers), topics)
+    return len(meta.brokers), topics
 
 
 def register_schemas(settings: Settings, registry=None) -> dict[str, int]:

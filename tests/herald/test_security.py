@@ -157,3 +157,15 @@ def test_registry_reads_its_credentials_from_the_environment(monkeypatch):
     monkeypatch.delenv("HERALD_SCHEMA_REGISTRY_USERNAME")
     monkeypatch.delenv("HERALD_SCHEMA_REGISTRY_PASSWORD")
     assert Registry("http://u:p@127.0.0.1:1/apis/ccompat/v7").client._rest_client.auth == ("u", "p")
+
+
+def test_connection_problem_names_a_broker_that_does_not_answer():
+    from herald.kafka import connection_problem
+    from tests.conftest import free_port
+
+    port = free_port()  # nothing listens there
+    problem = connection_problem(Settings(kafka_bootstrap=f"127.0.0.1:{port}"), timeout=1.0)
+    assert problem is not None and f"Kafka at 127.0.0.1:{port} is not answering" in problem
+    assert "PLAINTEXT" in problem
+    with pytest.raises(KafkaSecurityError):
+        connection_problem(Settings(kafka_security_protocol="SASL_SSL"), timeout=1.0)

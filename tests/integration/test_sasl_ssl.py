@@ -23,6 +23,7 @@ from confluent_kafka.admin import AdminClient
 
 from herald.kafka import client_config, connection_problem
 from herald.settings import Settings
+from herald.topics import cluster_replication, replication_warnings, topic_configs, weak_topics
 from infra import kafka as infra_kafka
 from infra.common import REPO_ROOT
 from tests.conftest import free_port
@@ -159,6 +160,12 @@ def test_the_pipeline_delivers_over_sasl_ssl(broker, tmp_path):
         assert len(meta.topics[topic].partitions) == settings.partitions
         shared = AdminClient({"bootstrap.servers": Settings.from_env().kafka_bootstrap}).list_topics(timeout=10)
         assert topic not in shared.topics
+        # what herald status reads: one broker, every Herald topic with 1 replica and min.insync.replicas 1
+        brokers, replication = cluster_replication(settings)
+        assert brokers == 1 and set(replication) == set(topic_configs(settings))
+        assert set(replication.values()) == {(1, 1)}
+        assert replication_warnings(settings) == []  # one broker: nothing better is possible
+        assert len(weak_topics(3, replication)) == len(replication)  # on three brokers each would be flagged
     finally:
         p.stop()
 

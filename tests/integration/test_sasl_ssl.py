@@ -215,3 +215,90 @@ def test_plaintext_to_a_sasl_ssl_listener_gets_no_answer(broker):
     bootstrap, _ = broker
     with pytest.raises(KafkaException):
         AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "error_cb": lambda _e: None}).list_topics(timeout=5)
+
+
+class SecuredRegistry:
+    """The shared (real) registry behind an HTTPS front that asks for basic auth, as a hosted registry does:
+    a request without the right ``Authorization`` gets 401, any other is passed on as it is."""
+
+    def __init__(self, upstream: str, cert_file: Path, user: str, password: str) -> None:
+        import base64
+        import threading
+        from urllib.parse import urlsplit
+
+        split = urlsplit(upstream)
+        self.upstream = f"{split.scheme}://{split.netloc}"
+        self.path = split.path
+        self.cert_file = cert_file
+        self.expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}{self.path}"
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._loop = None
+        self._stop = None
+
+    def __enter__(self) -> "SecuredRegistry":
+        self._thread.start()
+        assert self._ready.wait(10), "the HTTPS front did not start"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def _serve(self) -> None:
+        import asyncio
+        import ssl
+
+        import aiohttp
+        from aiohttp import web
+
+        async def main() -> None:
+            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(str(self.cert_file))
+            async with aiohttp.ClientSession() as session:
+                async def forward(request: web.Request) -> web.Response:
+                    if request.headers.get("Authorization") != self.expected:
+                        return web.json_response({"error_code": 401, "message": "Unauthorized"}, status=401)
+                    headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "accept")}
+                    async with session.request(request.method, self.upstream + request.path_qs, headers=headers,
+                                               data=await request.read()) as answer:
+                        return web.Response(status=answer.status, body=await answer.read(),
+                                            content_type=answer.content_type)
+
+                app = web.Application()
+                app.router.add_route("*", "/{tail:.*}", forward)
+                runner = web.AppRunner(app)
+                await runner.setup()
+                await web.TCPSite(runner, "127.0.0.1", self.port, ssl_context=context).start()
+                self._ready.set()
+                await self._stop.wait()
+                await runner.cleanup()
+
+        asyncio.run(main())
+
+
+def test_the_registry_client_uses_basic_auth_and_the_ca_file(stack, tmp_path, monkeypatch):
+    from schemas.registry import Registry, RegistryUnavailable
+
+    ca_file, cert_file = make_certificates(tmp_path)
+    subject = f"reg{uuid.uuid4().hex[:8]}.events-value"
+    with SecuredRegistry(Settings.from_env().schema_registry_url, cert_file, "svc", "registry-secret") as front:
+        settings = dataclasses.replace(Settings.from_env(), schema_registry_url=front.url, schema_registry_username="svc",
+                                       schema_registry_password="registry-secret", schema_registry_cafile=str(ca_file))
+        schema_id = Registry.from_settings(settings).register_all([(subject, "NotificationEvent")])[subject]
+        assert Registry.from_settings(settings, missing_retries=0).writer(schema_id)["name"].endswith("NotificationEvent")
+        # the same from the environment, as every Herald process builds its registry client
+        monkeypatch.setenv("HERALD_SCHEMA_REGISTRY_USERNAME", "svc")
+        monkeypatch.setenv("HERALD_SCHEMA_REGISTRY_PASSWORD", "registry-secret")
+        monkeypatch.setenv("HERALD_SCHEMA_REGISTRY_CAFILE", str(ca_file))
+        assert Registry(front.url).register(subject, "NotificationEvent") == schema_id
+        # a wrong password: the registry cannot be used (never a record dead-lettered for it)
+        with pytest.raises(RegistryUnavailable) as refused:
+            Registry(front.url, password="wrong", http_retries=0).register(subject, "NotificationEvent")
+        assert refused.value.status == 401 and "wrong" not in str(refused.value)
+        # the system's CAs do not know the test CA: the TLS handshake fails
+        with pytest.raises(RegistryUnavailable, match="unreachable"):
+            Registry(front.url, cafile="", http_retries=0).register(subject, "NotificationEvent")

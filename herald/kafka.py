@@ -97,7 +97,8 @@ def security_config(settings: "Settings") -> dict[str, Any]:
 
 def client_config(settings: "Settings", **overrides: Any) -> dict[str, Any]:
     """The base of every confluent-kafka client's configuration: the bootstrap servers and the security keys,
-    then ``overrides`` (dots or underscores: ``group_id="g"``)."""
+    then ``overrides`` (dots or underscores: ``group_id="g"``). Keys that are Python-only and spelt with
+    underscores (``error_cb``, ``log_level``, ``on_delivery``) go in a dict merged with the result instead."""
     config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap, **security_config(settings)}
     config.update({k.replace("_", "."): v for k, v in overrides.items()})
     return config

@@ -187,6 +187,30 @@ def _add_replay(sub: argparse._SubParsersAction, fmt: type) -> None:
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_rebuild(sub: argparse._SubParsersAction, fmt: type) -> None:
+    """`herald rebuild inbox`: the in-app tables from Kafka."""
+    rebuild = sub.add_parser("rebuild", formatter_class=fmt,
+                             help="rebuild the in-app inbox and its unread counts from Kafka after a database loss",
+                             description=textwrap.dedent("""\
+            Rebuild what PostgreSQL lost from what Kafka keeps. `herald rebuild inbox` applies the migrations
+            the database lacks, then reads herald.delivery.inapp and herald.reads from their oldest record,
+            in timestamp order, and applies each as the first time: a delivery request is inserted by the
+            in-app sink's code (a delivery_id already there is skipped), a read, seen, archive or read-all
+            by the API's code; the unread and unseen counts follow from the tables' triggers.
+
+            It refuses to run over an inbox that holds notifications; --force empties it first. Rebuilt
+            reads carry the rebuild's time, not the original one; what the topics no longer hold
+            (retention) is not rebuilt. Stop the in-app sink and the API while it runs.
+
+            examples:
+              herald rebuild inbox                 # after PostgreSQL lost its data
+              herald rebuild inbox --force         # empty the inbox tables and rebuild them
+            """))
+    rebuild.add_argument("what", choices=["inbox"], help="what to rebuild: inbox (notifications and unread counts)")
+    rebuild.add_argument("--force", action="store_true", help="empty a non-empty inbox first")
+    rebuild.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(
@@ -208,6 +232,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_tail(sub, fmt)
     _add_token(sub, fmt)
     _add_replay(sub, fmt)
+    _add_rebuild(sub, fmt)
 
     # its options and help live in bench/run.py (`herald bench --help`); main() hands them over
     sub.add_parser("bench", add_help=False,

@@ -517,6 +517,23 @@ def _replay_shadow(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if unsettled else 0
 
 
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    """``herald rebuild inbox`` (streams/rebuild.py) with a progress bar of the records read."""
+    from streams import rebuild
+
+    settings = _settings()
+    _require_kafka(settings)
+    on_plan, tick, stop = _replay_progress(argparse.Namespace(quiet=args.quiet, max=0), "rebuilding the inbox")
+    try:
+        counts = asyncio.run(rebuild.rebuild_inbox(settings, force=args.force, tick=tick, on_plan=on_plan))
+    except rebuild.RebuildError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        stop()
+    print(rebuild.summary(counts), file=sys.stderr)
+    return 0
+
+
 def _replay_summary(args: argparse.Namespace, source: str, dest: str, counts) -> str:  # noqa: ANN001
     sent = sum(counts.sent.values())
     where = ", ".join(f"{n} to {t}" for t, n in sorted(counts.sent.items())) or "none"

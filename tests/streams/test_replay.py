@@ -167,3 +167,31 @@ def test_a_replay_between_herald_topics_of_different_schemas_is_refused():
     replay.same_schema(settings, "h.events", "h.events")
     replay.same_schema(settings, "h.dlq", "h.events")  # dead letters are raw bytes: not judged
     replay.same_schema(settings, "archive.events", "h.events")  # not a Herald topic: not judged
+
+
+def test_the_shadow_run_and_the_rebuild_teach_by_example():
+    import subprocess
+    import sys
+
+    from infra.common import REPO_ROOT
+
+    def help_of(*argv: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "streams.cli", *argv, "--help"], cwd=REPO_ROOT,
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    replay_help = help_of("replay")
+    assert "herald replay --shadow --set HERALD_BATCH_WINDOW_S=300" in replay_help and "--include-decided" in replay_help
+    rebuild_help = help_of("rebuild")
+    assert "examples:" in rebuild_help and "herald rebuild inbox --force" in rebuild_help
+
+
+def test_shadow_options_go_with_shadow_only(monkeypatch):
+    from streams import cli
+
+    monkeypatch.setenv("HERALD_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # never reached: the options are refused first
+    monkeypatch.setattr("streams.commands._require_kafka", lambda settings: None)
+    assert cli.main(["replay", "--set", "HERALD_BATCH_WINDOW_S=300"]) == 2
+    assert cli.main(["replay", "--shadow", "--dlq"]) == 2
+    assert cli.main(["replay", "--dlq", "--include-decided"]) == 2

@@ -81,7 +81,12 @@ def test_a_real_prometheus_scrapes_what_the_targets_file_lists(tmp_path, monkeyp
             time.sleep(0.5)
         assert got and got[0]["value"][1] == "5" and got[0]["metric"]["app_id"] == "herald-prom-test"
         # the API is not running: its static target is down, which is what HeraldProcessDown watches
-        down = _query(base, 'up{job="herald-api"}')["data"]["result"]
+        # (each target is scraped at its own offset within the interval: wait for the API's first one)
+        while time.monotonic() < deadline:
+            down = _query(base, 'up{job="herald-api"}')["data"]["result"]
+            if down:
+                break
+            time.sleep(0.5)
         assert down and down[0]["value"][1] == "0"
         with urllib.request.urlopen(f"{base}/api/v1/rules", timeout=10) as r:
             rules = {rule["name"] for g in json.loads(r.read())["data"]["groups"] for rule in g["rules"]}

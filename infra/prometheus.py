@@ -9,7 +9,8 @@ Rules:
 - Its configuration, ``<HERALD_HOME>/prometheus/prometheus.yml``, is written at every start: the API is a
   static target at ``HERALD_API_PORT``; the worker and sinks, whose ports are picked at start, come from
   ``prometheus/targets.json``, which each of them rewrites when it starts and exits (``herald.metrics``).
-  The alerting rules are ``infra/prometheus/alerts.yml`` (checked by ``promtool check rules`` in the tests);
+  The alerting rules are ``infra/prometheus/alerts.yml`` (checked by ``promtool check rules`` in the tests,
+  and fed made-up series by ``promtool test rules`` with ``alerts_test.yml``);
   ``infra/prometheus/dashboard.json`` is a Grafana dashboard of the same metrics for those who run Grafana.
 - A port already taken by another process is refused, as for the other servers.
 """
@@ -29,6 +30,7 @@ from infra.common import InfraError, ServiceStatus, ensure_port_free, log_path, 
 NAME = "prometheus"
 HERE = Path(__file__).resolve().parent / "prometheus"
 RULES = HERE / "alerts.yml"
+RULES_TEST = HERE / "alerts_test.yml"
 DASHBOARD = HERE / "dashboard.json"
 NOT_INSTALLED = "prometheus not installed: run `apt-get install -y prometheus` (infra/bootstrap.sh does)"
 SCRAPE_INTERVAL = "5s"
@@ -128,6 +130,15 @@ def status(settings: Settings | None = None) -> ServiceStatus:
         except (OSError, ValueError, KeyError):
             pass
     return ServiceStatus(NAME, up, address, version() if up else "", detail)
+
+
+def test_rules(path: Path = RULES_TEST) -> str:
+    """``promtool test rules`` on ``path`` (alerts fed made-up series); its output. InfraError on a failure."""
+    out = subprocess.run([binary("promtool"), "test", "rules", path.name], capture_output=True, text=True,
+                         timeout=120, cwd=path.parent)
+    if out.returncode != 0:
+        raise InfraError(f"promtool: the rule tests in {path} failed: {(out.stdout + out.stderr).strip()[-1500:]}")
+    return out.stdout + out.stderr
 
 
 def check_rules(path: Path = RULES) -> str:

@@ -25,6 +25,21 @@ def test_the_alerting_rules_pass_promtool():
     assert "SUCCESS: 4 rules found" in prometheus.check_rules()
 
 
+def test_each_alert_fires_on_its_failure_and_not_before_its_time():
+    """``alerts_test.yml``: growing lag, an open breaker, new dead letters and a process down, minute by minute."""
+    assert "SUCCESS" in prometheus.test_rules()
+
+
+def test_a_rule_test_that_expects_another_value_fails(tmp_path):
+    import shutil
+
+    shutil.copy(prometheus.RULES, tmp_path / "alerts.yml")
+    wrong = tmp_path / "alerts_test.yml"
+    wrong.write_text(prometheus.RULES_TEST.read_text().replace("(2200 events unread)", "(2300 events unread)"))
+    with pytest.raises(InfraError, match="HeraldConsumerLagGrowing"):
+        prometheus.test_rules(wrong)
+
+
 def test_promtool_refuses_a_broken_rule(tmp_path):
     bad = tmp_path / "bad.yml"
     bad.write_text("groups:\n  - name: x\n    rules:\n      - alert: Broken\n        expr: sum(\n")

@@ -21,6 +21,7 @@ from api import auth, contacts, inbox, openapi, preferences, status, store, stre
 from api.http import CODEC, HUB, OUTBOX, POOL, SECRET, SETTINGS, VERIFIER, ApiError, error, identifier, json_response
 from api.http import user as _user
 from api.outbox import Outbox
+from herald import logs
 from herald.settings import Settings
 from schemas.codec import Codec
 from schemas.registry import Registry
@@ -216,7 +217,8 @@ def serve(settings: Settings, reuse_port: bool = False) -> None:
 
 
 def _worker(settings: Settings) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    # a spawned process starts with no logging set up: HERALD_LOG_FORMAT again, the pid in each text line
+    logs.configure(settings.log_format, logging.INFO, text="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     serve(settings, reuse_port=True)
 
 

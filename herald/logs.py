@@ -43,15 +43,16 @@ def check(fmt: str) -> str:
     return value
 
 
-def formatter(fmt: str) -> logging.Formatter:
-    return JsonFormatter() if check(fmt) == "json" else logging.Formatter(TEXT_FORMAT)
+def formatter(fmt: str, text: str = TEXT_FORMAT) -> logging.Formatter:
+    """The JSON formatter, or for text a ``logging.Formatter`` of the ``text`` layout."""
+    return JsonFormatter() if check(fmt) == "json" else logging.Formatter(text)
 
 
-def configure(fmt: str, level: int = logging.INFO) -> None:
-    """Log ``level`` and above to standard error in ``fmt`` (text or json), replacing any handler the root
-    logger had."""
+def configure(fmt: str, level: int = logging.INFO, text: str = TEXT_FORMAT) -> None:
+    """Log ``level`` and above to standard error in ``fmt`` (json, or text in the ``text`` layout), replacing
+    any handler the root logger had."""
     handler = logging.StreamHandler()
-    handler.setFormatter(formatter(fmt))
+    handler.setFormatter(formatter(fmt, text))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -81,3 +81,14 @@ def test_the_supervisor_log_is_json_lines_when_asked(tmp_path, monkeypatch):
     lines = [json.loads(line) for line in (tmp_path / "logs" / "supervisor.log").read_text().splitlines()]
     assert lines[-1]["level"] == "WARNING" and lines[-1]["logger"] == "herald.supervisor"
     assert lines[-1]["message"] == "nothing (pid 42) exited"
+
+
+def test_the_apis_worker_processes_log_json_lines_too(tmp_path):
+    """``herald api`` spawns its worker processes, which start with no logging: they set it up again."""
+    code = ("import logging, api.app as app; from herald.settings import Settings; "
+            "app.serve = lambda settings, reuse_port: logging.getLogger('herald.api').info('serving'); "
+            "app._worker(Settings.from_env())")
+    got = json.loads(_run(code, "json", tmp_path).stderr.strip().splitlines()[-1])
+    assert (got["logger"], got["message"]) == ("herald.api", "serving")
+    text = _run(code, "text", tmp_path).stderr.strip().splitlines()[-1]
+    assert text.endswith(f"INFO herald.api[{text.split('[')[1].split(']')[0]}]: serving")

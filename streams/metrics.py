@@ -92,14 +92,15 @@ class _Recovery:
         self.recovery = recovery
 
     def collect(self) -> Iterator[Any]:
-        r = self.recovery()
         restoring = GaugeMetricFamily("herald_worker_restoring", "1 while the worker restores its tables from "
                                       "their changelogs (a partition taken over), else 0")
-        restoring.add_metric([], 1.0 if getattr(r, "in_recovery", False) else 0.0)
         left = GaugeMetricFamily("herald_worker_restore_remaining",
                                  "Changelog records the worker's active partitions have still to restore")
         try:
-            left.add_metric([], float(r.active_remaining_total()))
-        except (AttributeError, KeyError, TypeError):  # before the first assignment there is nothing to count
-            left.add_metric([], 0.0)
+            r = self.recovery()
+            now, remaining = (1.0 if getattr(r, "in_recovery", False) else 0.0), float(r.active_remaining_total())
+        except Exception:  # noqa: BLE001 - before the worker starts or its first assignment there is nothing to count
+            now, remaining = 0.0, 0.0
+        restoring.add_metric([], now)
+        left.add_metric([], remaining)
         yield from (restoring, left)

@@ -54,6 +54,10 @@ def test_the_restore_progress_is_read_when_scraped():
     recovery.in_recovery, recovery.active_remaining_total = False, lambda: 0
     got = _samples(metrics.registry)
     assert got[("herald_worker_restoring", ())] == 0.0 and got[("herald_worker_restore_remaining", ())] == 0.0
+    broken = WorkerMetrics()
+    broken.watch_recovery(lambda: None)  # the worker not started yet: nothing to read, and the scrape still works
+    got = _samples(broken.registry)
+    assert got[("herald_worker_restoring", ())] == 0.0 and got[("herald_worker_restore_remaining", ())] == 0.0
 
 
 @pytest.fixture(scope="module")

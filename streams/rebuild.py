@@ -139,7 +139,7 @@ async def rebuild_inbox(settings: Settings, force: bool = False, batch: int = 50
             await pool.execute("TRUNCATE notifications")
             counts.emptied = held
         on_plan(planned(settings))
-        codec = Codec(Registry(settings.schema_registry_url))
+        codec = Codec(Registry.from_settings(settings))
         insert = InAppDeliverer(pool)
         waiting: list[dict] = []
 

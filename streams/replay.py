@@ -233,7 +233,7 @@ def decided_ids(settings: Settings, since_ms: int | None, tick: Tick = lambda n:
     from schemas.codec import Codec, DecodeError
     from schemas.registry import Registry
 
-    codec = Codec(Registry(settings.schema_registry_url))
+    codec = Codec(Registry.from_settings(settings))
     topic, out = settings.topic("decisions"), set()
     consumer = consumer_for(settings)
     try:
@@ -274,7 +274,7 @@ def replay(settings: Settings, source: str, dest: str, start: Position | None, e
         from schemas.registry import Registry
 
         decided = decided_ids(settings, start.ms if start is not None else None)
-        codec = Codec(Registry(settings.schema_registry_url))
+        codec = Codec(Registry.from_settings(settings))
     consumer, sender = consumer_for(settings), Sender(settings)
     try:
         spans = plan(consumer, source, start, end)
@@ -330,7 +330,7 @@ class Checker:
         from schemas.registry import Registry
 
         self.settings = settings
-        self.codec = codec or Codec(Registry(settings.schema_registry_url), max_bytes=settings.max_event_bytes)
+        self.codec = codec or Codec(Registry.from_settings(settings), max_bytes=settings.max_event_bytes)
 
     def check(self, topic: str, key: bytes | None, value: bytes | None, now_ms: int) -> tuple[str, str] | None:
         from agents.preferences import validate as validate_preferences

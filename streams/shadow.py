@@ -19,7 +19,8 @@ The run (``run``):
   rate limit that ends after the run); anything due before now is released by the worker's clock, which
   runs on the wall clock, before the run ends. A record that does not decode is not an event of the run.
 - Then the worker stops and the run's topics, consumer group and data folder are deleted (not with
-  ``keep``).
+  ``keep``). Its value subjects stay in the schema registry: they name no live topic, and deleting a
+  subject may take a schema the live subjects share with it.
 
 The comparison (``compare``, pure): an event's fate on each side is the outcome of its first final
 decision, or ``STILL_HELD`` with the interim outcome when it has none, or ``UNDECIDED`` when it has no decision
@@ -255,7 +256,7 @@ def _copy(settings: Settings, source: str, dest: str, start: Position | None, en
     return events
 
 
-def _caught_up(settings: Settings, group: str, topics: list[str]) -> bool:
+def caught_up(settings: Settings, group: str, topics: list[str]) -> bool:
     """``group`` has committed the end of every partition of ``topics`` that holds records."""
     from confluent_kafka import TopicPartition
 
@@ -402,7 +403,7 @@ def run(settings: Settings, start: Position | None, end: Position | None, sets: 
     run_id = run_id or uuid.uuid4().hex[:8]
     names = shadow_names(settings, run_id)
     shadow = shadow_settings(settings, names, sets)
-    codec = Codec(Registry(settings.schema_registry_url))
+    codec = Codec(Registry.from_settings(settings))
     ensure_topics(shadow)
     register_schemas(shadow)
     env = {**os.environ, **sets, **names, "HERALD_WORKER_METRICS_PORT": "-1", "HERALD_STANDBY_REPLICAS": "0",
@@ -421,7 +422,7 @@ def run(settings: Settings, start: Position | None, end: Position | None, sets: 
         _copy(settings, settings.topic("presence"), shadow.topic("presence"),
               Position(ms=since_presence) if since_presence is not None else None, time_end)
         deadline = time.monotonic() + timeout
-        while not _caught_up(shadow, shadow.app_id, [shadow.topic("preferences"), shadow.topic("presence")]):
+        while not caught_up(shadow, shadow.app_id, [shadow.topic("preferences"), shadow.topic("presence")]):
             worker.alive()
             if time.monotonic() > deadline:
                 raise ReplayError(f"the shadow worker did not read the preferences in {timeout:g} s; log: {worker.log}")

@@ -4,7 +4,8 @@ The live pipeline runs with 2-second batch windows and 6-second digests; the sha
 ``HERALD_BATCH_WINDOW_S=300`` and ``HERALD_DIGEST_PERIOD_S=86400``. Each of two users gets, within one
 5-minute window of the past, three NORMAL batchable events (live: three batches of one; shadow: one batch
 of three), a LOW one (live: digested; shadow: still held until the day's end) and a HIGH one (routed
-alone on both sides). The report's counts and changed events are checked exactly, and the live delivery
+alone on both sides); a third user whose preferences (written before the window) turn the type off is
+suppressed on both sides. The report's counts and changed events are checked exactly, and the live delivery
 topics get nothing new.
 """
 from __future__ import annotations
@@ -20,8 +21,10 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from agents.preferences import defaults
 from herald.enums import CHANNELS
 from infra.common import REPO_ROOT
+from streams.shadow import caught_up
 from tests.conftest import free_port
 from tests.integration.harness import Pipeline
 from tests.integration.test_policy_pipeline import Stage, ev, now_ms
@@ -63,11 +66,24 @@ def test_a_longer_batch_window_and_digest_period_change_these_fates_and_deliver_
         for e in made[u]:
             stage.producer.produce(events_topic, key=u.encode(), timestamp=e["occurred_at"],
                                    value=stage.codec.encode(f"{events_topic}-value", "NotificationEvent", e))
+    # a third user turned these events off before the window: suppressed on both sides, which shows that
+    # the shadow worker read the live preferences before the events
+    quiet = f"{stage.unique}-quiet"
+    prefs_topic = s.topic("preferences")
+    stage.producer.produce(prefs_topic, key=quiet.encode(), timestamp=window - 60_000, value=stage.codec.encode(
+        f"{prefs_topic}-value", "Preferences",
+        {**defaults(quiet), "types": {"TASK_DEADLINE": False}, "updated_at": window - 60_000}))
     assert stage.producer.flush(10) == 0
-    events = [e for u in users for e in made[u]]
+    wait_until(lambda: caught_up(s, s.app_id, [prefs_topic]), 30, "the live worker reading the preferences")
+    made[quiet] = [ev(quiet, "off", occurred_at=window + 100_000, priority="HIGH", batchable=False)]
+    stage.producer.produce(events_topic, key=quiet.encode(), timestamp=made[quiet][0]["occurred_at"],
+                           value=stage.codec.encode(f"{events_topic}-value", "NotificationEvent", made[quiet][0]))
+    assert stage.producer.flush(10) == 0
+    events = [e for u in made for e in made[u]]
     for e in events:
         wait_until(lambda e=e: stage.out.of(e["user_id"], e["event_id"], final=True), 60,
-                   f"a live final decision for {e['event_id']}", lambda: stage.out.dump(*users))
+                   f"a live final decision for {e['event_id']}", lambda: stage.out.dump(*made))
+    assert stage.out.of(quiet)[0]["outcome"] == "SUPPRESSED_PREFERENCE"
     time.sleep(2)  # the live batches' and digests' requests are written with their final decisions
     delivery = [s.topic(f"delivery.{c.lower()}") for c in CHANNELS]
     before = ends(stage, delivery)
@@ -82,10 +98,10 @@ def test_a_longer_batch_window_and_digest_period_change_these_fates_and_deliver_
     run_id = result.stderr.split("shadow run ")[1].split(":")[0]
     assert f"report: {out}/shadow-{run_id}.json" in result.stderr
     report = json.loads((out / f"shadow-{run_id}.json").read_text())
-    assert report["events"] == 10 and report["unsettled"] == 0 and report["settings"] == {
+    assert report["events"] == 11 and report["unsettled"] == 0 and report["settings"] == {
         "HERALD_BATCH_WINDOW_S": "300", "HERALD_DIGEST_PERIOD_S": "86400"}
-    assert report["outcomes"] == {"live": {"BATCHED": 6, "DIGESTED": 2, "ROUTED": 2},
-                                  "shadow": {"BATCHED": 6, "ROUTED": 2, "STILL_HELD": 2}}
+    assert report["outcomes"] == {"live": {"BATCHED": 6, "DIGESTED": 2, "ROUTED": 2, "SUPPRESSED_PREFERENCE": 1},
+                                  "shadow": {"BATCHED": 6, "ROUTED": 2, "STILL_HELD": 2, "SUPPRESSED_PREFERENCE": 1}}
     # per user: NORMAL offline goes to INAPP at once and to PUSH and EMAIL in batches; LOW to INAPP and the
     # EMAIL digest; HIGH offline to INAPP, PUSH, SMS and EMAIL
     per_user = {"EMAIL": (3 + 1 + 1, 1 + 1), "INAPP": (5, 5), "PUSH": (3 + 1, 1 + 1), "SMS": (1, 1)}
@@ -95,7 +111,7 @@ def test_a_longer_batch_window_and_digest_period_change_these_fates_and_deliver_
     assert changed == {(e["event_id"], "BATCHED, alone", "BATCHED, with 2 others") for u in users for e in made[u][:3]} | \
         {(made[u][3]["event_id"], "DIGESTED, alone", "STILL_HELD (DIGESTED)") for u in users}
     rows = list(csv.DictReader(open(out / f"shadow-{run_id}.csv")))
-    assert len(rows) == 10 and sum(int(r["changed"]) for r in rows) == 8
+    assert len(rows) == 11 and sum(int(r["changed"]) for r in rows) == 8
     assert {r["event_id"]: r["shadow"] for r in rows}[made[users[0]][4]["event_id"]] == "ROUTED, alone"
     # the run's topics are gone: none under its prefix or app id
     topics = AdminClient({"bootstrap.servers": s.kafka_bootstrap}).list_topics(timeout=10).topics

@@ -61,6 +61,7 @@
     svg.replaceChildren();
     const points = history.points.filter((p) => p[1] !== null);
     svg.dataset.points = String(points.length);
+    $("peak").textContent = "";
     if (points.length < 2) return;
     const w = 600, h = 140, top = 14;
     const t0 = points[0][0], t1 = points[points.length - 1][0];
@@ -73,11 +74,8 @@
     const line = document.createElementNS(ns, "path");
     line.setAttribute("class", "line");
     line.setAttribute("d", d);
-    const peak = document.createElementNS(ns, "text");
-    peak.setAttribute("x", "4");
-    peak.setAttribute("y", "11");
-    peak.textContent = "peak " + format(max, "/s") + " /s";
-    svg.append(area, line, peak);
+    $("peak").textContent = "peak " + format(max, "/s") + " /s";
+    svg.append(area, line);
   }
 
   async function refresh() {

@@ -1,6 +1,7 @@
 """The status page (/status) in a real browser (Debian's headless Chromium through Selenium), drawn from a
 real Prometheus (Debian's, started by ``infra/prometheus.py``) scraping real Herald processes: a worker, the
-in-app sink and the API, with the demo producer's events flowing. The page must show non-zero live rates of
+in-app and email sinks (the email one sending to the local mail catcher) and the API, with the demo
+producer's events flowing. The page must show non-zero live rates of
 events, decisions and deliveries, every process answering, and redraw by itself. A screenshot goes to
 ``docs/status-page.png`` (the README shows it)."""
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -23,6 +25,7 @@ from infra.common import REPO_ROOT
 from tests.api.test_inbox_browser import browser  # noqa: F401 - the fixture
 from tests.conftest import free_port
 from tests.integration.harness import Pipeline
+from tests.sinks.helpers import Server
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +54,8 @@ async def test_without_prometheus_the_queries_answer_that_it_is_not_reachable(st
 
 @pytest.fixture
 def monitored(stack, unique, tmp_path, monkeypatch):
-    """worker + in-app sink + API with their own state folder, a Prometheus scraping them, demo events."""
+    """worker + in-app and email sinks (to a mail catcher) + API with their own state folder, a Prometheus
+    scraping them, demo events."""
     postgres.migrate()
     home = tmp_path / "home"
     home.mkdir()
@@ -62,20 +66,32 @@ def monitored(stack, unique, tmp_path, monkeypatch):
     settings = Settings.from_env(topic_prefix=p.settings.topic_prefix, app_id=p.settings.app_id,
                                  api_port=p.settings.api_port, prometheus_port=prom_port)
     p.prepare()
-    producer = None
+    producer = email = catcher = None
     try:
+        catcher = Server("infra.mailcatcher", tmp_path)
+        p.env["HERALD_SMTP_URL"] = f"smtp://127.0.0.1:{catcher.port}"
         p.start("worker")
         p.start("sink")
         p.start("api")
+        email_log = tmp_path / "sink-email.log"
+        email = subprocess.Popen([sys.executable, "-m", "streams.cli", "sink", "email"], cwd=REPO_ROOT, env=p.env,
+                                 stdout=open(email_log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 90
+        while "consuming" not in email_log.read_text(errors="replace"):
+            assert email.poll() is None and time.monotonic() < deadline, email_log.read_text()
+            time.sleep(0.2)
         prometheus.start(settings, progress=lambda _: None)
         producer = subprocess.Popen([sys.executable, "-m", "streams.cli", "produce", "--demo", "--quiet", "--rate", "40",
                                      "--count", "6000"], cwd=REPO_ROOT, env=p.env, stdout=subprocess.DEVNULL,
                                     stderr=open(tmp_path / "produce.log", "wb"))
         yield p, settings
     finally:
-        if producer is not None and producer.poll() is None:
-            producer.terminate()
-            producer.wait(20)
+        for proc in (producer, email):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(20)
+        if catcher is not None:
+            catcher.stop()
         prometheus.stop()
         p.stop()
 
@@ -94,12 +110,15 @@ def test_the_status_page_shows_live_rates_from_prometheus(monitored, browser):  
     assert browser.find_element(By.ID, "problem").get_attribute("hidden") is not None
     shown = browser.find_element(By.CSS_SELECTOR, "#events .big").text  # e.g. "7.11/s"
     assert shown.endswith("/s") and float(shown.removesuffix("/s")) > 0
+    wait.until(lambda d: "EMAIL · SENT" in d.find_element(By.ID, "deliveries").text)
     deliveries = browser.find_element(By.ID, "deliveries").text
-    assert "INAPP" in deliveries and "SENT" in deliveries
+    assert "INAPP · SENT" in deliveries
+    wait.until(lambda d: "EMAIL" in d.find_element(By.ID, "breakers").text)
+    assert "CLOSED" in browser.find_element(By.ID, "breakers").text
     decisions = browser.find_element(By.ID, "decisions").text
     assert any(outcome in decisions for outcome in ("SENT", "BATCHED", "HELD", "DIGESTED", "DEDUPLICATED"))
     # every scraped process answers: the worker and the sink from the targets file, the API by its port
-    wait.until(lambda d: {"worker", "sink-inapp", "api"} <= {
+    wait.until(lambda d: {"worker", "sink-inapp", "sink-email", "api"} <= {
         row.text.split()[0] for row in d.find_elements(By.CSS_SELECTOR, "#processes tr") if row.text.endswith("up")})
     # the page redraws by itself, and the history has points
     first = browser.find_element(By.TAG_NAME, "body").get_attribute("data-updated")
@@ -112,5 +131,6 @@ def test_the_status_page_shows_live_rates_from_prometheus(monitored, browser):  
     panel = {p["name"]: p for p in body["panels"]}
     assert panel["events"]["series"][0]["value"] > 0
     assert all("user" not in k for p in body["panels"] for s in p["series"] for k in s["labels"])
+    browser.set_window_size(1280, 960)  # the page without the empty space below it
     browser.save_screenshot(str(SCREENSHOT))
     assert SCREENSHOT.stat().st_size > 10_000

@@ -5,7 +5,9 @@ topics and schemas, then Herald's own processes (``PROCESSES``: worker, in-app s
 producer), which a supervisor (``streams/supervisor.py``) keeps running: one that exits or is killed is
 started again, with backoff. A server already answering on its address is used as it is and left
 running by ``down``. Every process logs to ``.herald/logs/<name>.log``; ``down`` stops the supervisor
-first, then the processes in reverse order, then the servers it started.
+first, then the processes in reverse order, then Prometheus, then the servers it started. With
+``--monitoring`` Herald's Prometheus (``infra/prometheus.py``) starts after the servers, scraping every
+process; ``status`` lists it once it runs.
 """
 from __future__ import annotations
 

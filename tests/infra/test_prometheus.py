@@ -73,6 +73,7 @@ def _query(base: str, expr: str) -> dict:
         return json.loads(r.read())
 
 
+@pytest.mark.integration
 def test_a_real_prometheus_scrapes_what_the_targets_file_lists(tmp_path, monkeypatch):
     monkeypatch.setenv("HERALD_HOME", str(tmp_path))
     settings = Settings.from_env(prometheus_port=free_port(), api_port=free_port(), app_id="herald-prom-test")

@@ -65,10 +65,19 @@ class Report:
     fates: dict[str, dict[str, str]]                    # event_id -> side -> fate
     users: dict[str, str] = field(default_factory=dict)  # event_id -> user_id
 
+    def channels(self) -> dict[str, dict[str, int]]:
+        """Notifications per channel over every user: {channel: {"live": n, "shadow": n}}."""
+        out: dict[str, dict[str, int]] = {}
+        for row in self.notifications:
+            totals = out.setdefault(row["channel"], {"live": 0, "shadow": 0})
+            totals["live"] += row["live"]
+            totals["shadow"] += row["shadow"]
+        return dict(sorted(out.items()))
+
     def as_json(self, meta: dict) -> dict:
         return {**meta, "events": self.events,
                 "outcomes": {side: dict(sorted(c.items())) for side, c in self.outcomes.items()},
-                "notifications": self.notifications, "changed": self.changed}
+                "channels": self.channels(), "notifications": self.notifications, "changed": self.changed}
 
 
 def _companions(requests: Iterable[dict], event_ids: set[str]) -> tuple[dict[str, int], dict[tuple[str, str], set]]:
@@ -138,7 +147,8 @@ def write_files(report: Report, meta: dict, folder: Path, run_id: str) -> tuple[
 
 
 def render(report: Report, console: Any, limit: int = 20) -> None:
-    """The report as rich tables: outcomes, notifications per user and channel, changed events."""
+    """The report as rich tables: outcomes, notifications per channel, per user and channel (the largest
+    changes first), and the changed events (the first ``limit`` rows of the long ones)."""
     from rich.table import Table
 
     t = Table(title=f"decisions of {report.events} events")
@@ -148,10 +158,17 @@ def render(report: Report, console: Any, limit: int = 20) -> None:
     for o in sorted(set(report.outcomes["live"]) | set(report.outcomes["shadow"])):
         t.add_row(o, str(report.outcomes["live"][o]), str(report.outcomes["shadow"][o]))
     console.print(t)
-    n = Table(title="notifications per user and channel")
+    ch = Table(title="notifications per channel")
+    for col in ("channel", "live", "shadow", "change"):
+        ch.add_column(col, justify="left" if col == "channel" else "right")
+    for channel, totals in report.channels().items():
+        ch.add_row(channel, str(totals["live"]), str(totals["shadow"]), f"{totals['shadow'] - totals['live']:+d}")
+    console.print(ch)
+    n = Table(title="notifications per user and channel" + (f" (the {limit} largest changes)"
+                                                              if len(report.notifications) > limit else ""))
     for col in ("user", "channel", "live", "shadow", "change"):
         n.add_column(col, justify="right" if col in ("live", "shadow", "change") else "left")
-    for row in report.notifications[:limit]:
+    for row in sorted(report.notifications, key=lambda r: -abs(r["shadow"] - r["live"]))[:limit]:
         n.add_row(row["user_id"], row["channel"], str(row["live"]), str(row["shadow"]), f"{row['shadow'] - row['live']:+d}")
     console.print(n)
     if len(report.notifications) > limit:

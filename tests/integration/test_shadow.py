@@ -107,6 +107,7 @@ def test_a_longer_batch_window_and_digest_period_change_these_fates_and_deliver_
     per_user = {"EMAIL": (3 + 1 + 1, 1 + 1), "INAPP": (5, 5), "PUSH": (3 + 1, 1 + 1), "SMS": (1, 1)}
     assert sorted((n["user_id"], n["channel"], n["live"], n["shadow"]) for n in report["notifications"]) == \
         sorted((u, c, live, shade) for u in users for c, (live, shade) in per_user.items())
+    assert report["channels"] == {c: {"live": 2 * live, "shadow": 2 * shade} for c, (live, shade) in per_user.items()}
     changed = {(c["event_id"], c["live"], c["shadow"]) for c in report["changed"]}
     assert changed == {(e["event_id"], "BATCHED, alone", "BATCHED, with 2 others") for u in users for e in made[u][:3]} | \
         {(made[u][3]["event_id"], "DIGESTED, alone", "STILL_HELD (DIGESTED)") for u in users}

@@ -42,6 +42,7 @@ def test_the_comparison_counts_both_sides_and_lists_only_the_changed_events_of_t
                                "shadow": Counter({"BATCHED": 2, "STILL_HELD": 1})}
     assert report.notifications == [{"user_id": "u1", "channel": "PUSH", "live": 2, "shadow": 1},
                                     {"user_id": "u2", "channel": "SMS", "live": 1, "shadow": 0}]
+    assert report.channels() == {"PUSH": {"live": 2, "shadow": 1}, "SMS": {"live": 1, "shadow": 0}}
     assert report.changed == [
         {"event_id": "a", "user_id": "u1", "live": "BATCHED, alone", "shadow": "BATCHED, with 1 other"},
         {"event_id": "b", "user_id": "u1", "live": "BATCHED, alone", "shadow": "BATCHED, with 1 other"},

@@ -14,6 +14,7 @@ Prometheus sees it down (``up == 0``) rather than forgetting it.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import json
 import logging
 import os
@@ -69,12 +70,17 @@ def targets(leaving: int | None = None) -> list[dict]:
 
 
 def write_targets(leaving: int | None = None) -> Path:
-    """Rewrite the targets file from the notes, atomically (Prometheus never reads half a file)."""
+    """Rewrite the targets file from the notes, atomically (Prometheus never reads half a file).
+
+    Writers take turns (a lock file beside it): processes starting together each write their note first,
+    then read every note and write under the lock, so the last writer's file lists them all."""
     path = targets_path()
     tmp = path.with_name(f".targets-{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(targets(leaving), indent=1))
-        os.replace(tmp, path)
+        with open(path.with_name(".targets.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            tmp.write_text(json.dumps(targets(leaving), indent=1))
+            os.replace(tmp, path)
     except OSError as exc:  # the state folder read-only or gone: metrics are still served
         log.warning("could not write %s (%s)", path, exc)
     return path

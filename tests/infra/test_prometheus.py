@@ -115,3 +115,27 @@ def test_a_real_prometheus_scrapes_what_the_targets_file_lists(tmp_path, monkeyp
     finally:
         assert prometheus.stop()
     assert not prometheus.status(settings).up and read_pid("prometheus") is None
+
+
+def test_processes_starting_together_are_all_in_the_targets_file(tmp_path):
+    """Each process notes its port, then rewrites the file under a lock: the last writer lists them all."""
+    import os
+    import subprocess
+    import sys
+
+    from infra.common import REPO_ROOT
+
+    code = ("import sys, time; from prometheus_client import CollectorRegistry; from herald.metrics import serve; "
+            "print(serve(CollectorRegistry(), 0, 'sink-email', 'together'), flush=True); time.sleep(60)")
+    env = {**os.environ, "HERALD_HOME": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(6)]
+    try:
+        ports = {int(p.stdout.readline()) for p in procs}
+        listed = {int(g["targets"][0].rsplit(":", 1)[1])
+                  for g in json.loads((tmp_path / "prometheus" / "targets.json").read_text())}
+        assert len(ports) == 6 and listed == ports
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(10)

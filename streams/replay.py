@@ -13,8 +13,8 @@ Replaying a range (``replay``):
   an archive, events lost before they reached Kafka). Why: once an event is past its dedup window the
   pipeline no longer knows it, and a batchable event whose batch window was sent goes to the next open
   window (the policy's rule for late events), so a batch re-formed of replayed events gets a new
-  ``delivery_id`` and would reach the user again. The decisions read are those written since ``--from``
-  (a time) or all of them (offsets), up to the end when the replay starts; a record that does not decode
+  ``delivery_id`` and would reach the user again. The decisions read are those written since a dedup
+  window before ``--from`` (a time) or all of them (offsets), up to the end when the replay starts; a record that does not decode
   is copied as it is (the pipeline dead-letters it). ``include_decided`` copies the decided ones too: one
   still in its dedup window is then DEDUPLICATED, one decided again alone (not batched) gets the same
   ``delivery_id``, which the sinks' ledger has already seen.
@@ -273,7 +273,9 @@ def replay(settings: Settings, source: str, dest: str, start: Position | None, e
         from schemas.codec import Codec
         from schemas.registry import Registry
 
-        decided = decided_ids(settings, start.ms if start is not None else None)
+        # from a dedup window earlier: a producer's clock ahead of the worker's stamps an event after its decision
+        since = start.ms - settings.dedup_window_s * 1000 if start is not None and start.ms is not None else None
+        decided = decided_ids(settings, since)
         codec = Codec(Registry.from_settings(settings))
     consumer, sender = consumer_for(settings), Sender(settings)
     try:

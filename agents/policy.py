@@ -16,7 +16,8 @@ publish. Nothing is ever dropped silently:
 - a record read again (its offset at or below the last one this user's state has taken in, ``upto``)
   changes nothing and emits nothing: the shell writes a user's state only after the outputs it caused
   are in Kafka, so a state that has taken a record in means that record's outputs exist. A record
-  whose state was lost is decided again from scratch, on its own timestamp, so the same way.
+  whose state was lost is decided again from scratch, on its own timestamp, so the same way. The same
+  holds for a second copy of a record the shell moved from a wrong partition (``moved``).
 - a pending event is stored once, cut to bounds (``state.stored_event``): a part sent at once is built
   from the event as it arrived, a part sent later from what the state kept of it.
 
@@ -139,14 +140,27 @@ def _forget(state: UserState, ids: list[str]) -> None:
 # -- arrival ---------------------------------------------------------------------------------------
 
 def on_event(state: Mapping[str, Any] | None, event: Mapping[str, Any], prefs: dict, online: bool, now_ms: int,
-             source: str, config: PolicyConfig, offset: int | None = None) -> Outcome:
+             source: str, config: PolicyConfig, offset: int | None = None,
+             moved_from: tuple[int, int] | None = None) -> Outcome:
     """Decide what happens to a validated ``event`` read from ``source`` (topic:partition:offset) at
-    ``offset`` of the user's partition (None: no re-read check, e.g. in tests of one decision)."""
+    ``offset`` of the user's partition (None: no re-read check, e.g. in tests of one decision).
+
+    ``moved_from``: the (partition, offset) a record produced to the wrong partition was first read at,
+    when the shell moved it here. Moving is at least once (a crash after the copy was written and before
+    the original's offset was committed moves it again), so a copy whose original offset is at or below
+    the last one this user's state has taken in from that partition (``moved``) is a second copy: like a
+    record read again, it changes nothing and emits nothing."""
     if state and offset is not None and state.get("upto") is not None and offset <= state["upto"]:
         return Outcome(cast(UserState, state))  # read again: this state already holds what the record did
+    if state and moved_from is not None:
+        moved_upto = (state.get("moved") or {}).get(str(moved_from[0]))
+        if moved_upto is not None and moved_from[1] <= moved_upto:
+            return Outcome(cast(UserState, state))  # the same record moved here twice
     new = _writable(state)
     if offset is not None:
         new["upto"] = offset
+    if moved_from is not None:
+        new["moved"] = {**new.get("moved", {}), str(moved_from[0]): moved_from[1]}
     arrived = normalize(event)
     out = Outcome(new)
     event_id = arrived["event_id"]

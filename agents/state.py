@@ -117,6 +117,8 @@ def migrate_state(raw: Mapping[str, Any]) -> UserState:
         state["closed"] = dict(raw["closed"])
     if raw.get("upto") is not None:
         state["upto"] = raw["upto"]
+    if raw.get("moved"):
+        state["moved"] = {str(k): int(v) for k, v in raw["moved"].items()}
     return state
 
 

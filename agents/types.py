@@ -115,6 +115,7 @@ class UserState(TypedDict):
 
     v: int
     upto: NotRequired[int]  # the last offset of the user's partition taken in
+    moved: NotRequired[dict[str, int]]  # partition -> last original offset of a record moved here from it
     dedup: dict[str, list]  # dedup key -> [first event_id, until_ms]
     events: dict[str, StoredEvent]  # every pending event, once, by id
     held: list[Held]

@@ -25,6 +25,7 @@ from schemas.registry import RegistryUnavailable
 from streams.outbox import Outbox
 
 log = logging.getLogger("herald.intake")
+MOVED_FROM = "herald.moved.from"  # header of a record moved to its home partition: where it was first read
 FIRST_PAUSE_S = 0.5  # the first wait for a registry that cannot be reached; it doubles up to MAX_PAUSE_S
 MAX_PAUSE_S = 30.0
 
@@ -87,9 +88,26 @@ class Intake:
         self.on_dead_letter(reason, stage)
 
     def misrouted(self, msg: Any, key: bytes) -> bool:
-        """Move ``msg`` to its user's home partition if it is not there; True if it was moved."""
+        """Move ``msg`` to its user's home partition if it is not there; True if it was moved.
+
+        The copy carries ``herald.moved.from`` (``<partition>:<offset>`` of the original), so that a second
+        copy, written when a crash made the original be read and moved again, is known as one (``moved_from``)."""
         home = home_partition(key, self.partitions)
         if msg.partition == home:
             return False
-        self.outbox.send(msg.topic, key, msg.value, home, list(msg.headers or []))
+        headers = [(k, v) for k, v in (msg.headers or []) if k != MOVED_FROM]
+        headers.append((MOVED_FROM, f"{msg.partition}:{msg.offset}".encode()))
+        self.outbox.send(msg.topic, key, msg.value, home, headers)
         return True
+
+
+def moved_from(headers: Any) -> tuple[int, int] | None:
+    """The (partition, offset) a moved record was first read at, from its ``herald.moved.from`` header."""
+    for key, value in headers or ():
+        if key == MOVED_FROM and value:
+            try:
+                partition, offset = value.decode().split(":")
+                return int(partition), int(offset)
+            except (ValueError, UnicodeDecodeError):
+                return None
+    return None

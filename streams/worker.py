@@ -40,7 +40,7 @@ from streams.app import create_app
 from streams.clock import Clock
 from streams.config import policy_config
 from streams.context import UserContext
-from streams.intake import Intake
+from streams.intake import Intake, moved_from
 from streams.metrics import WorkerMetrics
 from streams.outbox import Outbox
 from streams.outputs import Outputs
@@ -115,7 +115,8 @@ class Pipeline:
             user_id = event["user_id"]
             prefs, online = self.context.of(user_id, msg.partition, now_ms)
             out = policy.on_event(step.state(user_id, msg.partition), event, prefs, online, now_ms,
-                                  f"{msg.topic}:{msg.partition}:{msg.offset}", self.config, offset=msg.offset)
+                                  f"{msg.topic}:{msg.partition}:{msg.offset}", self.config, offset=msg.offset,
+                                  moved_from=moved_from(msg.headers) if msg.headers else None)
             step.apply(user_id, msg.partition, out)
         except Exception as exc:  # noqa: BLE001 - a bug on one record must not stop the stream; it is kept
             log.exception("failed on %s:%s@%s", msg.topic, msg.partition, msg.offset)

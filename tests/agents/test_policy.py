@@ -185,6 +185,27 @@ def test_dedup_key_and_a_record_read_again():
     assert [r["event_ids"] for _, r in offline.requests if r["channel"] == "PUSH"] == [["e4"]]
 
 
+def test_a_record_moved_here_twice_is_decided_once():
+    """A record produced to the wrong partition is moved home at least once: after a crash its original is
+    read and moved again. The second copy (same original partition and offset) changes nothing."""
+    prefs = Driver().prefs
+    first = policy.on_event(None, ev(1, "HIGH"), prefs, True, T0, "t:2:10", CONFIG, offset=10, moved_from=(0, 7))
+    assert [d["outcome"] for d in first.decisions] == ["ROUTED"] and first.state["moved"] == {"0": 7}
+    again = policy.on_event(first.state, ev(1, "HIGH"), prefs, True, T0 + 50, "t:2:11", CONFIG, offset=11,
+                            moved_from=(0, 7))
+    assert again.state == first.state and not again.decisions and not again.requests
+    # a later record moved from the same partition, or one from another partition, is taken in
+    later = policy.on_event(first.state, ev(2, "HIGH"), prefs, True, T0 + 60, "t:2:12", CONFIG, offset=12,
+                            moved_from=(0, 9))
+    other = policy.on_event(later.state, ev(3, "HIGH"), prefs, True, T0 + 70, "t:2:13", CONFIG, offset=13,
+                            moved_from=(1, 3))
+    assert [d["outcome"] for d in later.decisions + other.decisions] == ["ROUTED", "ROUTED"]
+    assert other.state["moved"] == {"0": 9, "1": 3}
+    # without the mark (a record produced to its home partition) the same event_id is a duplicate, decided
+    plain = policy.on_event(other.state, ev(1, "HIGH"), prefs, True, T0 + 80, "t:2:14", CONFIG, offset=14)
+    assert [d["outcome"] for d in plain.decisions] == ["DEDUPLICATED"]
+
+
 def test_preferences_suppress_by_type_and_minimum_priority():
     d = Driver({"types": {"COMMENT": False}, "minimum_priority": "NORMAL"})
     d.send(ev(1, "HIGH", type_="COMMENT"), T0)

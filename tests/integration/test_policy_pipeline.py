@@ -380,6 +380,33 @@ def test_the_same_event_id_or_dedup_key_twice_is_one_notification(herald):
     assert out.sent(user, event_id=second["event_id"]) == []
 
 
+def test_a_record_moved_home_twice_is_decided_once(herald):
+    """A record the worker moved from a wrong partition is moved again when a crash made it read the
+    original twice: both copies carry ``herald.moved.from`` with the original's place, and the second is
+    neither decided nor delivered (regression: the fault matrix saw a second, DEDUPLICATED final)."""
+    out, user = herald.out, f"{herald.unique}-moved"
+    s = herald.settings
+    home = home_partition(user.encode(), s.partitions)
+    wrong = (home + 1) % s.partitions
+    moved, plain = ev(user, "moved", priority="HIGH"), ev(user, "plain", priority="HIGH")
+    topic = s.topic("events")
+    value = herald.codec.encode(f"{topic}-value", "NotificationEvent", moved)
+    for _ in range(2):  # the copy a first run wrote, and the one a second run wrote after the crash
+        herald.producer.produce(topic, key=user.encode(), value=value, partition=home,
+                                headers=[("herald.moved.from", f"{wrong}:41".encode())])
+    herald.producer.produce(topic, key=user.encode(), value=value, partition=home,  # moved from elsewhere: a retry
+                            headers=[("herald.moved.from", f"{wrong}:42".encode())])
+    assert herald.producer.flush(10) == 0
+    herald.send(plain)
+    wait_for(lambda: plain["event_id"] in out.finals(user) and len(out.finals(user).get(moved["event_id"], [])) >= 2,
+             30, "the moved event's and the plain event's finals", out, user)
+    settle()
+    finals = out.finals(user)
+    assert sorted(d["outcome"] for d in finals[moved["event_id"]]) == ["DEDUPLICATED", "ROUTED"], out.dump(user)
+    for channel in ("INAPP", "PUSH", "SMS", "EMAIL"):
+        assert len(out.sent(user, channel, event_id=moved["event_id"])) == 1, out.dump(user)
+
+
 # -- 2. preferences --------------------------------------------------------------------------------
 
 def test_preferences_suppress_and_a_tombstone_resets_them(herald):

@@ -84,10 +84,15 @@ def _use_uvloop() -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     from faust import Worker
 
+    from herald import logs
     from herald.topics import ensure_topics
     from streams.worker import create_worker
 
     settings = _settings()
+    try:
+        logging_config = logs.faust_logging_config(settings.log_format)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     _require_kafka(settings)
     ensure_topics(settings)
     _use_uvloop()
@@ -99,7 +104,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     if settings.worker_metrics_port >= 0:
         app.herald_pipeline.metrics.serve(settings.worker_metrics_port, settings.app_id)  # type: ignore[attr-defined]
-    worker = Worker(app, loglevel="INFO", quiet=True)
+    worker = Worker(app, loglevel="INFO", quiet=True, logging_config=logging_config)
     _quiet_clients()
     _tune_gc()
     worker.execute_from_commandline()

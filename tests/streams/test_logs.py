@@ -92,3 +92,24 @@ def test_the_apis_worker_processes_log_json_lines_too(tmp_path):
     assert (got["logger"], got["message"]) == ("herald.api", "serving")
     text = _run(code, "text", tmp_path).stderr.strip().splitlines()[-1]
     assert text.endswith(f"INFO herald.api[{text.split('[')[1].split(']')[0]}]: serving")
+
+
+@pytest.mark.integration
+def test_herald_worker_writes_json_lines_when_asked(stack, unique, tmp_path):
+    """``herald worker`` hands Faust's Worker Herald's logging config: every line it writes, Faust's and
+    aiokafka's included, is one JSON object."""
+    from tests.conftest import free_port
+    from tests.integration.harness import Pipeline
+
+    pipeline = Pipeline(unique, tmp_path, free_port())
+    pipeline.env["HERALD_LOG_FORMAT"] = "json"
+    pipeline.prepare()
+    try:
+        pipeline.start("worker")
+    finally:
+        pipeline.stop()
+    lines = [line for line in pipeline.log("worker").read_text().splitlines() if line.strip()]
+    got = [json.loads(line) for line in lines]  # a line of text fails here
+    assert any(x["logger"] == "faust.worker" and "Ready" in x["message"] for x in got)
+    assert {"faust.worker", "aiokafka.consumer.group_coordinator"} <= {x["logger"] for x in got}
+    assert all(set(x) == {"time", "level", "logger", "message", "pid"} for x in got)

@@ -2,10 +2,10 @@
 
 Faust's public API does not offer what the worker needs for its batch path: reading and writing one
 partition's RocksDB file directly, storing the table's persisted changelog offsets after a bulk write,
-setting the fetch wait of the consumer it creates, telling table reads which record they serve, and
-reporting the last assignment to its sticky assignor. Each of those touches a private name; they are all
-here, so an upgrade that removes one breaks this module's test (``tests/streams/test_faust_adapter.py``)
-instead of a worker at run time.
+setting the fetch wait of the consumer it creates, telling table reads which record they serve,
+reporting the last assignment to its sticky assignor, and reading the tables' restore progress. Each of
+those touches a private name; they are all here, so an upgrade that removes one breaks this module's test
+(``tests/streams/test_faust_adapter.py``) instead of a worker at run time.
 
 Three corrections of Faust's behaviour are installed explicitly (``streams.app.create_app`` calls them),
 each idempotent:
@@ -156,3 +156,10 @@ def set_assignor_assignment(app: Any, assignment: Any) -> None:
 def highwater(app: Any, topic: str, partition: int) -> int | None:
     """The partition's high-water mark as the consumer last saw it (None: not known yet)."""
     return app.consumer.highwater(TP(topic, partition))
+
+
+def table_recovery(app: Any) -> Any | None:
+    """The tables' recovery service (``in_recovery``, ``active_remaining_total()``), or None while the
+    worker has not made it yet. Faust's public ``app.tables.recovery`` makes one when read, which a metrics
+    scrape before the worker starts must not do."""
+    return app.tables._recovery

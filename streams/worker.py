@@ -77,6 +77,7 @@ class Pipeline:
         self.clock = Clock(app, self.states, self.context, self.config, self.outbox, self.events_topic,
                            ticks_topic(settings), settings.release_chunk)
         self.metrics.watch(self.clock.lag, self.clock.due, Path(app.conf.datadir))
+        self.metrics.watch_recovery(lambda: faust_adapter.table_recovery(app))
 
     def register_outputs(self) -> None:
         """Register every output subject now, so that encoding never asks the registry mid-batch."""

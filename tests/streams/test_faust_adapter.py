@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -108,3 +109,38 @@ def test_the_seek_to_committed_offsets_starts_with_the_read_offsets_forgotten(tm
     result = asyncio.run(seen_during_the_seek())
     assert result["during"] == {faust_adapter.TP("t", 0): None}
     assert result["after"][faust_adapter.TP("t", 0)] == 6080
+
+
+def test_the_tables_recovery_is_read_without_making_one(tmp_path):
+    """``table_recovery`` is None until Faust makes its recovery service, then that same service, whose
+    ``in_recovery`` and ``active_remaining_total()`` the worker's restore metrics read."""
+
+    async def seen() -> tuple:
+        app = create_app(Settings(app_id="test-adapter-recovery", data_dir=str(tmp_path)))
+        before = faust_adapter.table_recovery(app)
+        made = app.tables.recovery
+        return before, made, faust_adapter.table_recovery(app)
+
+    before, made, after = asyncio.run(seen())
+    assert before is None and after is made
+    assert made.in_recovery is False and made.active_remaining_total() == 0
+
+
+def test_the_worker_s_metrics_report_the_tables_restore_progress(tmp_path):
+    """``herald_worker_restoring`` and ``herald_worker_restore_remaining`` follow the worker's own tables."""
+    from streams.worker import create_worker
+
+    def samples(app: Any) -> dict[str, float]:
+        return {s.name: s.value for family in app.herald_pipeline.metrics.registry.collect() for s in family.samples
+                if s.name.startswith("herald_worker_restor")}
+
+    async def scraped() -> tuple:
+        app = create_worker(Settings.from_env(app_id="test-adapter-restore", data_dir=str(tmp_path)), register=False)
+        before = samples(app)  # no recovery service yet: zeros, and no service made by the scrape
+        assert faust_adapter.table_recovery(app) is None
+        app.tables.recovery.in_recovery = True
+        return before, samples(app)
+
+    before, during = asyncio.run(scraped())
+    assert before == {"herald_worker_restoring": 0.0, "herald_worker_restore_remaining": 0.0}
+    assert during["herald_worker_restoring"] == 1.0

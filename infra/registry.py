@@ -20,11 +20,13 @@ Rules:
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import tarfile
 import time
@@ -32,7 +34,7 @@ import urllib.request
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from infra.common import (
     InfraError,
@@ -220,12 +222,32 @@ def _write_config(config: dict[str, str]) -> Path:
 
 
 def _get(path: str, timeout: float = 2.0):
-    """GET a path under the ccompat URL (or, if it starts with ``/apis``, under the server root); JSON back."""
-    target = url() + path
+    """GET a path under the ccompat URL (or, if it starts with ``/apis``, under the server root); JSON back.
+
+    A secured registry is asked as Herald's registry client asks it (``schemas.registry.client_config``
+    checks the settings): basic auth from ``HERALD_SCHEMA_REGISTRY_USERNAME``/``PASSWORD`` or from the
+    URL's ``user:password@`` (never both), and for ``https://`` the CA in ``HERALD_SCHEMA_REGISTRY_CAFILE``
+    (else the system's CAs). A setting that cannot work raises ValueError naming it."""
+    from schemas.registry import client_config, safe_url
+
+    base = url()
+    config = client_config(base, username=os.environ.get("HERALD_SCHEMA_REGISTRY_USERNAME", ""),
+                           password=os.environ.get("HERALD_SCHEMA_REGISTRY_PASSWORD", ""),
+                           cafile=os.environ.get("HERALD_SCHEMA_REGISTRY_CAFILE", ""))
+    parts = urlsplit(base)
+    user_info = config.get("basic.auth.user.info", "")
+    if not user_info and parts.username:
+        user_info = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    clean = safe_url(base)  # urllib takes no credentials in the URL
+    target = clean + path
     if path.startswith("/apis"):
-        host, port = _host_port()
-        target = f"http://{host}:{port}{path}"
-    with urllib.request.urlopen(target, timeout=timeout) as response:  # noqa: S310 - our own local server
+        split = urlsplit(clean)
+        target = f"{split.scheme}://{split.netloc}{path}"
+    request = urllib.request.Request(target)
+    if user_info:
+        request.add_header("Authorization", "Basic " + base64.b64encode(user_info.encode()).decode())
+    context = ssl.create_default_context(cafile=config.get("ssl.ca.location")) if parts.scheme == "https" else None
+    with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310 - the configured registry
         return json.loads(response.read() or b"null")
 
 
@@ -281,7 +303,9 @@ def status() -> ServiceStatus:
             detail["server"] = info.get("name", "")
         except (OSError, ValueError, AttributeError):
             version = "unknown (core API did not answer)"
-    return ServiceStatus(NAME, up, url(), version, detail)
+    from schemas.registry import safe_url
+
+    return ServiceStatus(NAME, up, safe_url(url()), version, detail)  # never a password from the URL
 
 
 def start(progress: Callable[[str], None] = print, timeout: float = 120, storage: str = "kafkasql") -> ServiceStatus:

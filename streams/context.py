@@ -12,14 +12,18 @@ from agents.preferences import effective
 from agents.presence import online
 from herald.settings import Settings
 from streams.mirror import Mirrored
+from streams.states import changelog_configs
 
 MAX_EFFECTIVE = 50_000  # users whose preferences (defaults filled in) are kept ready
 
 
 class UserContext:
     def __init__(self, app: Any, settings: Settings) -> None:
-        self.preferences = Mirrored(app.Table("preferences", default=None, partitions=settings.partitions))
-        self.presence = Mirrored(app.Table("presence", default=None, partitions=settings.partitions))
+        configs = changelog_configs(settings)
+        self.preferences = Mirrored(app.Table("preferences", default=None, partitions=settings.partitions,
+                                              extra_topic_configs=configs))
+        self.presence = Mirrored(app.Table("presence", default=None, partitions=settings.partitions,
+                                           extra_topic_configs=configs))
         self._effective: dict[str, dict] = {}
 
     def of(self, user_id: str, partition: int, now_ms: int) -> tuple[dict, bool]:

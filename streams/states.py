@@ -24,9 +24,17 @@ COMPACTED = {"segment.ms": str(10 * 60_000), "segment.bytes": str(64 * 1024 * 10
              "max.message.bytes": str(MAX_RECORD_BYTES)}
 
 
+def changelog_configs(settings: Settings) -> dict[str, str]:
+    """What every table's changelog topic is created with besides Faust's own (compaction): the
+    ``min.insync.replicas`` of Herald's other topics (``HERALD_TOPIC_MIN_INSYNC_REPLICAS``), so a state write
+    is acknowledged by as many replicas as an event's."""
+    return {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
+
+
 class UserStates:
     def __init__(self, app: Any, settings: Settings, outbox: Outbox) -> None:
-        self.table = app.Table(STATES_TABLE, default=None, partitions=settings.partitions, extra_topic_configs=COMPACTED,
+        self.table = app.Table(STATES_TABLE, default=None, partitions=settings.partitions,
+                               extra_topic_configs={**COMPACTED, **changelog_configs(settings)},
                                key_type=bytes, value_type=bytes, recovery_buffer_size=10_000)
         # the keys are a user id's UTF-8 bytes, made without Faust's key layers (what its raw serializer makes)
         self._batch = TableBatch(self.table, outbox, encode=orjson.dumps, encode_key=str.encode)

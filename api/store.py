@@ -128,33 +128,41 @@ async def page(pool: asyncpg.Pool, user_id: str, limit: int, cursor: str | None,
     return {"user_id": user_id, "notifications": items, "next_cursor": next_cursor}
 
 
-async def mark_read(pool: asyncpg.Pool, user_id: str, notification_id: str) -> bool:
-    """True if the notification exists for this user (marking twice is fine)."""
+# ``at`` is when the user acted; None (the API, acting now) is the database's now()
+AT = "coalesce($3::timestamptz, now())"
+
+
+async def mark_read(pool: asyncpg.Pool, user_id: str, notification_id: str, at: datetime | None = None) -> bool:
+    """True if the notification exists for this user (marking twice is fine and keeps the first times).
+    ``at`` (default now) becomes its read time, and its seen time if it was not seen yet."""
     result = await pool.fetchval(
-        "UPDATE notifications SET read_at = coalesce(read_at, now()), seen_at = coalesce(seen_at, now()) "
-        "WHERE user_id = $1 AND notification_id = $2 RETURNING 1", user_id, notification_id)
+        f"UPDATE notifications SET read_at = coalesce(read_at, {AT}), seen_at = coalesce(seen_at, {AT}) "
+        "WHERE user_id = $1 AND notification_id = $2 RETURNING 1", user_id, notification_id, at)
     return result is not None
 
 
-async def mark_all_read(pool: asyncpg.Pool, user_id: str) -> int:
+async def mark_all_read(pool: asyncpg.Pool, user_id: str, at: datetime | None = None) -> int:
+    """Mark every unread notification of the user not archived as read at ``at`` (default now); the number
+    marked."""
     status = await pool.execute(
-        "UPDATE notifications SET read_at = now(), seen_at = coalesce(seen_at, now()) "
-        "WHERE user_id = $1 AND read_at IS NULL AND archived_at IS NULL", user_id)
+        "UPDATE notifications SET read_at = coalesce($2::timestamptz, now()), seen_at = coalesce(seen_at, $2::timestamptz, now()) "
+        "WHERE user_id = $1 AND read_at IS NULL AND archived_at IS NULL", user_id, at)
     return int(status.split()[-1])
 
 
-async def mark_seen(pool: asyncpg.Pool, user_id: str, notification_id: str) -> bool:
-    """True if the notification exists for this user (seeing twice, or seeing a read one, is fine)."""
+async def mark_seen(pool: asyncpg.Pool, user_id: str, notification_id: str, at: datetime | None = None) -> bool:
+    """True if the notification exists for this user (seeing twice, or seeing a read one, is fine and keeps
+    the first time). ``at`` (default now) becomes its seen time."""
     result = await pool.fetchval(
-        "UPDATE notifications SET seen_at = coalesce(seen_at, now()) "
-        "WHERE user_id = $1 AND notification_id = $2 RETURNING 1", user_id, notification_id)
+        f"UPDATE notifications SET seen_at = coalesce(seen_at, {AT}) "
+        "WHERE user_id = $1 AND notification_id = $2 RETURNING 1", user_id, notification_id, at)
     return result is not None
 
 
-async def archive(pool: asyncpg.Pool, user_id: str, notification_id: str) -> bool:
+async def archive(pool: asyncpg.Pool, user_id: str, notification_id: str, at: datetime | None = None) -> bool:
     """True if the notification exists for this user. An archived one leaves the list and the counts;
-    archiving it again is fine and keeps its first archive time."""
+    archiving it again is fine and keeps its first archive time. ``at`` (default now) is the archive time."""
     result = await pool.fetchval(
-        "UPDATE notifications SET archived_at = coalesce(archived_at, now()) "
-        "WHERE user_id = $1 AND notification_id = $2 RETURNING 1", user_id, notification_id)
+        f"UPDATE notifications SET archived_at = coalesce(archived_at, {AT}) "
+        "WHERE user_id = $1 AND notification_id = $2 RETURNING 1", user_id, notification_id, at)
     return result is not None

@@ -17,11 +17,11 @@ The rules:
   READ_ALL marks exactly the notifications delivered before it. A batch the database refuses (a value it
   cannot store) is inserted one request at a time; the one still refused is counted, as the sink counts
   it DEAD.
-- What is not the same as before the loss: ``read_at``, ``seen_at`` and ``archived_at`` are the times of
-  the rebuild (the store functions stamp ``now()``), not of the original actions; records the topics no
-  longer hold (retention) are not rebuilt, and a read of a notification whose delivery is gone is counted
-  as "not found"; a READ_ALL made between the worker writing a request and the sink inserting it marks
-  that notification too.
+- ``read_at``, ``seen_at`` and ``archived_at`` are the times of the original actions (each read record's
+  ``at``, which the API stamps a moment after writing the database).
+- What is not the same as before the loss: records the topics no longer hold (retention) are not rebuilt,
+  and a read of a notification whose delivery is gone is counted as "not found"; a READ_ALL made between
+  the worker writing a request and the sink inserting it marks that notification too.
 - A record that does not decode is skipped and counted.
 """
 from __future__ import annotations
@@ -177,11 +177,12 @@ async def rebuild_inbox(settings: Settings, force: bool = False, batch: int = 50
                 continue
             await flush()
             action = record["action"]
+            at = record["at"]  # when the user acted, not now
             if action == "READ_ALL":
-                await store.mark_all_read(pool, record["user_id"])
+                await store.mark_all_read(pool, record["user_id"], at=at)
                 counts.reads[action] += 1
             elif record.get("notification_id") and action in actions:
-                if await actions[action](pool, record["user_id"], record["notification_id"]):
+                if await actions[action](pool, record["user_id"], record["notification_id"], at=at):
                     counts.reads[action] += 1
                 else:
                     counts.not_found += 1

@@ -4,8 +4,9 @@ The worker, the in-app sink and the API run against a database of this test's ow
 Notifications are delivered, and marked read, seen, archived and read-all through the API (which writes
 herald.reads); one arrives after the read-all, so it stays unread. The rows and the unread/unseen counts
 are recorded, the database is dropped and created again empty, and the rebuild must bring back the same
-rows (ids, contents, read/seen/archived) and the same counts. Run again it refuses the non-empty inbox;
-with --force it empties it and rebuilds the same again.
+rows (ids, contents, read/seen/archived) and the same counts, with the read, seen and archive times of the
+user's actions as ``herald.reads`` holds them. Run again it refuses the non-empty inbox; with --force it
+empties it and rebuilds the same again.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import urllib.request
 import uuid
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -25,13 +27,14 @@ from infra.common import REPO_ROOT
 from tests.conftest import free_port
 from tests.integration.harness import Pipeline
 from tests.integration.test_policy_pipeline import Stage, ev
-from tests.integration.test_replay import wait_until
+from tests.integration.test_replay import records, wait_until
 
 pytestmark = pytest.mark.integration
 
 ROWS = """SELECT notification_id, user_id, type, priority, kind, title, body, data::text, event_ids, created_at,
                  read_at IS NOT NULL AS read, seen_at IS NOT NULL AS seen, archived_at IS NOT NULL AS archived
           FROM notifications ORDER BY notification_id"""
+TIMES = "SELECT notification_id, read_at, seen_at, archived_at FROM notifications ORDER BY notification_id"
 
 
 async def _admin(sql: str) -> None:
@@ -125,7 +128,27 @@ def test_the_inbox_and_its_counts_come_back_from_kafka_after_the_database_is_los
 
     wait_until(lambda: reads_written() >= 4, 30, "the four reads in herald.reads")
     rows = fetch(url, ROWS)
+    times = fetch(url, TIMES)
     counts = fetch(url, "SELECT user_id, unread, unseen FROM unread_counts ORDER BY user_id")
+    acted = {(r["action"], r["notification_id"] or r["user_id"]): r["at"]
+             for r in (stage.codec.decode(m.value(), "ReadEvent") for m in records(stage, "reads"))}
+    owner = {r[0]: r[1] for r in rows}
+
+    def when(nid: str, *actions: str):
+        """The time of the first of ``actions`` the user made on ``nid`` (READ_ALL: on its user)."""
+        for a in actions:
+            at = acted.get((a, owner[nid] if a == "READ_ALL" else nid))
+            if at is not None:
+                return at
+        return None
+
+    # the API stamps the database, then the read record, a moment later: the rebuild takes the record's time
+    expected = [(nid, when(nid, "READ", "READ_ALL") if read else None,
+                 when(nid, "SEEN", "READ", "READ_ALL") if seen else None,
+                 when(nid, "ARCHIVED") if archived else None) for nid, read, seen, archived in times]
+    for (nid, *was), (_, *rebuilt) in zip(times, expected):
+        assert all((a is None) == (b is None) for a, b in zip(was, rebuilt)), (nid, was, rebuilt)
+        assert all(a is None or abs(b - a) < timedelta(seconds=5) for a, b in zip(was, rebuilt)), (nid, was, rebuilt)
     # u0: 4 less the archived one, one read (so seen too) and one seen; u1: the one after the read-all
     assert counts == [(users[0], 2, 1), (users[1], 1, 1), (users[2], 4, 4)]
     assert sum(r[10] for r in rows) == 5 and sum(r[11] for r in rows) == 6 and sum(r[12] for r in rows) == 1
@@ -139,6 +162,7 @@ def test_the_inbox_and_its_counts_come_back_from_kafka_after_the_database_is_los
     assert "rebuilt 13 notifications; applied reads: 1 ARCHIVED, 1 READ, 1 READ_ALL, 1 SEEN" in result.stderr, \
         result.stderr
     assert fetch(url, ROWS) == rows
+    assert fetch(url, TIMES) == expected
     assert fetch(url, "SELECT user_id, unread, unseen FROM unread_counts ORDER BY user_id") == counts
 
     again = rebuild(stage, url, "--quiet")
@@ -147,4 +171,5 @@ def test_the_inbox_and_its_counts_come_back_from_kafka_after_the_database_is_los
     assert forced.returncode == 0 and "emptied 13 notifications; rebuilt 13 notifications" in forced.stderr, \
         forced.stderr
     assert fetch(url, ROWS) == rows
+    assert fetch(url, TIMES) == expected
     assert fetch(url, "SELECT user_id, unread, unseen FROM unread_counts ORDER BY user_id") == counts

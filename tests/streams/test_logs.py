@@ -58,6 +58,11 @@ def test_herald_commands_log_json_lines_when_asked(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "streams.cli", "sink", "email"], cwd=REPO_ROOT, capture_output=True,
                          text=True, timeout=60, env={**os.environ, "HERALD_LOG_FORMAT": "xml", "HERALD_HOME": str(tmp_path)})
     assert bad.returncode != 0 and "HERALD_LOG_FORMAT must be text or json" in bad.stderr
+    worker = subprocess.run([sys.executable, "-m", "streams.cli", "worker"], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "HERALD_LOG_FORMAT": "xml", "HERALD_HOME": str(tmp_path),
+                                                        "HERALD_KAFKA_BOOTSTRAP": "127.0.0.1:1"})  # no broker
+    assert worker.returncode != 0 and "HERALD_LOG_FORMAT must be text or json" in worker.stderr
+    assert "Traceback" not in worker.stderr  # refused in one line, before the broker is asked
 
 
 def test_the_faust_worker_logging_config_gives_json_lines(tmp_path):

@@ -11,6 +11,16 @@ from typing import Any
 from urllib.parse import urlparse
 
 
+def _flag(env: str, raw: str) -> bool:
+    """A yes/no setting: 1, true, yes, on or 0, false, no, off (any case)."""
+    text = raw.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{env}={raw!r}: say 1/true/yes/on or 0/false/no/off")
+
+
 def _setting(default, env: str, doc: str):
     return field(default=default, metadata={"env": env, "doc": doc})
 
@@ -70,6 +80,13 @@ class Settings:
                                        "to the broker. A batch of records flushes its outputs when it ends, so this "
                                        "adds no latency past the batch; a very short linger sends many small requests "
                                        "whose broker and producer threads compete with the workers for the cores.")
+    exactly_once: bool = _setting(False, "HERALD_EXACTLY_ONCE",
+                                  "Commit each batch's outputs and users' states as one Kafka transaction per input "
+                                  "partition, so a worker that dies mid-batch writes no decision twice. Readers of "
+                                  "Herald's topics must then read committed records only (librdkafka's default) and "
+                                  "find a partition's end by position, not by its last record (a transaction marker). "
+                                  "Off: outputs are flushed before states, and a crash may write a batch's outputs "
+                                  "twice, identically (the sinks' ledger still sends each delivery once).")
     standby_replicas: int = _setting(1, "HERALD_STANDBY_REPLICAS",
                                      "Standby copies of each partition's tables that other workers keep up to date, "
                                      "so a worker that takes a partition over has its state at hand. Each costs every "
@@ -172,7 +189,7 @@ class Settings:
             raw = os.environ.get(f.metadata["env"])
             if raw is not None and raw != "":
                 kind: Any = type(f.default)
-                values[f.name] = kind(raw)
+                values[f.name] = _flag(f.metadata["env"], raw) if kind is bool else kind(raw)
         values.update(overrides)
         return cls(**values)
 

@@ -109,7 +109,7 @@ class Clock:
         chunk = index.pop_due(now_ms, limit=budget)
         step.released += len(chunk)
         if len(chunk) == budget and (index.next() or now_ms + 1) <= now_ms:
-            self._outbox.send(self._ticks_topic, b"tick", b"", partition)  # more are due: continue later
+            self._outbox.send(self._ticks_topic, b"tick", b"", partition, source=partition)  # more are due: continue later
         for user_id in chunk:
             try:
                 self._release_one(step, user_id, partition, now_ms)

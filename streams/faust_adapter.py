@@ -13,7 +13,10 @@ each idempotent:
 - ``install_fetch_max_wait`` replaces Faust's consumer factory to use ``HERALD_FETCH_MAX_WAIT_MS`` instead
   of the wait Faust hard-codes: aiokafka keeps one fetch in flight per broker and leaves out of it the
   partitions that still have records buffered, so a fetch that holds only quiet partitions (ticks,
-  preferences, presence) is parked at the broker for the whole wait while events pile up elsewhere.
+  preferences, presence) is parked at the broker for the whole wait while events pile up elsewhere. With
+  ``HERALD_EXACTLY_ONCE`` the same consumer reads committed records only (Faust does so only under its own
+  transactions, which the worker does not use): the records a killed batch moved, and the states its
+  aborted transaction logged, are never read back, neither by the stream nor by a table's recovery.
 - ``install_resume_after_suspension`` and ``install_seek_forgetting_read_offsets`` close two ways in which
   Faust lost records at a rebalance with state recovery and then committed past them (issue #12, an event
   that never got a decision); their docstrings say how.
@@ -45,6 +48,8 @@ def install_fetch_max_wait() -> None:
         herald = getattr(self.app.conf, "herald", None)
         if herald is not None:
             consumer._fetch_max_wait_ms = herald.fetch_max_wait_ms  # read when its fetcher starts
+            if herald.exactly_once:  # read when its fetcher starts: aborted outputs and changelog stay unseen
+                consumer._isolation_level = "read_committed"
         return consumer
 
     setattr(create_worker_consumer, _PATCHED, True)
@@ -163,3 +168,32 @@ def table_recovery(app: Any) -> Any | None:
     worker has not made it yet. Faust's public ``app.tables.recovery`` makes one when read, which a metrics
     scrape before the worker starts must not do."""
     return app.tables._recovery
+
+
+class _ReadsCommitted:
+    """The app as the tables' recovery sees it under Herald's exactly-once: ``in_transaction`` is true, so that
+    Faust's recovery treats a changelog ending in a transaction marker (which a consumer never receives) as
+    read once its position is past it; every other attribute is the app's own, read and set through."""
+
+    in_transaction = True
+
+    def __init__(self, app: Any) -> None:
+        object.__setattr__(self, "_app", app)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(object.__getattribute__(self, "_app"), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(object.__getattribute__(self, "_app"), name, value)
+
+
+def recover_past_transaction_markers(app: Any) -> None:
+    """Let the tables' recovery finish on changelogs written in transactions (``HERALD_EXACTLY_ONCE``).
+
+    Faust waits for a changelog partition's last offset to be read; with transactions that offset is a
+    commit (or abort) marker, never delivered, so recovery would wait forever. Faust has the fix
+    (``detect_aborted_tx``: a partition whose consumer position is past its last offset is done) but runs it
+    only for its own transactions; this gives the recovery service a view of the app that says so."""
+    recovery = app.tables.recovery  # made here, before the worker starts, as Faust would at its start
+    if not isinstance(recovery.app, _ReadsCommitted):
+        recovery.app = _ReadsCommitted(app)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 from agents.validate import ValidationError, validate_event
 from herald import dlq
@@ -32,8 +32,10 @@ MAX_PAUSE_S = 30.0
 
 class Intake:
     def __init__(self, codec: Codec, outbox: Outbox, dlq_topic: str, partitions: int,
-                 on_dead_letter: Callable[[str, str], None] = lambda reason, stage: None) -> None:
+                 on_dead_letter: Callable[[str, str], None] = lambda reason, stage: None,
+                 batch_topics: Iterable[str] = ()) -> None:
         self.on_dead_letter = on_dead_letter  # (reason, stage), for the metrics
+        self.batch_topics = frozenset(batch_topics)  # topics read in the pipeline's batches (see ``_source``)
         self.codec = codec
         self.outbox = outbox
         self.dlq_topic = dlq_topic
@@ -84,7 +86,7 @@ class Intake:
         """Queue ``msg`` unchanged to the dead-letter topic with the reason in its headers."""
         headers = dlq.headers(reason, message, stage, msg.topic, msg.partition, msg.offset, list(msg.headers or []))
         value, headers = dlq.fit(msg.value, headers)
-        self.outbox.send(self.dlq_topic, msg.key, value, None, headers)
+        self.outbox.send(self.dlq_topic, msg.key, value, None, headers, source=self._source(msg))
         self.on_dead_letter(reason, stage)
 
     def misrouted(self, msg: Any, key: bytes) -> bool:
@@ -97,8 +99,13 @@ class Intake:
             return False
         headers = [(k, v) for k, v in (msg.headers or []) if k != MOVED_FROM]
         headers.append((MOVED_FROM, f"{msg.partition}:{msg.offset}".encode()))
-        self.outbox.send(msg.topic, key, msg.value, home, headers)
+        self.outbox.send(msg.topic, key, msg.value, home, headers, source=self._source(msg))
         return True
+
+    def _source(self, msg: Any) -> int | None:
+        """The input partition whose batch ``msg``'s outputs belong to; None for a record read outside the
+        pipeline's batches (preferences, presence), whose outputs need no transaction."""
+        return msg.partition if msg.topic in self.batch_topics else None
 
 
 def moved_from(headers: Any) -> tuple[int, int] | None:

@@ -1,19 +1,33 @@
-"""Where the pipeline's outputs go: a confluent-kafka producer, flushed before a batch's records are acked.
+"""Where the pipeline's outputs go: confluent-kafka producers, committed before a batch's records are acked.
 
-Faust commits offsets only of acked records, so flushing here first means an output is in Kafka before
-the offset of the record that caused it can be committed: a crash loses nothing, it only makes the
-worker read (and decide again, identically) the records after the last commit. librdkafka's produce
-costs a few microseconds where an awaited aiokafka send costs tens, which is why the outputs do not go
-through Faust's producer. Messages never time out in the queue (``message.timeout.ms`` 0): while the
-broker is away the flush waits, and so does the batch, instead of dropping anything.
+With exactly-once on (``HERALD_EXACTLY_ONCE``) each input partition has a transactional
+producer of its own (``transactional.id`` = ``<app id>-p<partition>``). Everything a batch's records of a
+partition cause, outputs and the users' new states in the changelog alike, is one Kafka transaction,
+committed at the end of the batch (``commit``); the states reach RocksDB only after that. A worker killed
+mid-batch leaves an aborted transaction, invisible to every reader (they read committed records only), so
+the records read again are decided once. A worker that takes a partition over opens its producer first
+(``claim``), which fences the previous owner's: a stopped worker that wakes up after its partitions moved
+cannot commit what it was doing. Records sent outside a batch (a preferences record's dead letter) go
+through a plain producer (``source`` None).
+
+With exactly-once off, everything goes through the plain producer and is flushed at the end of the batch:
+an output is in Kafka before the offset of the record that caused it can be committed, so a crash loses
+nothing but may write a batch's outputs twice (identical records).
+
+librdkafka's produce costs a few microseconds where an awaited aiokafka send costs tens, which is why the
+outputs do not go through Faust's producer. The plain producer's messages never time out in the queue
+(``message.timeout.ms`` 0): while the broker is away the flush waits, and so does the batch, instead of
+dropping anything; a transaction that cannot be committed within ``TRANSACTION_TIMEOUT_MS`` fails the batch
+(the worker stops and its records are read again).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+import threading
+from typing import Any, Callable, Iterable
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, Producer
 
 from herald.kafka import make_producer, produce
 from herald.settings import Settings
@@ -26,22 +40,75 @@ log = logging.getLogger("herald.outbox")
 MAX_RECORD_BYTES = 8 * 1024 * 1024
 
 
+TRANSACTION_TIMEOUT_MS = 120_000
+
+
 class Outbox:
-    def __init__(self, bootstrap: "str | Settings", linger_ms: int = 20) -> None:
-        self._producer = make_producer(bootstrap, **{
-            "linger.ms": linger_ms,
-            "batch.size": 1_000_000,
-            "queue.buffering.max.messages": 1_000_000,
-            "message.max.bytes": MAX_RECORD_BYTES,
-            "message.timeout.ms": 0,
-        })
+    def __init__(self, bootstrap: "str | Settings", linger_ms: int = 20, transactional_id: str | None = None) -> None:
+        self._bootstrap = bootstrap
+        self._config: dict[str, Any] = {"linger.ms": linger_ms, "batch.size": 1_000_000,
+                                        "queue.buffering.max.messages": 1_000_000, "message.max.bytes": MAX_RECORD_BYTES}
+        self._producer = make_producer(bootstrap, **self._config, **{"message.timeout.ms": 0})
+        self._prefix = transactional_id
+        self._txn: dict[int, Producer] = {}  # input partition -> its transactional producer
+        self._open: set[int] = set()  # partitions with a transaction begun in this batch
         self._failed: list[str] = []
+        self._lock = threading.Lock()  # ``claim`` (off the loop) and a batch's first send may open one at once
+
+    @property
+    def exactly_once(self) -> bool:
+        return self._prefix is not None
+
+    def _producer_of(self, source: int) -> Producer:
+        producer = self._txn.get(source)
+        if producer is not None:
+            return producer
+        with self._lock:
+            return self._txn.get(source) or self._open_producer(source)
+
+    def _open_producer(self, source: int) -> Producer:
+        producer = make_producer(self._bootstrap, **self._config, **{
+            "transactional.id": f"{self._prefix}-p{source}", "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+            "message.timeout.ms": TRANSACTION_TIMEOUT_MS})
+        producer.init_transactions(TRANSACTION_TIMEOUT_MS / 1000)  # fences a previous owner of the partition
+        self._txn[source] = producer
+        return producer
+
+    def claim(self, partitions: Iterable[int]) -> None:
+        """Open the transactional producers of newly assigned ``partitions`` (blocking: call off the loop);
+        drop those of partitions no longer ours. Each open fences the partition's previous owner."""
+        if not self.exactly_once:
+            return
+        wanted = set(partitions)
+        for partition in list(self._txn):
+            if partition not in wanted and partition not in self._open:  # one in a batch goes with the batch
+                self._close(partition)
+        for partition in sorted(wanted):
+            self._producer_of(partition)
+
+    def _close(self, partition: int) -> None:
+        producer = self._txn.pop(partition)
+        if partition in self._open:
+            self._open.discard(partition)
+            try:
+                producer.abort_transaction(10)
+            except KafkaException:
+                pass  # fenced or gone: the transaction is aborted either way
+        producer.flush(0)
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
-             headers: list | None = None, on_delivery: Callable[[Any, Any], None] | None = None) -> None:
-        """Queue one record; ``on_delivery(err, msg)`` replaces the default report (which notes failures:
-        a replacement must call ``failed`` for its errors)."""
-        produce(self._producer, topic, value, key, partition=partition, headers=headers,
+             headers: list | None = None, on_delivery: Callable[[Any, Any], None] | None = None,
+             source: int | None = None) -> None:
+        """Queue one record caused by a record of input partition ``source`` (None: not in a batch);
+        ``on_delivery(err, msg)`` replaces the default report (which notes failures: a replacement must call
+        ``failed`` for its errors)."""
+        producer = self._producer
+        if source is not None and self._prefix is not None:
+            producer = self._producer_of(source)
+            if source not in self._open:
+                producer.begin_transaction()
+                self._open.add(source)
+        produce(producer, topic, value, key, partition=partition, headers=headers,
                 on_delivery=on_delivery or self._delivered)
 
     def _delivered(self, err, msg) -> None:  # noqa: ANN001
@@ -53,11 +120,30 @@ class Outbox:
         self._failed.append(what)
 
     async def flush(self) -> None:
-        """Wait until every queued output is acknowledged by the broker (without blocking the loop)."""
+        """Wait until every record queued on the plain producer is acknowledged (without blocking the loop)."""
         self._producer.poll(0)
         remaining = 0
         if len(self._producer):
             remaining = await asyncio.get_running_loop().run_in_executor(None, self._producer.flush, 3600)
+        self._raise_failures(remaining)
+
+    async def commit(self) -> None:
+        """End the batch: flush the plain producer and commit every transaction begun, at once, in threads.
+        Raises when a record or a transaction could not be written: the batch must then not be acked."""
+        await self.flush()
+        if not self._open:
+            return
+        opened, self._open = sorted(self._open), set()
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(None, self._commit, p) for p in opened))
+        self._raise_failures(0)
+
+    def _commit(self, partition: int) -> None:
+        producer = self._txn[partition]
+        producer.flush(TRANSACTION_TIMEOUT_MS / 1000)  # serves the delivery reports (changelog offsets)
+        producer.commit_transaction(TRANSACTION_TIMEOUT_MS / 1000)
+
+    def _raise_failures(self, remaining: int) -> None:
         if remaining or self._failed:  # failures reported before this flush count too
             failed, self._failed = self._failed, []
             raise KafkaException(f"{remaining} outputs not delivered; failures: {failed[:5]}")

@@ -49,6 +49,10 @@ class UserStates:
         when a change cannot be queued: the caller must then not let the batch's records be committed."""
         return self._batch.write(changes)
 
+    def apply(self) -> None:
+        """After the outbox committed the batch: its changes to RocksDB."""
+        self._batch.apply()
+
     def persist_offsets(self) -> None:
         """After the outbox is flushed: the changelog offsets written are applied locally."""
         self._batch.persist_offsets()

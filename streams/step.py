@@ -1,9 +1,10 @@
-"""One batch of records as one transaction: outputs first, then users' states, then offsets.
+"""One batch of records as one transaction: outputs and users' states, then offsets.
 
 Each user's state is read once per batch and changed in memory by every record of the batch in order.
-At the end (``commit``) the outputs are flushed to Kafka and acknowledged, only then are the changed
-states written (RocksDB and changelog, flushed too), and only after that may Faust commit the records'
-offsets. A crash at any point therefore loses nothing: a state that survived has its outputs in Kafka
+At the end (``commit``) the outputs and the changed states' changelog records are committed to Kafka
+(one transaction per input partition with exactly-once, ``streams.outbox``; otherwise the outputs are
+flushed first, then the changelog), only then are the states written to RocksDB, and only after that may
+Faust commit the records' offsets. A crash at any point therefore loses nothing: a state that survived has its outputs in Kafka
 (so the policy may ignore a record read again, its offset not above the state's ``upto``), and a record
 whose state was lost is decided again the same way, on its own timestamp.
 
@@ -52,16 +53,18 @@ class Step:
         self._home[user_id] = partition
         self._reindex(user_id, partition, out.state)
         for topic, key, value in records:
-            self._outbox.send(topic, key, value)
+            self._outbox.send(topic, key, value, source=partition)
         for decision in out.decisions:
             self.decisions[decision["outcome"], decision["final"]] += 1
         for request in out.requests:
             self.requests[request["channel"], request["kind"]] += 1
 
     async def commit(self) -> None:
-        """Outputs, then states, both acknowledged by Kafka; raises if either cannot be written, in which case
-        the batch's records must not be committed."""
-        await self._outbox.flush()
+        """Outputs and states' changelog committed by Kafka (one transaction per partition with exactly-once;
+        otherwise outputs flushed first), then the states in RocksDB; raises if anything cannot be written,
+        in which case the batch's records must not be committed."""
+        if not self._outbox.exactly_once:
+            await self._outbox.flush()
         changes: list[tuple[str, dict | None, int]] = []
         for user_id, partition in self._home.items():
             state = self._current[user_id]
@@ -71,5 +74,6 @@ class Step:
                 changes.append((user_id, None, partition))
         self._states.write(changes)
         self._home.clear()
-        await self._outbox.flush()
+        await self._outbox.commit()
+        self._states.apply()
         self._states.persist_offsets()

@@ -10,8 +10,10 @@ state per event, so it writes them here instead, once per batch:
 - the changelog records go through the ``Outbox`` (librdkafka) with the key's partition given, and
   the caller flushes it before the batch's records are acked: a state is durable before the offset of
   the record that made it can be committed;
-- RocksDB gets one ``WriteBatch`` per partition; once the changelog is flushed, the offsets it reached
-  are stored as Faust's persisted offsets, so a restart replays only what came after them.
+- RocksDB gets one ``WriteBatch`` per partition, written (``apply``) only once the changelog records are
+  committed: a state RocksDB holds is always one the changelog holds too (with exactly-once, a killed
+  batch's aborted changelog records never reach RocksDB). Then the offsets the changelog reached are
+  stored as Faust's persisted offsets, so a restart replays only what came after them.
 
 ``None`` deletes the key (a tombstone in the changelog). The caller must own the keys' partitions.
 """
@@ -34,6 +36,7 @@ class TableBatch:
         self.encode = encode  # values to bytes before the table's serializer, for a raw-bytes table
         self.encode_key = encode_key  # the table's key serializer's result, without its layers (raw keys)
         self._reached: dict[int, int] = {}  # changelog partition -> highest offset acknowledged
+        self._local: list[tuple[int, WriteBatch]] = []  # RocksDB writes waiting for the changelog
 
     @property
     def changelog(self) -> str:
@@ -49,16 +52,22 @@ class TableBatch:
             if value is not None and self.encode is not None:
                 value = self.encode(value)
             value_bytes = None if value is None else faust_adapter.encode_value(table, value)
-            self.outbox.send(topic, key_bytes, value_bytes, partition, on_delivery=self._delivered)
+            self.outbox.send(topic, key_bytes, value_bytes, partition, on_delivery=self._delivered, source=partition)
             if value_bytes is None:
                 batches[partition].delete(key_bytes)
             else:
                 batches[partition].put(key_bytes, value_bytes)
             faust_adapter.note_key_partition(table, key_bytes, partition)
             count += 1
-        for partition, batch in batches.items():
-            faust_adapter.partition_db(table, partition).write(batch)
+        for partition, batch in batches.items():  # applied locally once the changelog has them (``apply``)
+            self._local.append((partition, batch))
         return count
+
+    def apply(self) -> None:
+        """After the outbox committed: write the batch's changes to RocksDB."""
+        local, self._local = self._local, []
+        for partition, batch in local:
+            faust_adapter.partition_db(self.table, partition).write(batch)
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is None:
@@ -77,3 +86,4 @@ class TableBatch:
     def forget(self) -> None:
         """At a rebalance: offsets acknowledged for partitions that may have moved are not ours to store."""
         self._reached.clear()
+        self._local.clear()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import faust
+from confluent_kafka import KafkaException
 
 from agents import clock as rules
 from agents import policy
@@ -66,14 +67,16 @@ class Pipeline:
         self.settings = settings
         self.fatal = fatal
         self.events_topic = settings.topic("events")
-        self.outbox = Outbox(settings, linger_ms=settings.producer_linger_ms)
+        self.outbox = Outbox(settings, linger_ms=settings.producer_linger_ms,
+                             transactional_id=settings.app_id if settings.exactly_once else None)
         self.states = UserStates(app, settings, self.outbox)
         self.context = UserContext(app, settings)
         self.config = policy_config(settings)
         self.outputs = Outputs(codec, settings)
         self.metrics = WorkerMetrics()
         self.intake = Intake(codec, self.outbox, settings.topic("dlq"), settings.partitions,
-                             on_dead_letter=lambda reason, stage: self.metrics.dead_letters.labels(reason, stage).inc())
+                             on_dead_letter=lambda reason, stage: self.metrics.dead_letters.labels(reason, stage).inc(),
+                             batch_topics=(self.events_topic, ticks_topic(settings)))
         self.clock = Clock(app, self.states, self.context, self.config, self.outbox, self.events_topic,
                            ticks_topic(settings), settings.release_chunk)
         self.metrics.watch(self.clock.lag, self.clock.due, Path(app.conf.datadir))
@@ -89,6 +92,13 @@ class Pipeline:
         self.clock.forget()
         self.states.forget()
         self.metrics.rebalances.inc()
+
+    async def claim(self, *args: Any, **kwargs: Any) -> None:
+        """At an assignment: open the transactional producers of the events partitions now ours, fencing their
+        previous owners, and close the others' (exactly-once; see ``streams.outbox``)."""
+        assigned = args[1] if len(args) > 1 else kwargs.get("assigned", ())  # (sender, assigned)
+        partitions = {tp.partition for tp in assigned if tp.topic == self.events_topic}
+        await asyncio.get_running_loop().run_in_executor(None, self.outbox.claim, partitions)
 
     async def batch(self, events: Sequence[Any]) -> None:
         """Decide on every record of the batch in order, then commit the batch as one transaction."""
@@ -119,6 +129,8 @@ class Pipeline:
                                   f"{msg.topic}:{msg.partition}:{msg.offset}", self.config, offset=msg.offset,
                                   moved_from=moved_from(msg.headers) if msg.headers else None)
             step.apply(user_id, msg.partition, out)
+        except KafkaException:
+            raise  # an output could not be queued: the batch fails as a whole, its records are read again
         except Exception as exc:  # noqa: BLE001 - a bug on one record must not stop the stream; it is kept
             log.exception("failed on %s:%s@%s", msg.topic, msg.partition, msg.offset)
             self.intake.dead_letter(msg, "INTERNAL", f"{type(exc).__name__}: {exc}", "pipeline")
@@ -175,11 +187,14 @@ def create_worker(settings: Settings | None = None, register: bool = True) -> fa
     codec = Codec(Registry(settings.schema_registry_url), max_bytes=settings.max_event_bytes)
     app = create_app(settings)
     keep_assignment(app, Path(app.conf.datadir))  # a restarted worker asks for its partitions (and states) back
+    if settings.exactly_once:
+        faust_adapter.recover_past_transaction_markers(app)
     pipeline = Pipeline(app, settings, codec)
     if register:
         pipeline.register_outputs()
     app.on_partitions_revoked.connect(pipeline.forget)
     app.on_partitions_assigned.connect(pipeline.forget)
+    app.on_partitions_assigned.connect(pipeline.claim)
     _agents(app, settings, pipeline)
     app.herald_pipeline = pipeline  # type: ignore[attr-defined]
     return app

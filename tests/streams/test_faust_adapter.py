@@ -30,6 +30,8 @@ def test_the_private_names_of_the_consumer_the_assignor_and_streams_still_exist(
     assert hasattr(FlowControlEvent, "resume") and hasattr(FlowControlEvent, "is_active")
     assert hasattr(FaustConsumer, "perform_seek") and "_read_offset" in inspect.getsource(FaustConsumer.__init__)
     assert "_fetch_max_wait_ms" in inspect.getsource(AIOKafkaConsumer.__init__)
+    assert "self._isolation_level = isolation_level" in inspect.getsource(AIOKafkaConsumer.__init__)
+    assert "isolation_level=self._isolation_level" in inspect.getsource(AIOKafkaConsumer.start)
     assert "_key_index" in inspect.getsource(Store.__init__)
     from faust.streams import _current_event  # noqa: F401 - importable is the check
 
@@ -135,7 +137,9 @@ def test_the_worker_s_metrics_report_the_tables_restore_progress(tmp_path):
                 if s.name.startswith("herald_worker_restor")}
 
     async def scraped() -> tuple:
-        app = create_worker(Settings.from_env(app_id="test-adapter-restore", data_dir=str(tmp_path)), register=False)
+        # without exactly-once the worker leaves the recovery service for Faust to make at its start
+        app = create_worker(Settings.from_env(app_id="test-adapter-restore", data_dir=str(tmp_path), exactly_once=False),
+                            register=False)
         before = samples(app)  # no recovery service yet: zeros, and no service made by the scrape
         assert faust_adapter.table_recovery(app) is None
         app.tables.recovery.in_recovery = True
@@ -144,3 +148,26 @@ def test_the_worker_s_metrics_report_the_tables_restore_progress(tmp_path):
     before, during = asyncio.run(scraped())
     assert before == {"herald_worker_restoring": 0.0, "herald_worker_restore_remaining": 0.0}
     assert during["herald_worker_restoring"] == 1.0
+
+
+def test_the_recovery_finishes_past_transaction_markers_only_through_its_own_view_of_the_app(tmp_path):
+    """Exactly-once: Faust's recovery skips a changelog's trailing transaction marker only when the app says it
+    is in a transaction; the worker's recovery gets a view that says so, the app itself does not change."""
+    import inspect
+
+    from faust.tables import recovery as recovery_module
+
+    source = inspect.getsource(recovery_module)
+    assert "self.app.in_transaction and timeout_count > 1" in source and "detect_aborted_tx" in source
+
+    async def scenario() -> None:
+        app = create_app(Settings(app_id="test-markers", data_dir=str(tmp_path)))
+        faust_adapter.recover_past_transaction_markers(app)
+        faust_adapter.recover_past_transaction_markers(app)  # idempotent
+        recovery = app.tables.recovery
+        assert recovery.app.in_transaction is True and app.in_transaction is False
+        assert recovery.app.conf is app.conf
+        recovery.app.in_recovery = True  # what the recovery sets reaches the app
+        assert app.in_recovery is True
+
+    asyncio.run(scenario())

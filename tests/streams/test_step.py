@@ -26,6 +26,9 @@ class Table:
         self.written.extend(changes)
         return len(changes)
 
+    def apply(self) -> None:
+        self.applied = list(self.written)
+
     def persist_offsets(self) -> None:
         pass
 
@@ -75,3 +78,37 @@ def test_a_batch_that_fails_as_a_whole_stops_the_process():
     with pytest.raises(Halt):
         asyncio.run(pipeline.guarded("a batch", failing()))
     assert stopped == [EXIT_UNWRITTEN]
+
+
+def test_states_reach_rocksdb_only_after_the_outbox_committed():
+    """The order that makes a killed batch harmless: outputs and changelog committed, then RocksDB."""
+    calls: list[str] = []
+
+    class Outbox:
+        exactly_once = True
+
+        def send(self, *args, **kwargs) -> None:
+            calls.append(f"send source={kwargs.get('source')}")
+
+        async def commit(self) -> None:
+            calls.append("commit")
+
+    class States(Table):
+        def write(self, changes: list) -> int:
+            calls.append("changelog")
+            return super().write(changes)
+
+        def apply(self) -> None:
+            calls.append("rocksdb")
+
+        def persist_offsets(self) -> None:
+            calls.append("offsets")
+
+    class Outputs:
+        def encode(self, out: Outcome) -> list:
+            return [("herald.decisions", b"u", b"d")]
+
+    step = Step(States(), Outputs(), Outbox(), lambda *a: None)  # type: ignore[arg-type]
+    step.apply("u", 3, Outcome({"v": 2, "dedup": {"k": ["e", 1]}}))
+    asyncio.run(step.commit())
+    assert calls == ["send source=3", "changelog", "commit", "rocksdb", "offsets"]

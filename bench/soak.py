@@ -47,6 +47,7 @@ from confluent_kafka import Consumer, Producer
 
 from bench.ingest_accounting import bad_record
 from bench.workload import generate_events, generate_preferences, producer_config
+from herald.kafka import client_config
 from herald.settings import Settings
 from herald.topics import CHANNELS, ensure_topics, register_schemas
 from infra.common import REPO_ROOT
@@ -69,8 +70,10 @@ def rss_mb(pid: int) -> float:
 class Checker(threading.Thread):
     """Reads the decisions, dead-letter and delivery topics from the start and keeps what the checks need."""
 
-    def __init__(self, settings: Settings, codec: Codec) -> None:
+    def __init__(self, settings: Settings, codec: Codec, extra_topics: tuple[str, ...] = ()) -> None:
+        """``extra_topics`` are read too and handed to ``other()`` (a subclass's own records)."""
         super().__init__(daemon=True)
+        self.extra_topics = set(extra_topics)
         self.codec = codec
         self.decisions_topic, self.dlq_topic = settings.topic("decisions"), settings.topic("dlq")
         self.finals = 0
@@ -90,10 +93,10 @@ class Checker(threading.Thread):
         self.grouped: dict[tuple, set[str]] = defaultdict(set)  # (event, channel, kind) -> delivery ids
         self.last_final = time.monotonic()
         self._halt = threading.Event()
-        self.consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"soak-{uuid.uuid4()}",
-                                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        self.consumer = Consumer(client_config(settings, **{"group.id": f"soak-{uuid.uuid4()}",
+                                                            "auto.offset.reset": "earliest", "enable.auto.commit": False}))
         self.consumer.subscribe([self.decisions_topic, self.dlq_topic,
-                                 *(settings.topic(f"delivery.{c.lower()}") for c in CHANNELS)])
+                                 *(settings.topic(f"delivery.{c.lower()}") for c in CHANNELS), *self.extra_topics])
         self.start()
 
     def run(self) -> None:
@@ -105,7 +108,9 @@ class Checker(threading.Thread):
 
     def add(self, msg) -> None:  # noqa: ANN001
         topic = msg.topic()
-        if topic == self.dlq_topic:
+        if topic in self.extra_topics:
+            self.other(msg)
+        elif topic == self.dlq_topic:
             headers = dict(msg.headers())
             source = tuple(headers.get(f"herald.source.{k}", b"") for k in ("topic", "partition", "offset"))
             self.dead_sources[source] += 1
@@ -140,6 +145,9 @@ class Checker(threading.Thread):
                     r["delivery_id"])
                 for event_id in r["event_ids"]:
                     self.grouped[(event_id, r["channel"], r["kind"])].add(r["delivery_id"])
+
+    def other(self, msg) -> None:  # noqa: ANN001
+        """A record of one of ``extra_topics``; nothing here."""
 
     def close(self) -> None:
         self._halt.set()

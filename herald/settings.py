@@ -86,7 +86,8 @@ class Settings:
                                   "Herald's topics must then read committed records only (librdkafka's default) and "
                                   "find a partition's end by position, not by its last record (a transaction marker). "
                                   "Off: outputs are flushed before states, and a crash may write a batch's outputs "
-                                  "twice, identically (the sinks' ledger still sends each delivery once).")
+                                  "twice, identically (the sinks' ledger still sends each delivery once). "
+                                  "Experimental: see RELIABILITY.md for what the fault matrix found with it on.")
     standby_replicas: int = _setting(1, "HERALD_STANDBY_REPLICAS",
                                      "Standby copies of each partition's tables that other workers keep up to date, "
                                      "so a worker that takes a partition over has its state at hand. Each costs every "

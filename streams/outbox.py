@@ -53,18 +53,11 @@ class Outbox:
         self._txn: dict[int, Producer] = {}  # input partition -> its transactional producer
         self._open: set[int] = set()  # partitions with a transaction begun in this batch
         self._failed: list[str] = []
-        self._lock = threading.Lock()  # ``claim`` (off the loop) and a batch's first send may open one at once
+        self._lock = threading.Lock()  # ``claim`` runs off the loop while a batch may be sending
 
     @property
     def exactly_once(self) -> bool:
         return self._prefix is not None
-
-    def _producer_of(self, source: int) -> Producer:
-        producer = self._txn.get(source)
-        if producer is not None:
-            return producer
-        with self._lock:
-            return self._txn.get(source) or self._open_producer(source)
 
     def _open_producer(self, source: int) -> Producer:
         producer = make_producer(self._bootstrap, **self._config, **{
@@ -80,11 +73,14 @@ class Outbox:
         if not self.exactly_once:
             return
         wanted = set(partitions)
-        for partition in list(self._txn):
-            if partition not in wanted and partition not in self._open:  # one in a batch goes with the batch
-                self._close(partition)
-        for partition in sorted(wanted):
-            self._producer_of(partition)
+        with self._lock:
+            for partition in list(self._txn):
+                if partition not in self._open:  # one in a batch goes with the batch (it fails if fenced)
+                    self._close(partition)
+            for partition in sorted(wanted - set(self._txn)):
+                # a fresh producer even for a partition kept: while this worker was away (stopped, or out of
+                # the group) another may have owned it and fenced the old one
+                self._open_producer(partition)
 
     def _close(self, partition: int) -> None:
         producer = self._txn.pop(partition)
@@ -104,10 +100,11 @@ class Outbox:
         ``failed`` for its errors)."""
         producer = self._producer
         if source is not None and self._prefix is not None:
-            producer = self._producer_of(source)
-            if source not in self._open:
-                producer.begin_transaction()
-                self._open.add(source)
+            with self._lock:
+                producer = self._txn.get(source) or self._open_producer(source)
+                if source not in self._open:
+                    producer.begin_transaction()
+                    self._open.add(source)
         produce(producer, topic, value, key, partition=partition, headers=headers,
                 on_delivery=on_delivery or self._delivered)
 

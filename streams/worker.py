@@ -173,6 +173,10 @@ class Pipeline:
         try:
             await work
         except asyncio.CancelledError:
+            # Faust cancels an agent to stop it, then acks the records it was handed (``take_events``) and
+            # commits them: what this work had not written yet would be lost. Stop now, before that commit.
+            log.warning("%s was cancelled before it was written; stopping so that its records are read again", what)
+            self.fatal(EXIT_UNWRITTEN)
             raise
         except BaseException:  # noqa: BLE001
             log.critical("%s failed; stopping so that its records are read again, not committed unprocessed",

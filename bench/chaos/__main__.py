@@ -36,6 +36,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=1, help="passes over the fault matrix (default 1)")
     p.add_argument("--quick", action="store_true", help="short outages (seconds, not a minute): the CI pass")
     p.add_argument("--faults", default=None, metavar="A,B", help="only these faults (default: the whole matrix)")
+    p.add_argument("--exactly-once", action="store_true",
+                   help="run the stack with HERALD_EXACTLY_ONCE=1 (transactions; default: the worker's default)")
     p.add_argument("--rate", type=float, default=30.0, help="inputs per second of the stream (default 30)")
     p.add_argument("--users", type=int, default=60, help="users the stream is about (default 60)")
     p.add_argument("--seed", type=int, default=None, help="the fault order and moments (default: random)")
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         parser().error("--rounds must be at least 1")
     faults = by_name(args.faults)
-    opts = Options(rounds=args.rounds, rate=args.rate, users=args.users, quick=args.quick, seed=args.seed,
+    opts = Options(rounds=args.rounds, exactly_once=args.exactly_once, rate=args.rate, users=args.users, quick=args.quick, seed=args.seed,
                    warmup_s=15.0 if args.quick else 30.0)
     say = reports.sayer()
     report = finish(run(faults, opts, home(), say))

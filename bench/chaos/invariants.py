@@ -39,18 +39,25 @@ def _v(invariant: str, message: str, records) -> list[Violation]:  # noqa: ANN00
     return [Violation(invariant, f"{message} ({len(records)})", records[:EXAMPLES])] if records else []
 
 
+DECIDED_AGAIN = "events decided again identically: a batch's outputs written twice after a worker restart"
+
+
 def accounted(accepted: Counter, finals_of: Counter, still_held: set[str], bad_accepted: int,
-              dead_letters: int) -> list[Violation]:
-    """Invariant 1. ``finals_of``: event_id -> final decisions; ``dead_letters``: distinct source records."""
-    missing, extra = [], []
+              dead_letters: int, finals: dict[str, list] | None = None) -> list[Violation]:
+    """Invariant 1. ``finals_of``: event_id -> final decisions; ``dead_letters``: distinct source records;
+    ``finals``: event_id -> its final decisions, to tell an identical repeat (``DECIDED_AGAIN``: at least
+    once, what the worker without exactly-once does after a crash) from a second, different fate."""
+    missing, again, extra = [], [], []
     for event_id in set(accepted) | set(finals_of):
         diff = accepted.get(event_id, 0) - finals_of.get(event_id, 0) - (event_id in still_held)
         if diff > 0:
             missing.append(event_id)
         elif diff < 0:
-            extra.append(event_id)
+            fates = (finals or {}).get(event_id, [])
+            (again if accepted.get(event_id) == 1 and fates and len(set(fates)) == 1 else extra).append(event_id)
     out = _v("accounted", "accepted events without a final decision", missing)
     out += _v("accounted", "events with more final decisions than accepted records", extra)
+    out += _v("accounted", DECIDED_AGAIN, again)
     if dead_letters != bad_accepted:
         out.append(Violation("accounted", f"{bad_accepted} bad records accepted, {dead_letters} dead-lettered"))
     return out

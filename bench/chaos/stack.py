@@ -29,7 +29,7 @@ SETTINGS = {  # short windows and retries, so a few minutes show every path end 
     "HERALD_PARTITIONS": "4", "HERALD_API_WORKERS": "1", "HERALD_STANDBY_REPLICAS": "0",
     "HERALD_SINK_SEND_TIMEOUT_S": "3", "HERALD_SINK_RETRY_BASE_S": "0.5", "HERALD_SINK_RETRY_MAX_S": "4",
     "HERALD_SINK_MAX_ATTEMPTS": "60", "HERALD_SINK_CLAIM_LEASE_S": "20", "HERALD_SINK_BREAKER_OPEN_S": "3",
-    "HERALD_PRESENCE_TTL_S": "30", "HERALD_EXACTLY_ONCE": "1", "PYTHONUNBUFFERED": "1",
+    "HERALD_PRESENCE_TTL_S": "30", "PYTHONUNBUFFERED": "1",
 }
 PROCESSES = ("worker", "sink-inapp", "api", "mailcatcher", "sandbox", "sink-email", "sink-push", "sink-sms")
 
@@ -55,7 +55,7 @@ def _free(port: int) -> bool:
 class Stack:
     """The run's servers and processes. ``env`` is what every Herald process (and this one) sees."""
 
-    def __init__(self, run_id: str, base: Path, disk_mb: int = 96) -> None:
+    def __init__(self, run_id: str, base: Path, disk_mb: int = 96, exactly_once: bool = False) -> None:
         self.run_id = run_id
         self.home = base / "chaos" / run_id
         self.home.mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,7 @@ class Stack:
             "HERALD_PUSH_URL": f"http://127.0.0.1:{provider}", "HERALD_SMS_URL": f"http://127.0.0.1:{provider}",
             "HERALD_SMS_STATUS_CALLBACK_URL": "https://receipts.chaos.invalid/sms",
             "HERALD_JWT_SECRET": secrets.token_urlsafe(48), "HERALD_DATA_DIR": str(self.data_dir),
-            **SETTINGS,
+            **SETTINGS, "HERALD_EXACTLY_ONCE": "1" if exactly_once else "0",
         }
         self.supervisor: subprocess.Popen | None = None
 

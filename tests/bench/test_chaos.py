@@ -18,6 +18,11 @@ def test_accounted_names_missing_and_extra_finals_and_dead_letter_gaps():
     assert messages["events with more final decisions than accepted records"] == ["c"]
     assert any("3 bad records accepted, 2 dead-lettered" in v.message for v in out)
     assert invariants.accounted(Counter({"a": 2}), Counter({"a": 2}), set(), 1, 1) == []
+    # an identical repeat (at least once) is told apart from a second, different fate
+    fates = {"same": [("ROUTED", ("EMAIL",)), ("ROUTED", ("EMAIL",))], "differs": [("ROUTED", ()), ("DEDUPLICATED", ())]}
+    out = invariants.accounted(Counter({"same": 1, "differs": 1}), Counter({"same": 2, "differs": 2}), set(), 0, 0, fates)
+    assert {v.message.split(" (")[0]: v.records for v in out} == {
+        invariants.DECIDED_AGAIN: ["same"], "events with more final decisions than accepted records": ["differs"]}
 
 
 def test_once_at_provider_finds_a_second_message_and_a_sent_one_never_received():

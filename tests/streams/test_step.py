@@ -112,3 +112,29 @@ def test_states_reach_rocksdb_only_after_the_outbox_committed():
     step.apply("u", 3, Outcome({"v": 2, "dedup": {"k": ["e", 1]}}))
     asyncio.run(step.commit())
     assert calls == ["send source=3", "changelog", "commit", "rocksdb", "offsets"]
+
+
+def test_a_batch_cancelled_before_it_was_written_stops_the_process_before_faust_acks_it():
+    """Faust stops an agent by cancelling it and then acks what it was handed: the worker must not live to
+    commit those offsets for a batch whose outputs were never written."""
+    from streams.worker import EXIT_UNWRITTEN, Pipeline
+
+    stopped: list[int] = []
+    pipeline = Pipeline.__new__(Pipeline)
+    pipeline.fatal = stopped.append
+
+    async def scenario() -> None:
+        started = asyncio.Event()
+
+        async def batch() -> None:
+            started.set()
+            await asyncio.sleep(30)  # waiting for the broker, say
+
+        task = asyncio.ensure_future(pipeline.guarded("a batch", batch()))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert stopped == [EXIT_UNWRITTEN]

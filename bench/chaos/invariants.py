@@ -1,7 +1,8 @@
 """The promises a chaos run checks, as pure functions over what it collected from the records.
 
 1. **Accounted**: each accepted (acknowledged) valid input record has one final decision, or its event is
-   still legitimately waiting (an interim SCHEDULED or DEFERRED_QUIET_HOURS decision and no final one);
+   still legitimately waiting (an interim SCHEDULED, DEFERRED_QUIET_HOURS or THROTTLED decision and no
+   final one);
    each accepted bad record is one dead letter (a record dead-lettered again after being read again counts
    once: its source partition and offset are the same).
 2. **Once at the provider**: no delivery_id reached the SMTP server, the push or the SMS provider twice
@@ -54,7 +55,8 @@ def accounted(accepted: Counter, finals_of: Counter, still_held: set[str], bad_a
             missing.append(event_id)
         elif diff < 0:
             fates = (finals or {}).get(event_id, [])
-            (again if accepted.get(event_id) == 1 and fates and len(set(fates)) == 1 else extra).append(event_id)
+            # an identical repeat adds no fate: as many distinct fates as records (a retry is DEDUPLICATED)
+            (again if fates and len(set(fates)) <= accepted.get(event_id, 0) else extra).append(event_id)
     out = _v("accounted", "accepted events without a final decision", missing)
     out += _v("accounted", "events with more final decisions than accepted records", extra)
     out += _v("accounted", DECIDED_AGAIN, again)

@@ -30,6 +30,8 @@ SETTINGS = {  # short windows and retries, so a few minutes show every path end 
     "HERALD_SINK_SEND_TIMEOUT_S": "3", "HERALD_SINK_RETRY_BASE_S": "0.5", "HERALD_SINK_RETRY_MAX_S": "4",
     "HERALD_SINK_MAX_ATTEMPTS": "60", "HERALD_SINK_CLAIM_LEASE_S": "20", "HERALD_SINK_BREAKER_OPEN_S": "3",
     "HERALD_PRESENCE_TTL_S": "30", "PYTHONUNBUFFERED": "1",
+    # some sends throttled, but the stream's users stay under the hour's and the day's limits
+    "HERALD_RATE_PER_MINUTE": "20", "HERALD_RATE_PER_HOUR": "2000", "HERALD_RATE_PER_DAY": "20000",
 }
 PROCESSES = ("worker", "sink-inapp", "api", "mailcatcher", "sandbox", "sink-email", "sink-push", "sink-sms")
 

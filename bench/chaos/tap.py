@@ -47,6 +47,8 @@ class Tap(Checker):
                                                     f"{msg.offset()} {d['reason'][:70]}")
             if d["final"]:
                 self.final_decisions[d["event_id"]].append((d["outcome"], tuple(d["channels"] or ())))
+            elif d["outcome"] == "THROTTLED":  # waiting for the user's rate limit (an hour's, maybe): legitimately
+                self.held.add(d["event_id"])
         elif topic != self.dlq_topic and topic not in self.extra_topics:
             r = self.codec.decode(msg.value(), "DeliveryRequest")
             self.request_of[r["delivery_id"]] = (r["channel"], r["kind"], tuple(r["event_ids"] or ()))

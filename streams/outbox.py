@@ -68,8 +68,9 @@ class Outbox:
         return producer
 
     def claim(self, partitions: Iterable[int]) -> None:
-        """Open the transactional producers of newly assigned ``partitions`` (blocking: call off the loop);
-        drop those of partitions no longer ours. Each open fences the partition's previous owner."""
+        """At an assignment (blocking: call off the loop): a fresh transactional producer for each of
+        ``partitions``, the previous ones closed, except one a batch still has a transaction open on (it
+        commits, or fails if it was fenced). Each open fences any other instance of the partition's id."""
         if not self.exactly_once:
             return
         wanted = set(partitions)
@@ -130,13 +131,18 @@ class Outbox:
         await self.flush()
         if not self._open:
             return
-        opened, self._open = sorted(self._open), set()
+        with self._lock:  # the partitions stay open (``claim`` leaves them be) until their commit is over
+            opened = [self._txn[p] for p in sorted(self._open)]
         loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(None, self._commit, p) for p in opened))
+        try:
+            await asyncio.gather(*(loop.run_in_executor(None, self._commit, producer) for producer in opened))
+        finally:
+            with self._lock:
+                self._open.clear()
         self._raise_failures(0)
 
-    def _commit(self, partition: int) -> None:
-        producer = self._txn[partition]
+    @staticmethod
+    def _commit(producer: Producer) -> None:
         producer.flush(TRANSACTION_TIMEOUT_MS / 1000)  # serves the delivery reports (changelog offsets)
         producer.commit_transaction(TRANSACTION_TIMEOUT_MS / 1000)
 

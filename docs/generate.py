@@ -292,6 +292,7 @@ def dead_letters() -> str:
 
 
 def api() -> str:
+    import api.status  # noqa: F401 - the status page's routes join the document when it is imported, as the app does
     from api.openapi import DOCUMENT
 
     rows = []

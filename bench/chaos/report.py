@@ -1,6 +1,7 @@
 """A chaos run's report in the terminal, and its table in RELIABILITY.md."""
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from collections import defaultdict
@@ -34,7 +35,7 @@ def by_fault(report: dict) -> list[dict]:
         done = [e for e in entries if "skipped" not in e]
         rows.append({"fault": name, "times": len(done), "skipped": len(entries) - len(done),
                      "never_recovered": sum(1 for e in done if e.get("recovery_s") is None),
-                     "median_s": times[len(times) // 2] if times else None, "worst_s": times[-1] if times else None,
+                     "median_s": round(statistics.median(times), 2) if times else None, "worst_s": times[-1] if times else None,
                      "skip_reason": next((e["skipped"] for e in entries if "skipped" in e), None)})
     return rows
 
@@ -65,7 +66,8 @@ def show(report: dict) -> None:
 def markdown(report: dict) -> str:
     lines = [MARKER, "",
              f"Run `{report['run_id']}` started {report['started_at']}: {report['rounds']} round(s) of the matrix"
-             f"{' (quick outages)' if report['quick'] else ''}, a stream of {report['rate']:g} inputs/s, "
+             f"{' (quick outages)' if report['quick'] else ''}"
+             f"{', HERALD_EXACTLY_ONCE=1' if report.get('exactly_once') else ', the default mode'}, a stream of {report['rate']:g} inputs/s, "
              f"{report['seconds'] / 60:.1f} min. Invariants: **{'all held' if report['held'] else 'BROKEN'}**.", "",
              "| fault | times | median recovery | worst recovery | ≤ 30 s |", "|---|---|---|---|---|"]
     for row in by_fault(report):

@@ -85,5 +85,4 @@ class TableBatch:
 
     def forget(self) -> None:
         """At a rebalance: offsets acknowledged for partitions that may have moved are not ours to store."""
-        self._reached.clear()
-        self._local.clear()
+        self._reached.clear()  # (the RocksDB writes waiting for a commit still go: what the changelog holds)

@@ -1,4 +1,4 @@
-"""The once-only ledger and the retry schedule, in PostgreSQL's ``delivery_ledger`` (migrations 001 and 003).
+"""The once-only ledger and the retry schedule, in PostgreSQL's ``delivery_ledger`` (migrations 001, 003, 005, 006).
 
 Rules:
 
@@ -14,6 +14,9 @@ Rules:
 - every outcome is written ``reported = false`` and set ``true`` once its status record is acknowledged; an
   outcome found unreported (its process died in between) is reported by whoever finds it: the sink that
   reads the request again, or ``take_unreported`` a lease later. So no attempt's final status is lost.
+- every scan (``take_due``, ``take_unreported``, ``take_in_doubt``) sees only the rows of this deployment
+  (``app``, the ``HERALD_APP_ID``; migration 006): deployments sharing a database never retry, report or
+  settle each other's requests. Rows from before the column have no app and are everyone's.
 - ``take_in_doubt`` settles claims older than the lease, whose process died between claim and outcome: the
   provider may or may not have the message, and once-only forbids a second try, so they become DEAD
   (``IN_DOUBT``) for an operator to look at. The window is one send (a few ms, at most the send timeout)
@@ -31,8 +34,8 @@ FINAL = ("SENT", "SUPPRESSED", "DEAD")
 
 CLAIM = """
 INSERT INTO delivery_ledger (delivery_id, channel, status, attempts, user_id, claimed_by, claimed_at, request,
-                             source, updated_at)
-SELECT t.delivery_id, $5, 'CLAIMED', 0, t.user_id, $6, now(), t.request, t.source, now()
+                             source, updated_at, app)
+SELECT t.delivery_id, $5, 'CLAIMED', 0, t.user_id, $6, now(), t.request, t.source, now(), $7
 FROM unnest($1::text[], $2::text[], $3::bytea[], $4::jsonb[]) AS t(delivery_id, user_id, request, source)
 ON CONFLICT (delivery_id) DO NOTHING
 RETURNING delivery_id
@@ -51,6 +54,7 @@ UPDATE delivery_ledger SET reported = true WHERE delivery_id = ANY($1::text[]) A
 TAKE_UNREPORTED = """
 SELECT delivery_id, status, attempts, last_error, provider FROM delivery_ledger
 WHERE channel = $1 AND NOT reported AND status <> 'CLAIMED' AND updated_at < now() - make_interval(secs => $2)
+  AND (app = $4 OR app IS NULL)
 LIMIT $3
 """
 
@@ -71,6 +75,7 @@ TAKE_DUE = """
 UPDATE delivery_ledger AS l SET status = 'CLAIMED', claimed_by = $2, claimed_at = now(), updated_at = now()
 WHERE l.delivery_id IN (SELECT delivery_id FROM delivery_ledger
                         WHERE channel = $1 AND status = 'RETRYING' AND due_at <= now()
+                          AND (app = $4 OR app IS NULL)
                         ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED)
 RETURNING l.delivery_id, l.attempts, l.request, l.source, l.done
 """
@@ -81,6 +86,7 @@ SET status = 'DEAD', claimed_by = NULL, request = NULL, updated_at = now(), repo
     last_error = 'IN_DOUBT: the sending process stopped between claim and outcome'
 WHERE l.delivery_id IN (SELECT delivery_id FROM delivery_ledger
                         WHERE channel = $1 AND status = 'CLAIMED' AND claimed_at < now() - make_interval(secs => $2)
+                          AND (app = $4 OR app IS NULL)
                         LIMIT $3 FOR UPDATE SKIP LOCKED)
 RETURNING l.delivery_id, l.attempts, l.request, l.source
 """
@@ -122,8 +128,9 @@ class Mark:
 
 
 class Ledger:
-    def __init__(self, pool: asyncpg.Pool, channel: str, worker_id: str, lease_s: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, channel: str, worker_id: str, lease_s: float, app: str) -> None:
         self.pool = pool
+        self.app = app
         self.channel = channel
         self.worker_id = worker_id
         self.lease_s = lease_s
@@ -137,7 +144,7 @@ class Ledger:
         async with self.pool.acquire() as conn:
             claimed = {r["delivery_id"] for r in await conn.fetch(
                 CLAIM, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items],
-                [i[3].to_json() for i in items], self.channel, self.worker_id)}
+                [i[3].to_json() for i in items], self.channel, self.worker_id, self.app)}
             others = [i[0] for i in items if i[0] not in claimed]
             existing: dict[str, str] = {}
             unreported = []
@@ -157,7 +164,7 @@ class Ledger:
         """Outcomes written more than a lease ago and still not reported (their Kafka record is not read
         again: retries, or offsets another process committed)."""
         async with self.pool.acquire() as conn:
-            return await conn.fetch(TAKE_UNREPORTED, self.channel, self.lease_s, limit)
+            return await conn.fetch(TAKE_UNREPORTED, self.channel, self.lease_s, limit, self.app)
 
     async def record(self, marks: list[Mark], provider: str) -> None:
         if not marks:
@@ -171,8 +178,8 @@ class Ledger:
 
     async def take_due(self, limit: int) -> list[asyncpg.Record]:
         async with self.pool.acquire() as conn:
-            return await conn.fetch(TAKE_DUE, self.channel, self.worker_id, limit)
+            return await conn.fetch(TAKE_DUE, self.channel, self.worker_id, limit, self.app)
 
     async def take_in_doubt(self, limit: int = 100) -> list[asyncpg.Record]:
         async with self.pool.acquire() as conn:
-            return await conn.fetch(TAKE_IN_DOUBT, self.channel, self.lease_s, limit)
+            return await conn.fetch(TAKE_IN_DOUBT, self.channel, self.lease_s, limit, self.app)

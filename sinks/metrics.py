@@ -27,7 +27,8 @@ from prometheus_client.core import GaugeMetricFamily
 BREAKER_STATES = ("CLOSED", "HALF_OPEN", "OPEN")
 PROVIDER_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 WAITING_EVERY_S = 5.0
-WAITING = "SELECT count(*) FROM delivery_ledger WHERE channel = $1 AND status = 'RETRYING'"
+WAITING = ("SELECT count(*) FROM delivery_ledger WHERE channel = $1 AND status = 'RETRYING' "
+           "AND (app = $2 OR app IS NULL)")
 
 log = logging.getLogger("herald.sink")
 
@@ -51,14 +52,14 @@ class SinkMetrics:
         """Report ``breaker``'s state (1 for the state it is in, 0 for the others) and how often it opened."""
         self.registry.register(_BreakerReading(breaker))
 
-    async def watch_retries(self, pool: Any, channel: str, every_s: float = WAITING_EVERY_S) -> None:
-        """Count ``channel``'s requests waiting for a retry in the ledger every ``every_s`` seconds, until
+    async def watch_retries(self, pool: Any, channel: str, app: str, every_s: float = WAITING_EVERY_S) -> None:
+        """Count ``channel``'s requests of deployment ``app`` waiting for a retry in the ledger every ``every_s`` seconds, until
         cancelled. A failed count (the database away) leaves the last value and is tried again."""
         gauge = self.retries_waiting.labels(channel)
         while True:
             try:
                 async with pool.acquire() as conn:
-                    gauge.set(await conn.fetchval(WAITING, channel))
+                    gauge.set(await conn.fetchval(WAITING, channel, app))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a metric must never stop the sink

@@ -134,7 +134,8 @@ class SinkRunner:
         self.topic = delivery_topic(settings, channel)
         self.codec = Codec(Registry(settings.schema_registry_url), max_bytes=settings.max_event_bytes)
         self.worker_id = worker_id or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.ledger = Ledger(pool, channel, self.worker_id, settings.sink_claim_lease_s) if provider else None
+        self.ledger = (Ledger(pool, channel, self.worker_id, settings.sink_claim_lease_s, settings.app_id)
+                       if provider else None)
         self.consumer = Consumer({
             **client_config(settings),
             "group.id": f"{settings.app_id}-sink-{channel.lower()}",

@@ -84,7 +84,7 @@ async def run(settings: Settings, channel: str) -> None:
                 runner.metrics.watch_breaker(runner.breaker)
             serve(runner.metrics.registry, settings.sink_metrics_port, f"sink-{channel.lower()}",
                   f"{settings.app_id}-sink-{channel.lower()}")
-        waiting = (asyncio.ensure_future(runner.metrics.watch_retries(pool, runner.channel))
+        waiting = (asyncio.ensure_future(runner.metrics.watch_retries(pool, runner.channel, settings.app_id))
                    if runner.metrics is not None and runner.ledger is not None else None)
         try:
             await runner.run()

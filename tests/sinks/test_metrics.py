@@ -115,7 +115,7 @@ async def test_an_email_sink_counts_latency_retries_waiting_and_ledger_conflicts
         return runner
 
     first = sink(settings)
-    waiting = asyncio.ensure_future(first.metrics.watch_retries(pool, "EMAIL", every_s=0.2))
+    waiting = asyncio.ensure_future(first.metrics.watch_retries(pool, "EMAIL", settings.app_id, every_s=0.2))
     try:
         async with running(first):
             await wait_for(lambda: {s["status"] for s in kafka.statuses()} >= {"SENT", "RETRYING"}, 60)

@@ -1,0 +1,54 @@
+"""The ledger's scans against the real database: each deployment (``HERALD_APP_ID``) sees only its own rows.
+
+Deployments sharing one database (two environments, a shadow stack, parallel tests) must never retry,
+report or settle each other's requests: a sink that took another deployment's retry would send it with its
+own contacts and report it on its own status topic (found by CI: a test's sink took a previous test's retry).
+"""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from sinks.ledger import Ledger, Mark, Source
+
+
+@pytest.fixture
+async def pool(stack):
+    import asyncpg
+
+    from infra import postgres
+
+    await postgres.migrate_async()
+    pool = await asyncpg.create_pool(postgres.database_url(), min_size=1, max_size=2)
+    yield pool
+    await pool.close()
+
+
+def _item(unique: str) -> tuple[str, str, bytes, Source]:
+    return f"{unique}-{uuid.uuid4().hex[:8]}", f"{unique}-u", b"request", Source("t", 0, 1)
+
+
+@pytest.mark.integration
+async def test_retries_unreported_outcomes_and_stale_claims_stay_with_their_deployment(pool, unique):
+    mine = Ledger(pool, "EMAIL", "worker-a", lease_s=0.0, app=f"{unique}-a")
+    theirs = Ledger(pool, "EMAIL", "worker-b", lease_s=0.0, app=f"{unique}-b")
+    retry, stale = _item(unique), _item(unique)
+    claimed, _, _ = await mine.claim([retry, stale])
+    assert claimed == {retry[0], stale[0]}
+    await mine.record([Mark(retry[0], "RETRYING", attempts=1, delay_s=0.0)], "smtp")
+
+    # the other deployment finds nothing of ours: no due retry, no stale claim, no unreported outcome
+    assert unique not in " ".join(r["delivery_id"] for r in await theirs.take_due(1000))
+    assert unique not in " ".join(r["delivery_id"] for r in await theirs.take_in_doubt(1000))
+    assert unique not in " ".join(r["delivery_id"] for r in await theirs.take_unreported(1000))
+
+    # and ours finds each of them
+    assert retry[0] in {r["delivery_id"] for r in await mine.take_unreported(1000)}
+    assert [r["delivery_id"] for r in await mine.take_due(1000) if r["delivery_id"].startswith(unique)] == [retry[0]]
+    settled = {r["delivery_id"] for r in await mine.take_in_doubt(1000)}
+    assert {retry[0], stale[0]} <= settled  # both claims are past the zero lease now
+    async with pool.acquire() as conn:
+        apps = await conn.fetch("SELECT app FROM delivery_ledger WHERE delivery_id = ANY($1::text[])",
+                                [retry[0], stale[0]])
+    assert [r["app"] for r in apps] == [f"{unique}-a"] * 2

@@ -23,6 +23,7 @@ each idempotent:
 """
 from __future__ import annotations
 
+import asyncio
 import weakref
 from typing import Any, Iterator
 
@@ -187,13 +188,64 @@ class _ReadsCommitted:
         setattr(object.__getattribute__(self, "_app"), name, value)
 
 
-def recover_past_transaction_markers(app: Any) -> None:
-    """Let the tables' recovery finish on changelogs written in transactions (``HERALD_EXACTLY_ONCE``).
+# How long the recovery waits for a changelog record before it counts a quiet spell (Faust: 5 s).
+RECOVERY_IDLE_S = 1.5
+
+
+class _QuickIdleQueue:
+    """The changelog queue as the tables' recovery sees it: ``get()`` gives up after ``idle_s`` (raising
+    ``TimeoutError``, which the recovery counts as a quiet spell), every other attribute is the queue's own.
+    Cancelling an ``asyncio.Queue.get`` leaves the item in the queue, as Faust's own 5 s ``wait_for`` relies on."""
+
+    def __init__(self, queue: Any, idle_s: float) -> None:
+        self._queue = queue
+        self._idle_s = idle_s
+
+    async def get(self) -> Any:
+        return await asyncio.wait_for(self._queue.get(), timeout=self._idle_s)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._queue, name)
+
+
+class _QuickIdleTables:
+    """The table manager as the tables' recovery sees it: its ``changelog_queue`` is a ``_QuickIdleQueue``."""
+
+    def __init__(self, tables: Any, idle_s: float) -> None:
+        object.__setattr__(self, "_tables", tables)
+        object.__setattr__(self, "changelog_queue", _QuickIdleQueue(tables.changelog_queue, idle_s))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(object.__getattribute__(self, "_tables"), name)
+
+    # the manager is a mapping of the tables by name (the recovery asks ``if not self.tables``)
+    def __len__(self) -> int:
+        return len(object.__getattribute__(self, "_tables"))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(object.__getattribute__(self, "_tables"))
+
+    def __getitem__(self, name: str) -> Any:
+        return object.__getattribute__(self, "_tables")[name]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(object.__getattribute__(self, "_tables"), name, value)
+
+
+def recover_past_transaction_markers(app: Any, idle_s: float = RECOVERY_IDLE_S) -> None:
+    """Let the tables' recovery finish on changelogs written in transactions (``HERALD_EXACTLY_ONCE``), soon.
 
     Faust waits for a changelog partition's last offset to be read; with transactions that offset is a
     commit (or abort) marker, never delivered, so recovery would wait forever. Faust has the fix
     (``detect_aborted_tx``: a partition whose consumer position is past its last offset is done) but runs it
-    only for its own transactions; this gives the recovery service a view of the app that says so."""
+    only for its own transactions; this gives the recovery service a view of the app that says so.
+
+    Faust runs that check after two quiet spells in a row of 5 s each (its guard against a position that ran
+    ahead of records not yet queued), so every restart of a worker waited 10 s on a changelog with nothing
+    left to read. The recovery's view of the changelog queue makes a quiet spell ``idle_s``: two of them
+    (3 s by default) still guard the same race, and the restart is 7 s sooner."""
     recovery = app.tables.recovery  # made here, before the worker starts, as Faust would at its start
     if not isinstance(recovery.app, _ReadsCommitted):
         recovery.app = _ReadsCommitted(app)
+    if not isinstance(recovery.tables, _QuickIdleTables):
+        recovery.tables = _QuickIdleTables(recovery.tables, idle_s)

@@ -171,3 +171,38 @@ def test_the_recovery_finishes_past_transaction_markers_only_through_its_own_vie
         assert app.in_recovery is True
 
     asyncio.run(scenario())
+
+
+def test_the_recovery_counts_a_quiet_changelog_after_a_short_wait_and_loses_no_record(tmp_path):
+    """Exactly-once: Faust checks for trailing markers after two quiet 5 s spells; the recovery's view of the
+    changelog queue makes a spell ``idle_s``, hands over every record put meanwhile, and changes nothing else."""
+    import inspect
+    import time
+
+    from faust.tables import recovery as recovery_module
+
+    source = inspect.getsource(recovery_module)
+    assert "changelog_queue = self.tables.changelog_queue" in source
+    assert "changelog_queue.get(), timeout=5.0" in source and "except asyncio.TimeoutError:" in source
+    assert "if not self.tables" in source
+
+    async def scenario() -> None:
+        app = create_app(Settings(app_id="test-quiet", data_dir=str(tmp_path)))
+        app.GlobalTable("quiet-t", partitions=1)
+        faust_adapter.recover_past_transaction_markers(app, idle_s=0.2)
+        faust_adapter.recover_past_transaction_markers(app, idle_s=0.2)  # idempotent
+        recovery = app.tables.recovery
+        queue = recovery.tables.changelog_queue
+        assert len(recovery.tables) == len(app.tables) == 1 and list(recovery.tables) == ["quiet-t"]
+        assert recovery.tables["quiet-t"] is app.tables["quiet-t"]
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(queue.get(), timeout=5.0)  # as Faust's loop waits
+        except asyncio.TimeoutError:
+            waited = time.monotonic() - started
+        assert 0.15 < waited < 2.0
+        app.tables.changelog_queue.put_nowait("record")  # the conductor puts into the real queue
+        assert await asyncio.wait_for(queue.get(), timeout=5.0) == "record"
+        assert app.tables.changelog_queue.qsize() == 0 and queue.qsize() == 0
+
+    asyncio.run(scenario())

@@ -825,9 +825,11 @@ class Run:
         return subdir("bench", "logs", self.run_id)
 
     def new_worker(self, name: str, env: dict) -> Worker:
-        """A worker with its own data folder (unless ``env`` names one: a restart on the same disk)."""
+        """A worker with its own data folder and static membership name (unless ``env`` names a folder: a
+        restart on the same disk, under the same name, as `herald up`'s supervisor restarts its worker)."""
         if not env.get("HERALD_DATA_DIR"):
-            env = {**env, "HERALD_DATA_DIR": str(self.data_root() / name)}
+            env = {**env, "HERALD_DATA_DIR": str(self.data_root() / name),
+                   "HERALD_WORKER_INSTANCE_ID": f"{env.get('HERALD_APP_ID', 'bench')}-{name}"}
         worker = Worker(name, env, self.logs())
         self.workers.append(worker)
         return worker

@@ -43,6 +43,14 @@ class Settings:
     data_dir: str = _setting("", "HERALD_DATA_DIR",
                              "Where a worker keeps its RocksDB tables; empty: the state folder's faust/<app id>. "
                              "Workers of one app on one machine need one each.")
+    worker_instance_id: str = _setting("", "HERALD_WORKER_INSTANCE_ID",
+                                       "A worker's static membership name in its consumer group (Kafka's "
+                                       "group.instance.id): a worker restarted under the same name gets its "
+                                       "partitions back at once instead of after a rebalance, so a crash costs "
+                                       "seconds; one that stops for good keeps them until its session times out "
+                                       "(10 s). Give each worker its own, stable name (a StatefulSet pod's name); "
+                                       "two live workers with one name fence each other. Empty: dynamic membership. "
+                                       "`herald up` names its worker.")
     partitions: int = _setting(4, "HERALD_PARTITIONS", "Partitions of the topics Herald creates.")
     max_event_bytes: int = _setting(262144, "HERALD_MAX_EVENT_BYTES",
                                     "Largest accepted event record; larger ones are dead-lettered TOO_LARGE.")

@@ -44,6 +44,8 @@ def create_app(settings: Settings | None = None) -> faust.App:
         # a worker killed with -9 holds its partitions until its session expires: keep that short
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
+        # static membership when named: a restarted worker takes its partitions back without a rebalance
+        consumer_group_instance_id=settings.worker_instance_id or None,
     )
     app.conf.herald = settings  # type: ignore[attr-defined]
     return app

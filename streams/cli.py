@@ -44,7 +44,11 @@ def _add_processes(sub: argparse._SubParsersAction, fmt: type) -> None:
     """`down`, `status` and the long-running processes: `worker`, `sink`, `api`."""
     sub.add_parser("down", help="stop everything `herald up` started, supervisor first (data is kept)")
     sub.add_parser("status", help="each part: up or down, address, version, topics, restarts, consumer lag")
-    sub.add_parser("worker", help="run the pipeline worker (Faust) in the foreground")
+    worker = sub.add_parser("worker", help="run the pipeline worker (Faust) in the foreground")
+    worker.add_argument("--instance-id", metavar="NAME",
+                        help="join the consumer group as a static member called NAME (HERALD_WORKER_INSTANCE_ID): "
+                             "restarted under the same NAME, the worker gets its partitions back at once; give "
+                             "each worker its own NAME")
     sink = sub.add_parser("sink", help="run the delivery sink of one channel in the foreground")
     sink.add_argument("channel", choices=["email", "push", "sms", "inapp", "websocket"],
                       help="the channel: email (SMTP), push (FCM HTTP v1), sms (Twilio REST), inapp (PostgreSQL); "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import signal
@@ -89,6 +90,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.worker import create_worker
 
     settings = _settings()
+    if getattr(args, "instance_id", None):
+        settings = dataclasses.replace(settings, worker_instance_id=args.instance_id)
     try:
         logging_config = logs.faust_logging_config(settings.log_format)
     except ValueError as exc:

@@ -48,7 +48,7 @@ def _local(url: str) -> bool:
 # One line each: name, `herald` arguments (or "-m", "module", ...), readiness check; see supervisor.Proc.
 # e.g. Proc("mailcatcher", ("-m", "infra.mailcatcher", "--port", "2525"), ready.tcp_port(2525)),
 PROCESSES: list[Proc] = [
-    Proc("worker", ("worker",), ready.log_line("Ready")),
+    Proc("worker", ("worker", "--instance-id", "{app_id}-worker@{hostname}"), ready.log_line("Ready")),
     Proc("sink-inapp", ("sink", "inapp"), ready.log_line("consuming")),
     Proc("api", ("api",), ready.http_ok("http://127.0.0.1:{api_port}/readyz")),
     # delivery: the local stand-ins for the providers (only while the provider URLs point at them), then the sinks

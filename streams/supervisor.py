@@ -11,8 +11,10 @@ Rules:
   (the demo producer) is started only once every entry above it is up.
 - A process that exits, for any reason and with any code, is ``restarting``: what is left of its process
   group is killed (an API's worker processes must not keep its port) and it is started again after a
-  delay of 1 s, doubling with each exit in a row up to 30 s. A process that ran for 60 s or more before it
-  exited starts the count afresh (the next delay is 1 s again).
+  delay of 1 s, doubling with each exit in a row up to 30 s. Exits in a row are start-ups that fail: a
+  process that was up (its readiness check passed) for 3 s, or ran for 60 s, before it exited starts the
+  count afresh (the next delay is 1 s again), much as supervisord's ``startsecs``; so a worker killed twice
+  in a minute is back in seconds, while one that cannot start waits longer each time.
 - Each exit is recorded (time, exit code or signal, how long it ran, the restart count) in
   ``run/supervisor.json``, which ``herald status`` and the live view read, and logged to
   ``logs/supervisor.log``.
@@ -38,6 +40,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -55,6 +58,7 @@ from herald.settings import Settings
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 30.0
 RESET_AFTER_S = 60.0
+UP_RESET_AFTER_S = 3.0
 HISTORY = 50  # exits kept in the state file
 NAME = "supervisor"
 
@@ -129,8 +133,9 @@ class Proc:
 
 
 def fill(text: str, settings: Settings) -> str:
-    """``text`` with ``{setting}`` fields filled from the settings, and ``{smtp_port}`` / ``{provider_port}``
-    (the ports of HERALD_SMTP_URL and of the push, else SMS, provider URL: where their local stand-ins listen)."""
+    """``text`` with ``{setting}`` fields filled from the settings, ``{hostname}``, and ``{smtp_port}`` /
+    ``{provider_port}`` (the ports of HERALD_SMTP_URL and of the push, else SMS, provider URL: where their local
+    stand-ins listen)."""
     if "{" not in text:
         return text
     from urllib.parse import urlsplit
@@ -138,6 +143,7 @@ def fill(text: str, settings: Settings) -> str:
     values = {f.name: getattr(settings, f.name) for f in fields(settings)}
     values["smtp_port"] = urlsplit(settings.smtp_url).port or 25
     values["mail_page_port"] = values["smtp_port"] + 1  # the mail catcher's page of what it caught
+    values["hostname"] = socket.gethostname()
     values["provider_port"] = urlsplit(settings.push_url).port or urlsplit(settings.sms_url).port or 80
     return text.format_map(values)
 
@@ -151,16 +157,19 @@ def backoff_delay(exits_in_a_row: int, base: float = BACKOFF_BASE_S, cap: float 
 
 @dataclass
 class Backoff:
-    """Counts exits in a row; a run of ``reset_after`` seconds or more before an exit starts the count afresh."""
+    """Counts exits in a row; an exit after the process was up for ``up_reset_after`` seconds, or ran for
+    ``reset_after`` seconds, starts the count afresh."""
 
     base: float = BACKOFF_BASE_S
     cap: float = BACKOFF_CAP_S
     reset_after: float = RESET_AFTER_S
+    up_reset_after: float = UP_RESET_AFTER_S
     in_a_row: int = 0
 
-    def on_exit(self, ran_s: float) -> float:
-        """The delay before the next start, given how long the process ran before this exit."""
-        if ran_s >= self.reset_after:
+    def on_exit(self, ran_s: float, up_s: float = 0.0) -> float:
+        """The delay before the next start, given how long the process ran before this exit, and how long of
+        that it was up (ready)."""
+        if up_s >= self.up_reset_after or ran_s >= self.reset_after:
             self.in_a_row = 0
         self.in_a_row += 1
         return backoff_delay(self.in_a_row, self.base, self.cap)
@@ -381,7 +390,7 @@ class Supervisor:
                 os.killpg(child.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        delay = child.backoff.on_exit(ran)
+        delay = child.backoff.on_exit(ran, up_s=time.time() - child.since if child.state == "up" else 0.0)
         child.last_exit = {"at": time.time(), "code": code if code is None or code >= 0 else None,
                            "signal": _signal_name(code), "ran_s": round(ran, 1)}
         child.state, child.since, child.popen = "restarting", time.time(), None

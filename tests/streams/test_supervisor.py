@@ -54,11 +54,15 @@ def test_backoff_doubles_from_one_second_to_thirty():
     assert backoff_delay(10_000) == 30
 
 
-def test_backoff_starts_afresh_after_a_minute_of_running():
+def test_backoff_starts_afresh_after_a_minute_of_running_or_once_the_process_was_up():
     b = Backoff()
     assert [b.on_exit(2.0) for _ in range(4)] == [1, 2, 4, 8]
     assert b.on_exit(59.9) == 16  # not quite a minute: still failing in a row
     assert b.on_exit(60.0) == 1  # ran fine for a minute: the count starts again
+    assert b.on_exit(0.5) == 2
+    assert b.on_exit(3.0) == 4
+    assert b.on_exit(5.0, up_s=2.9) == 8  # up, but not for long: still failing in a row
+    assert b.on_exit(5.0, up_s=3.0) == 1  # it had started: killed once up, it is back at once
     assert b.on_exit(0.5) == 2
 
 
@@ -68,6 +72,23 @@ def test_argv_is_a_herald_command_or_python_arguments_with_settings_filled():
         [sys.executable, "-m", "streams.cli", "produce", "--rate", "5"]
     assert Proc("x", ("-m", "pkg.mod", "--port={api_port}"), running()).command(settings) == \
         [sys.executable, "-m", "pkg.mod", "--port=18080"]
+
+
+def test_the_supervised_worker_is_a_static_member_named_for_its_app_and_machine(tmp_path):
+    """A worker restarted by the supervisor rejoins under the same name, so the group hands its partitions
+    back without a rebalance; the name reaches Faust's consumer as its group.instance.id."""
+    import socket
+
+    from streams.app import create_app
+    from streams.cli import _parser
+
+    worker = next(p for p in stack.PROCESSES if p.name == "worker")
+    argv = worker.command(Settings(app_id="shop"))
+    assert argv[-2:] == ["--instance-id", f"shop-worker@{socket.gethostname()}"]
+    assert _parser().parse_args(argv[3:]).instance_id == f"shop-worker@{socket.gethostname()}"
+    named = create_app(Settings(app_id="shop", data_dir=str(tmp_path), worker_instance_id="shop-worker@h"))
+    assert named.conf.consumer_group_instance_id == "shop-worker@h"
+    assert create_app(Settings(app_id="shop", data_dir=str(tmp_path))).conf.consumer_group_instance_id is None
 
 
 def test_the_stack_table_names_every_process_once_and_the_demo_is_demo_only():

@@ -18,6 +18,7 @@ def create_app(settings: Settings | None = None) -> faust.App:
     faust_adapter.install_fetch_max_wait()
     faust_adapter.install_resume_after_suspension()
     faust_adapter.install_seek_forgetting_read_offsets()
+    faust_adapter.install_exact_gaps()
     if settings.data_dir:
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)  # Faust makes only the last folder
     app = faust.App(

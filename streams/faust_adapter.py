@@ -7,7 +7,7 @@ reporting the last assignment to its sticky assignor, and reading the tables' re
 those touches a private name; they are all here, so an upgrade that removes one breaks this module's test
 (``tests/streams/test_faust_adapter.py``) instead of a worker at run time.
 
-Three corrections of Faust's behaviour are installed explicitly (``streams.app.create_app`` calls them),
+Four corrections of Faust's behaviour are installed explicitly (``streams.app.create_app`` calls them),
 each idempotent:
 
 - ``install_fetch_max_wait`` replaces Faust's consumer factory to use ``HERALD_FETCH_MAX_WAIT_MS`` instead
@@ -20,6 +20,8 @@ each idempotent:
 - ``install_resume_after_suspension`` and ``install_seek_forgetting_read_offsets`` close two ways in which
   Faust lost records at a rebalance with state recovery and then committed past them (issue #12, an event
   that never got a decision); their docstrings say how.
+- ``install_exact_gaps`` notes the offsets a fetch skipped (transaction markers) exactly, so the commit
+  keeps up on partitions that hold them.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from mode.utils.queues import FlowControlEvent
 _PATCHED = "_herald_fetch_wait"
 _RESUME_PATCHED = "_herald_resume_after_suspension"
 _SEEK_PATCHED = "_herald_seek_forgets_read_offsets"
+_GAP_PATCHED = "_herald_exact_gaps"
 
 
 def install_fetch_max_wait() -> None:
@@ -103,6 +106,36 @@ def install_seek_forgetting_read_offsets() -> None:
 
     setattr(perform_seek, _SEEK_PATCHED, True)
     FaustConsumer.perform_seek = perform_seek  # type: ignore[method-assign]
+
+
+def install_exact_gaps() -> None:
+    """Faust's note of the offsets a fetch skipped, made exact (idempotent).
+
+    Offsets a consumer never receives (transaction markers, records of aborted transactions under
+    read-committed, records a compaction removed) lie between two records it does receive; Faust notes them
+    as a gap and counts the gap as acked, so that its commit can pass them. Its ``_add_gap(tp, after_last,
+    now_read)`` noted one offset too many at each end: the record just read (acked again once processed: a
+    duplicate that splits the acked offsets into runs, and each commit takes one run), and next to a commit
+    it began one past the committed offset, which is the next offset to read, so that offset was never
+    noted. On a partition where every other offset is a transaction marker (each record moved home under
+    ``HERALD_EXACTLY_ONCE`` is its own transaction) each commit then advanced a record or two: the committed
+    offset fell thousands of records behind within minutes, and a restarted worker read, moved and
+    dead-lettered all of those again. This notes exactly ``[max(after_last, committed), now_read)``."""
+    original = FaustConsumer._add_gap
+    if getattr(original, _GAP_PATCHED, False):
+        return
+
+    async def _add_gap(self: FaustConsumer, tp: TP, offset_from: int, offset_to: int) -> None:
+        committed = self._committed_offset[tp]
+        start = offset_from if committed is None else max(offset_from, committed)
+        if start < offset_to:
+            gaps = self._gap[tp]
+            gaps.addi(start, offset_to)  # an interval tree's end is exclusive: the record read is not in it
+            await asyncio.sleep(0)  # a long gap's bookkeeping lets health checks and heartbeats through
+            gaps.merge_overlaps()
+
+    setattr(_add_gap, _GAP_PATCHED, True)
+    FaustConsumer._add_gap = _add_gap  # type: ignore[method-assign]
 
 
 def serve_event(event: Any) -> None:

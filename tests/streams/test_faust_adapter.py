@@ -113,6 +113,41 @@ def test_the_seek_to_committed_offsets_starts_with_the_read_offsets_forgotten(tm
     assert result["after"][faust_adapter.TP("t", 0)] == 6080
 
 
+def test_a_partition_where_every_other_offset_is_a_transaction_marker_commits_as_it_goes(tmp_path):
+    """Records at odd offsets, transaction markers (never received) at even ones, as on an events partition
+    that records are moved home to under exactly-once. Faust's gap note, one offset too long at both ends,
+    let each commit pass one record or two; with the exact note each commit passes everything acked."""
+    import inspect
+
+    from faust.transport import consumer as consumer_module
+
+    assert "await self._add_gap(tp, r_offset + 1, offset)" in inspect.getsource(consumer_module)
+    faust_adapter.install_exact_gaps()
+    faust_adapter.install_exact_gaps()  # idempotent
+
+    async def commits() -> list:
+        app = create_app(Settings(app_id="test-adapter-gaps", data_dir=str(tmp_path)))
+        consumer = app.consumer
+        tp = faust_adapter.TP("events", 0)
+        consumer._committed_offset[tp] = 482  # the next offset to read: a marker (the last record was 481)
+        last_read = 482  # what the seek leaves as the read offset: the committed one
+        made = []
+        for first in (483, 493, 503):  # three commit intervals, five records each
+            for offset in range(first, first + 10, 2):
+                if offset - last_read > 1:  # what Faust's fetch loop does for a jump
+                    await consumer._add_gap(tp, last_read + 1, offset)
+                last_read = offset
+                consumer._acked_index[tp].add(offset)  # what Faust's ack does once the record is processed
+                consumer._acked[tp].append(offset)
+            new = consumer._new_offset(tp)
+            if new is not None:
+                consumer._committed_offset[tp] = new
+            made.append(new)
+        return made
+
+    assert asyncio.run(commits()) == [492, 502, 512]  # each past its last record (and the marker after it)
+
+
 def test_the_tables_recovery_is_read_without_making_one(tmp_path):
     """``table_recovery`` is None until Faust makes its recovery service, then that same service, whose
     ``in_recovery`` and ``active_remaining_total()`` the worker's restore metrics read."""

@@ -96,6 +96,13 @@ class Settings:
                                   "Off: outputs are flushed before states, and a crash may write a batch's outputs "
                                   "twice, identically (the sinks' ledger still sends each delivery once). "
                                   "Experimental: see RELIABILITY.md for what the fault matrix found with it on.")
+    rocksdb_write_buffer_mb: int = _setting(8, "HERALD_ROCKSDB_WRITE_BUFFER_MB",
+                                            "Memtable size of each table partition's RocksDB (two at most are "
+                                            "kept). Faust's default, 64 MB x 3, let a worker's memory grow by "
+                                            "hundreds of MB with a million users' states.")
+    rocksdb_block_cache_mb: int = _setting(16, "HERALD_ROCKSDB_BLOCK_CACHE_MB",
+                                           "Block cache of each table partition's RocksDB; the operating "
+                                           "system's page cache holds the rest (Faust's default: 2 GB each).")
     standby_replicas: int = _setting(1, "HERALD_STANDBY_REPLICAS",
                                      "Standby copies of each partition's tables that other workers keep up to date, "
                                      "so a worker that takes a partition over has its state at hand. Each costs every "

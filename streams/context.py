@@ -12,7 +12,7 @@ from agents.preferences import effective
 from agents.presence import online
 from herald.settings import Settings
 from streams.mirror import Mirrored
-from streams.states import changelog_configs
+from streams.states import changelog_configs, store_options
 
 MAX_EFFECTIVE = 50_000  # users whose preferences (defaults filled in) are kept ready
 
@@ -21,9 +21,9 @@ class UserContext:
     def __init__(self, app: Any, settings: Settings) -> None:
         configs = changelog_configs(settings)
         self.preferences = Mirrored(app.Table("preferences", default=None, partitions=settings.partitions,
-                                              extra_topic_configs=configs))
+                                              extra_topic_configs=configs, options=store_options(settings)))
         self.presence = Mirrored(app.Table("presence", default=None, partitions=settings.partitions,
-                                           extra_topic_configs=configs))
+                                           extra_topic_configs=configs, options=store_options(settings)))
         self._effective: dict[str, dict] = {}
 
     def of(self, user_id: str, partition: int, now_ms: int) -> tuple[dict, bool]:

@@ -34,6 +34,23 @@ TARGET_UNREAD_P99_MS = BY_FIGURE["unread_p99_ms"].value
 TARGET_UNREAD_RATE = UNREAD_RATE
 
 
+def outputs_compared(herald: dict, quix: dict) -> str:
+    """Whether Herald and the peer made the same decisions, by outcome (each side's first decision per event):
+    a ratio of rates means something only when they did the same job."""
+    def share(counts: dict) -> dict:
+        total = sum(counts.values()) or 1
+        return {k: v / total for k, v in counts.items()}
+
+    h, q = share(herald), share(quix)
+    only_herald = sorted(k for k in h if k not in q)
+    same = not only_herald and all(abs(h.get(k, 0) - q.get(k, 0)) < 0.01 for k in set(h) | set(q))
+    listing = lambda counts: ", ".join(f"{k} {v:.0%}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))  # noqa: E731
+    if same:
+        return f"Outputs: the same decisions on both sides (by outcome: {listing(h)})."
+    return (f"Outputs: **not the same job** — Herald's decisions by outcome: {listing(h)}; the peer's: {listing(q)}"
+            + (f"; only Herald decided {', '.join(only_herald)} (preferences, quiet hours and digests, which the "
+               "peer does not do)" if only_herald else "") + ". The ratio compares unequal work.")
+
 def _shown(key: str) -> str:
     return BY_FIGURE[key].shown
 
@@ -194,11 +211,14 @@ def render_markdown(results: dict, chart_path: str | None = None) -> str:
         lines.append(
             f"- Herald decided {fmt(f.get('pipeline_events_decided'))} of them with "
             f"{fmt(f.get('pipeline_workers') or 1)} worker process(es) (one per core; "
-            f"{fmt(f.get('pipeline_events_per_s_per_worker'), 'events/s')} a worker), the Quix Streams peer with one"
+            f"{fmt(f.get('pipeline_events_per_s_per_worker'), 'events/s')} a worker), the Quix Streams peer with "
+            + (f"{fmt(f.get('quix_processes'))} process(es) in one consumer group" if f.get("quix_processes") else "one")
             + (f"; every one had its final decision {_duration(f.get('pipeline_all_final_s'))} after the first decision"
                if f.get("pipeline_all_final_s") is not None else "")
             + f"; worker start-up {_duration(f.get('pipeline_startup_s'))} (not counted); worker RSS afterwards "
             f"{fmt(f.get('pipeline_worker_rss_mb'), 'MB')} (the largest).")
+    if f.get("pipeline_outcomes_first") and f.get("quix_outcomes"):
+        lines.append("- " + outputs_compared(f["pipeline_outcomes_first"], f["quix_outcomes"]))
     if f.get("critical_samples") is not None:
         trend = f.get("critical_p50_by_quarter_ms") or []
         lines.append(

@@ -834,8 +834,12 @@ class Run:
         self.workers.append(worker)
         return worker
 
+    def worker_count(self) -> int:
+        """Herald's pipeline workers (and the peer's processes): ``--workers``, else one per core, at most 4."""
+        return self.opts.workers or min(4, os.cpu_count() or 1)
+
     def new_crew(self, name: str, env: dict) -> Crew:
-        count = self.opts.workers or min(4, os.cpu_count() or 1)
+        count = self.worker_count()
         return Crew([self.new_worker(name if i == 0 else f"{name}-{i + 1}", env) for i in range(count)])
 
     def data_root(self) -> Path:
@@ -916,7 +920,9 @@ class Run:
         topic = self._events_topic()
         # a steady rate needs no million events: ~40 s of Quix at full speed is ~400,000 of them
         timeout = max(45.0, min(900.0, self.left_s() * 0.05))
-        figures = quix_peer.run(topic, self.opts.events, settings=self.details["workload_settings"], timeout_s=timeout)
+        # as many peer processes as Herald has workers: a comparison of equals
+        figures = quix_peer.run(topic, self.opts.events, settings=self.details["workload_settings"], timeout_s=timeout,
+                                processes=self.worker_count())
         self.groups.append(figures.get("quix_group"))
         self.figures.update({k: v for k, v in figures.items() if not k.endswith(("_topic", "_group"))})
         if not figures.get("quix_complete"):

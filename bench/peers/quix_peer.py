@@ -65,10 +65,13 @@ def peer_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate-per-minute", type=int, default=10)
     parser.add_argument("--timeout-s", type=float, default=600.0, help="give up after this long in all")
     parser.add_argument("--idle-s", type=float, default=60.0, help="give up after this long without an event")
+    parser.add_argument("--stop-file", default=None,
+                        help="stop once this file exists (the driver's signal when several processes share the work)")
     args = parser.parse_args(argv)
 
     import hashlib
     import io
+    import os
     import threading
     import urllib.request
     from datetime import timedelta
@@ -161,7 +164,7 @@ def peer_main(argv: list[str] | None = None) -> int:
                 for type_, ids in window["value"].items()]
 
     figures: dict[str, Any] = {"events": 0, "outcomes": {}, "batches": 0}
-    marks = {"first": 0.0, "last": 0.0, "seen": 0.0}
+    marks = {"first": 0.0, "last": 0.0, "seen": 0.0, "first_wall": 0.0, "last_wall": 0.0}
     outcomes: dict[str, int] = {}
 
     app = Application(broker_address=args.bootstrap, consumer_group=args.group, auto_offset_reset="earliest",
@@ -171,9 +174,9 @@ def peer_main(argv: list[str] | None = None) -> int:
         n = figures["events"] = figures["events"] + 1
         outcomes[decision["outcome"]] = outcomes.get(decision["outcome"], 0) + 1
         now = time.monotonic()
-        marks["seen"] = now
+        marks["seen"], marks["last_wall"] = now, time.time()
         if n == 1:
-            marks["first"] = now
+            marks["first"], marks["first_wall"] = now, marks["last_wall"]
         if n >= args.events:
             marks["last"] = now
             app.stop()
@@ -201,6 +204,9 @@ def peer_main(argv: list[str] | None = None) -> int:
         while not stopped.wait(0.5):
             now = time.monotonic()
             idle_since = marks["seen"] or started
+            if args.stop_file and os.path.exists(args.stop_file):
+                app.stop()
+                return
             if now - started > args.timeout_s or now - idle_since > args.idle_s:
                 figures["gave_up"] = "timeout" if now - started > args.timeout_s else "idle"
                 app.stop()
@@ -220,6 +226,7 @@ def peer_main(argv: list[str] | None = None) -> int:
         "startup_s": round(marks["first"] - started, 3) if marks["first"] else None,
         "shutdown_s": round(done - last, 3) if last else None,
         "complete": figures["events"] >= args.events,
+        "first_wall": marks["first_wall"] or None, "last_wall": marks["last_wall"] or None,
         "quixstreams": quixstreams.__version__,
     })
     print(json.dumps(figures), flush=True)
@@ -242,13 +249,18 @@ def _quiet_authlib() -> None:
 
 def run(source_topic: str, events: int, *, settings: Settings | None = None, window_s: float = 30.0,
         dedup_window_s: float = 300.0, rate_per_minute: int = 10, timeout_s: float = 600.0,
-        progress: bool = True) -> dict:
+        progress: bool = True, processes: int = 1) -> dict:
     """Run the Quix Streams peer over the first ``events`` records of ``source_topic`` (Herald's
     NotificationEvents), writing ``<source_topic>.quix.decisions`` and ``.quix.batches``; return its figures:
     ``quix_events``, ``quix_seconds``, ``quix_events_per_s``, ``quix_outputs`` (records in the decisions
     topic afterwards), ``quix_batches``, ``quix_outcomes``, ``quix_startup_s``, ``quix_shutdown_s``,
-    ``quix_complete``, ``quix_version``, ``quix_group`` (its consumer group, which also names its
-    changelog topics). ``settings`` (Herald's) gives the broker and registry addresses."""
+    ``quix_complete``, ``quix_version``, ``quix_processes``, ``quix_group`` (its consumer group, which also
+    names its changelog topics). ``settings`` (Herald's) gives the broker and registry addresses.
+
+    ``processes`` peers share the work as one consumer group, as Quix Streams scales (the same count as
+    Herald's workers makes the comparison one of equals): each runs until the decisions topic holds
+    ``events`` records, and the rate is all their decisions over the time from the first decision any of
+    them made to the last."""
     import shutil
     import subprocess
     import tempfile
@@ -268,35 +280,77 @@ def run(source_topic: str, events: int, *, settings: Settings | None = None, win
     decision_id = registry.register(f"{decisions}-value", "Decision")
     batch_id = registry.register(f"{batches}-value", "DeliveryRequest")
     group = f"bench-quix-{uuid.uuid4().hex[:8]}"
-    state_dir = tempfile.mkdtemp(prefix=f"{group}-", dir=subdir("bench"))
-    cmd = [str(python), str(PEER_SCRIPT), "--peer", "--bootstrap", settings.kafka_bootstrap,
-           "--registry", settings.schema_registry_url, "--source", source_topic, "--decisions", decisions,
-           "--batches", batches, "--decision-schema-id", str(decision_id), "--batch-schema-id", str(batch_id),
-           "--events", str(events), "--group", group, "--state-dir", state_dir, "--window-s", str(window_s),
-           "--dedup-window-s", str(dedup_window_s), "--rate-per-minute", str(rate_per_minute),
-           "--timeout-s", str(timeout_s)]
+    work_dir = Path(tempfile.mkdtemp(prefix=f"{group}-", dir=subdir("bench")))
+    stop_file = work_dir / "stop"
+    processes = max(1, processes)
+
+    def command(i: int) -> list[str]:
+        return [str(python), str(PEER_SCRIPT), "--peer", "--bootstrap", settings.kafka_bootstrap,
+                "--registry", settings.schema_registry_url, "--source", source_topic, "--decisions", decisions,
+                "--batches", batches, "--decision-schema-id", str(decision_id), "--batch-schema-id", str(batch_id),
+                "--events", str(events), "--group", group, "--state-dir", str(work_dir / f"state-{i}"),
+                "--window-s", str(window_s), "--dedup-window-s", str(dedup_window_s),
+                "--rate-per-minute", str(rate_per_minute), "--timeout-s", str(timeout_s),
+                *(["--stop-file", str(stop_file)] if processes > 1 else [])]
+
     if progress:
-        print(f"quix peer: {events:,} events from {source_topic} (group {group})", file=sys.stderr, flush=True)
+        print(f"quix peer: {events:,} events from {source_topic} (group {group}, {processes} process(es))",
+              file=sys.stderr, flush=True)
+    procs = []
     try:
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if progress else subprocess.PIPE,
-                              text=True, timeout=timeout_s + 120)
+        for i in range(processes):
+            procs.append(subprocess.Popen(command(i), stdout=subprocess.PIPE, stderr=None if progress else subprocess.PIPE,
+                                          text=True))
+        deadline = time.monotonic() + timeout_s + 120
+        while processes > 1 and any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if end_offsets_total(settings.kafka_bootstrap, decisions) >= events:
+                stop_file.touch()  # every event decided: each peer stops at its next look
+                break
+            time.sleep(0.5)
+        outputs = [p.communicate(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
     finally:
-        shutil.rmtree(state_dir, ignore_errors=True)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        raise RuntimeError(f"the Quix peer printed no figures (exit code {done.returncode}): "
-                           f"{(done.stderr or done.stdout or '')[-2000:]}")
-    peer = json.loads(lines[-1])
-    figures = {f"quix_{k}": v for k, v in peer.items() if k != "quixstreams"}
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        shutil.rmtree(work_dir, ignore_errors=True)
+    peers = []
+    for p, (out, err) in zip(procs, outputs):
+        lines = [line for line in (out or "").splitlines() if line.startswith("{")]
+        if not lines:
+            raise RuntimeError(f"a Quix peer printed no figures (exit code {p.returncode}): {(err or out or '')[-2000:]}")
+        peers.append(json.loads(lines[-1]))
+    peer = peers[0] if processes == 1 else _combined(peers)
+    figures = {f"quix_{k}": v for k, v in peer.items() if k not in ("quixstreams", "first_wall", "last_wall")}
     figures["quix_outputs"] = end_offsets_total(settings.kafka_bootstrap, decisions)
-    figures["quix_complete"] = peer["complete"] and figures["quix_outputs"] >= events
+    figures["quix_complete"] = figures["quix_outputs"] >= events and (peer["complete"] or processes > 1)
     figures.update({"quix_version": peer["quixstreams"], "quix_group": group, "quix_decisions_topic": decisions,
-                    "quix_batches_topic": batches})
+                    "quix_batches_topic": batches, "quix_processes": processes})
     if progress:
         print(f"quix peer: {peer['events']:,} events in {peer['seconds']:.2f} s = {peer['events_per_s']:,.0f} events/s "
               f"({', '.join(f'{k} {v:,}' for k, v in sorted(peer['outcomes'].items()))}; {peer['batches']:,} batches)",
               file=sys.stderr, flush=True)
     return figures
+
+
+def _combined(peers: list[dict]) -> dict:
+    """The figures of several peer processes as one: their events, outcomes and batches added up, the time
+    from the first decision any made to the last (wall clock: the processes share no monotonic clock)."""
+    firsts = [p["first_wall"] for p in peers if p.get("first_wall")]
+    lasts = [p["last_wall"] for p in peers if p.get("last_wall")]
+    seconds = max(lasts) - min(firsts) if firsts and lasts else 0.0
+    events = sum(p["events"] for p in peers)
+    outcomes: dict[str, int] = {}
+    for p in peers:
+        for k, v in p["outcomes"].items():
+            outcomes[k] = outcomes.get(k, 0) + v
+    startups = [p["startup_s"] for p in peers if p.get("startup_s") is not None]
+    shutdowns = [p["shutdown_s"] for p in peers if p.get("shutdown_s") is not None]
+    return {"events": events, "outcomes": outcomes, "batches": sum(p["batches"] for p in peers),
+            "seconds": round(seconds, 3), "events_per_s": round(events / seconds, 1) if seconds else 0.0,
+            "outputs": events, "startup_s": min(startups) if startups else None,
+            "shutdown_s": max(shutdowns) if shutdowns else None, "complete": all(p["complete"] for p in peers),
+            "quixstreams": peers[0]["quixstreams"],
+            **({"gave_up": g} if (g := next((p["gave_up"] for p in peers if p.get("gave_up")), None)) else {})}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dedup-window-s", type=float, default=300.0, help="dedup window, seconds (default 300)")
     parser.add_argument("--rate-per-minute", type=int, default=10, help="per-user sends a minute before THROTTLED (default 10)")
     parser.add_argument("--timeout-s", type=float, default=600.0, help="give up after this long (default 600)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="peer processes sharing the work in one consumer group (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the topics this command created")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
@@ -328,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         source = figures["events_topic"]
     try:
         figures.update(run(source, args.events, window_s=args.window_s, dedup_window_s=args.dedup_window_s,
-                           rate_per_minute=args.rate_per_minute, timeout_s=args.timeout_s))
+                           rate_per_minute=args.rate_per_minute, timeout_s=args.timeout_s,
+                           processes=args.processes))
     finally:
         if not args.keep:
             group = figures.get("quix_group")

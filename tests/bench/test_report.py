@@ -168,3 +168,30 @@ def test_rendering_again_keeps_the_hand_written_log_of_other_runs(tmp_path):
     assert text.endswith(f"{report.KEEP_MARKER}\n## Sinks\n| email | 530/s |\n")
     report.write(sample(), markdown, tmp_path / "chart.png")
     assert markdown.read_text().count(report.KEEP_MARKER) == 1
+
+
+def test_the_outputs_of_herald_and_the_peer_are_compared_by_outcome():
+    from bench.report import outputs_compared
+
+    same = outputs_compared({"ROUTED": 600, "BATCHED": 300, "DEDUPLICATED": 100},
+                            {"ROUTED": 6000, "BATCHED": 3000, "DEDUPLICATED": 1000})
+    assert same.startswith("Outputs: the same decisions on both sides")
+    differ = outputs_compared({"ROUTED": 100, "DIGESTED": 400, "DEDUPLICATED": 100},
+                              {"ROUTED": 500, "DEDUPLICATED": 100})
+    assert "**not the same job**" in differ and "only Herald decided DIGESTED" in differ
+    shifted = outputs_compared({"ROUTED": 500, "BATCHED": 500}, {"ROUTED": 700, "BATCHED": 300})
+    assert "**not the same job**" in shifted and "only Herald" not in shifted
+
+
+def test_several_peer_processes_add_up_over_the_span_of_all_their_decisions():
+    from bench.peers.quix_peer import _combined
+
+    a = {"events": 600, "outcomes": {"ROUTED": 400, "BATCHED": 200}, "batches": 10, "seconds": 9.0,
+         "events_per_s": 66.7, "outputs": 600, "startup_s": 0.5, "shutdown_s": 1.0, "complete": False,
+         "first_wall": 1000.0, "last_wall": 1009.0, "quixstreams": "3.28.1"}
+    b = {**a, "events": 400, "outcomes": {"ROUTED": 300, "DEDUPLICATED": 100}, "batches": 5,
+         "first_wall": 1001.0, "last_wall": 1010.0, "startup_s": 1.5, "shutdown_s": 2.0, "gave_up": "idle"}
+    both = _combined([a, b])
+    assert both["events"] == 1000 and both["seconds"] == 10.0 and both["events_per_s"] == 100.0
+    assert both["outcomes"] == {"ROUTED": 700, "BATCHED": 200, "DEDUPLICATED": 100} and both["batches"] == 15
+    assert both["startup_s"] == 0.5 and both["shutdown_s"] == 2.0 and both["gave_up"] == "idle"

@@ -26,6 +26,7 @@ each idempotent:
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from typing import Any, Iterator
 
@@ -39,6 +40,8 @@ _PATCHED = "_herald_fetch_wait"
 _RESUME_PATCHED = "_herald_resume_after_suspension"
 _SEEK_PATCHED = "_herald_seek_forgets_read_offsets"
 _GAP_PATCHED = "_herald_exact_gaps"
+
+log = logging.getLogger("herald.faust_adapter")
 
 
 def install_fetch_max_wait() -> None:
@@ -120,7 +123,11 @@ def install_exact_gaps() -> None:
     noted. On a partition where every other offset is a transaction marker (each record moved home under
     ``HERALD_EXACTLY_ONCE`` is its own transaction) each commit then advanced a record or two: the committed
     offset fell thousands of records behind within minutes, and a restarted worker read, moved and
-    dead-lettered all of those again. This notes exactly ``[max(after_last, committed), now_read)``."""
+    dead-lettered all of those again. This notes exactly ``[max(after_last, committed), now_read)``.
+
+    A gap of more than one offset is logged (partition and range): a lone offset is a transaction's marker,
+    several in a row are an aborted transaction, a compaction, or records a fetch skipped, which is a loss
+    if they were never handed over; the log line is the evidence to look for when an input goes undecided."""
     original = FaustConsumer._add_gap
     if getattr(original, _GAP_PATCHED, False):
         return
@@ -129,6 +136,9 @@ def install_exact_gaps() -> None:
         committed = self._committed_offset[tp]
         start = offset_from if committed is None else max(offset_from, committed)
         if start < offset_to:
+            if offset_to - start > 1:
+                log.info("offsets %d..%d of %s[%d] skipped by the fetch: counted as done", start, offset_to - 1,
+                         tp.topic, tp.partition)
             gaps = self._gap[tp]
             gaps.addi(start, offset_to)  # an interval tree's end is exclusive: the record read is not in it
             await asyncio.sleep(0)  # a long gap's bookkeeping lets health checks and heartbeats through

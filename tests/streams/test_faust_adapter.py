@@ -148,6 +148,25 @@ def test_a_partition_where_every_other_offset_is_a_transaction_marker_commits_as
     assert asyncio.run(commits()) == [492, 502, 512]  # each past its last record (and the marker after it)
 
 
+def test_a_gap_of_several_offsets_is_logged_with_its_partition_and_range(tmp_path, caplog):
+    import logging
+
+    faust_adapter.install_exact_gaps()
+
+    async def gaps() -> list:
+        app = create_app(Settings(app_id="test-adapter-gap-log", data_dir=str(tmp_path)))
+        tp = faust_adapter.TP("events", 3)
+        app.consumer._committed_offset[tp] = 100
+        await app.consumer._add_gap(tp, 101, 102)  # one marker: not worth a line
+        await app.consumer._add_gap(tp, 103, 110)  # seven offsets skipped
+        return sorted((i.begin, i.end) for i in app.consumer._gap[tp])
+
+    with caplog.at_level(logging.INFO, logger="herald.faust_adapter"):
+        assert asyncio.run(gaps()) == [(101, 102), (103, 110)]
+    assert [r.getMessage() for r in caplog.records] == [
+        "offsets 103..109 of events[3] skipped by the fetch: counted as done"]
+
+
 def test_the_tables_recovery_is_read_without_making_one(tmp_path):
     """``table_recovery`` is None until Faust makes its recovery service, then that same service, whose
     ``in_recovery`` and ``active_remaining_total()`` the worker's restore metrics read."""

@@ -30,7 +30,6 @@ import multiprocessing as mp
 import os
 import random
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -378,13 +377,9 @@ def start_api(port: int, secret: str, env: dict[str, str] | None = None, cwd: Pa
 
 
 def stop_api(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+    from infra.common import stop_group
+
+    stop_group(proc, 15)
 
 
 # -- the run ---------------------------------------------------------------------------------------

@@ -560,17 +560,12 @@ class Worker:
         return now_ms()
 
     def stop(self, timeout: float = 30) -> None:
+        from infra.common import stop_group
+
         if not self.alive():
             return
         assert self.proc is not None
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        except ProcessLookupError:
-            pass
+        stop_group(self.proc, timeout)
 
 
 class Crew:

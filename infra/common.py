@@ -92,6 +92,21 @@ def start_process(service: str, argv: list[str], env: dict | None = None, cwd: P
     return proc
 
 
+def stop_group(proc: subprocess.Popen, timeout: float = 30.0) -> int | None:
+    """Stop a child started in a session of its own, with whatever it started: SIGTERM its process group,
+    SIGKILL the group after ``timeout`` seconds. Its exit status (None: it was gone already and not ours)."""
+    if proc.poll() is not None:
+        return proc.returncode
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait(10)
+    except ProcessLookupError:
+        return proc.poll()
+
+
 def read_pid(service: str) -> int | None:
     path = pid_path(service)
     if not path.exists():

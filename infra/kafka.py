@@ -33,6 +33,7 @@ from infra.common import (
     port_open,
     read_pid,
     start_process,
+    stop_group,
     stop_process,
     subdir,
     wait_until,
@@ -277,18 +278,7 @@ class ExtraBroker:
         self.log = directory / "kafka.log"
 
     def stop(self, timeout: float = 60) -> None:
-        import signal
-
-        if self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        except ProcessLookupError:
-            pass
+        stop_group(self.proc, timeout)
 
 
 def start_extra(directory: Path, port: int, cport: int, properties: dict[str, str], ready: Callable[[], bool],

@@ -35,7 +35,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -324,13 +323,9 @@ class Worker:
             raise ReplayError(f"the shadow worker exited with {self.proc.returncode}; its log: {self.log}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        from infra.common import stop_group
+
+        stop_group(self.proc, 30)
 
 
 class Decisions:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from infra.common import stop_group
+
 
 @dataclass(frozen=True)
 class Fault:
@@ -66,12 +68,7 @@ def _second_worker(ctx, tag: str) -> tuple[subprocess.Popen, Path]:  # noqa: ANN
 
 
 def _stop(proc: subprocess.Popen) -> int | None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        return proc.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        return proc.wait(10)
+    return stop_group(proc, 60)
 
 
 def _join_and_leave(ctx) -> dict:  # noqa: ANN001

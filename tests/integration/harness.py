@@ -11,7 +11,7 @@ from pathlib import Path
 
 from herald.settings import Settings
 from herald.topics import ensure_topics, register_schemas
-from infra.common import REPO_ROOT
+from infra.common import REPO_ROOT, stop_group
 
 READY = {"worker": "Ready", "sink": "consuming"}
 
@@ -70,10 +70,4 @@ class Pipeline:
 
     def stop(self) -> None:
         for name in list(self.procs):
-            proc = self.procs.pop(name)
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+            stop_group(self.procs.pop(name), 20)

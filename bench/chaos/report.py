@@ -68,7 +68,8 @@ def markdown(report: dict) -> str:
              f"Run `{report['run_id']}` started {report['started_at']}: {report['rounds']} round(s) of the matrix"
              f"{' (quick outages)' if report['quick'] else ''}"
              f"{', HERALD_EXACTLY_ONCE=1' if report.get('exactly_once') else ', the default mode'}, a stream of {report['rate']:g} inputs/s, "
-             f"{report['seconds'] / 60:.1f} min. Invariants: **{'all held' if report['held'] else 'BROKEN'}**.", "",
+             f"{report['seconds'] / 60:.1f} min{_commit(report)}. "
+             f"Invariants: **{'all held' if report['held'] else 'BROKEN'}**.", "",
              "| fault | times | median recovery | worst recovery | ≤ 30 s |", "|---|---|---|---|---|"]
     for row in by_fault(report):
         if row["times"] == 0:
@@ -85,6 +86,13 @@ def markdown(report: dict) -> str:
     for v in report["violations"]:
         lines.append(f"- {v['invariant']}: {v['message']}: {', '.join(v['records'][:5])}")
     return "\n".join(lines) + "\n"
+
+
+def _commit(report: dict) -> str:
+    git = report.get("git") or {}
+    if not git.get("commit"):
+        return ""
+    return f", code at `{git['commit'][:7]}`" + (" with local changes" if git.get("dirty") else "")
 
 
 def record(report: dict, path: Path) -> None:

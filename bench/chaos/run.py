@@ -186,7 +186,7 @@ def run(faults: list[Fault], opts: Options, base: Path, say: Callable[[str], Non
     stack = Stack(run_id, base, exactly_once=opts.exactly_once)
     report: dict = {"run_id": run_id, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "rounds": opts.rounds, "quick": opts.quick, "exactly_once": opts.exactly_once, "rate": opts.rate, "folder": str(stack.home),
-                    "disk_fault_possible": stack.tmpfs, "faults": []}
+                    "disk_fault_possible": stack.tmpfs, "faults": [], "git": _git()}
     started = time.monotonic()
     workload = tap = reader = None
     try:
@@ -285,6 +285,14 @@ def _check(stack: Stack, tap: Tap, workload: Workload, reader: Reader, run_id: s
                     **tap.problems()},
         "violations": [asdict(v) for v in violations],
     }
+
+
+def _git() -> dict:
+    """The commit the run's code is at, and whether files differed from it (``bench.run.git_info``)."""
+    from bench.run import git_info
+
+    info = git_info()
+    return {"commit": info["commit"], "dirty": info["dirty"]}
 
 
 def finish(report: dict) -> dict:

@@ -83,3 +83,6 @@ def test_the_report_table_and_reliability_md_keep_the_text_above_the_marker(tmp_
     text = path.read_text()
     assert text.startswith("# Reliability\n\nHow to read this.\n") and text.count(report.MARKER) == 1
     assert "`def`" in text and "`abc`" not in text and "| kill-worker | 2 | 4.0 s | 6.0 s | yes |" in text
+    assert "code at" not in text  # a run that knows no commit says none
+    report.record({**run, "git": {"commit": "36b36f9d0e1f", "dirty": True}}, path)
+    assert "10.0 min, code at `36b36f9` with local changes. Invariants: **all held**." in path.read_text()

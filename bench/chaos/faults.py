@@ -30,12 +30,27 @@ class Fault:
     signals: tuple[str, ...]
 
 
+UP_WAIT_S = 60  # how long a fault waits for its process to be up (the supervisor may be restarting it)
+
+
+def _running_pid(ctx, process: str) -> tuple[int | None, str]:  # noqa: ANN001
+    """The pid of ``process`` once the supervisor has it up, or None and why: a fault is not injected into a
+    process that is not running (the report shows it skipped; the earlier fault's recovery shows why)."""
+    if not ctx.stack.wait_up(process, UP_WAIT_S):
+        return None, f"{process} was not up within {UP_WAIT_S} s (state: {ctx.stack.state(process)})"
+    pid = ctx.stack.pid(process)
+    return (pid, "") if pid else (None, f"{process} has no pid")
+
+
 def _kill(process: str) -> Callable:
     def inject(ctx) -> dict:  # noqa: ANN001
-        pid = ctx.stack.pid(process)
-        if not pid:
-            raise RuntimeError(f"{process} has no pid to kill")
-        os.kill(pid, signal.SIGKILL)
+        pid, why = _running_pid(ctx, process)
+        if pid is None:
+            return {"skipped": why}
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return {"skipped": f"{process} (pid {pid}) was gone when it was due to be killed"}
         return {"pid": pid}
     return inject
 
@@ -79,10 +94,16 @@ def _join_and_leave(ctx) -> dict:  # noqa: ANN001
 
 def _zombie(ctx) -> dict:  # noqa: ANN001
     """SIGSTOP the worker past its session timeout while a second one takes its partitions, then wake it."""
+    pid, why = _running_pid(ctx, "worker")
+    if pid is None:
+        return {"skipped": why}
     helper, _ = _second_worker(ctx, "standin")
     time.sleep(5)
-    pid = ctx.stack.pid("worker")
-    os.kill(pid, signal.SIGSTOP)
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        _stop(helper)
+        return {"skipped": f"the worker (pid {pid}) was gone when it was due to be stopped"}
     try:
         time.sleep(ctx.hold(16, 25))  # past the 10 s session timeout: its partitions move
     finally:

@@ -86,3 +86,20 @@ def test_the_report_table_and_reliability_md_keep_the_text_above_the_marker(tmp_
     assert "code at" not in text  # a run that knows no commit says none
     report.record({**run, "git": {"commit": "36b36f9d0e1f", "dirty": True}}, path)
     assert "10.0 min, code at `36b36f9` with local changes. Invariants: **all held**." in path.read_text()
+
+
+def test_a_fault_due_while_its_process_is_not_up_is_skipped_with_the_reason(monkeypatch):
+    """The supervisor may be restarting the process (a crash loop): killing a stale pid is not a fault."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(faults, "UP_WAIT_S", 0)
+    stack = SimpleNamespace(wait_up=lambda name, timeout: False, state=lambda name: "restarting",
+                            pid=lambda name: 424242)
+    ctx = SimpleNamespace(stack=stack)
+    kill = next(f for f in faults.MATRIX if f.name == "kill-worker")
+    assert kill.inject(ctx) == {"skipped": "worker was not up within 0 s (state: restarting)"}
+    zombie = next(f for f in faults.MATRIX if f.name == "zombie-worker")
+    assert zombie.inject(ctx) == {"skipped": "worker was not up within 0 s (state: restarting)"}
+    gone = SimpleNamespace(stack=SimpleNamespace(wait_up=lambda name, timeout: True, state=lambda name: "up",
+                                                 pid=lambda name: 2 ** 22 + 7))  # no such process
+    assert kill.inject(gone)["skipped"].endswith("was gone when it was due to be killed")

@@ -13,18 +13,6 @@ import pytest
 from sinks.ledger import Ledger, Mark, Source
 
 
-@pytest.fixture
-async def pool(stack):
-    import asyncpg
-
-    from infra import postgres
-
-    await postgres.migrate_async()
-    pool = await asyncpg.create_pool(postgres.database_url(), min_size=1, max_size=2)
-    yield pool
-    await pool.close()
-
-
 def _item(unique: str) -> tuple[str, str, bytes, Source]:
     return f"{unique}-{uuid.uuid4().hex[:8]}", f"{unique}-u", b"request", Source("t", 0, 1)
 

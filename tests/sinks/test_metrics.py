@@ -70,18 +70,6 @@ def servers(tmp_path_factory):
     catcher.stop()
 
 
-@pytest.fixture
-async def pool(stack):
-    import asyncpg
-
-    from infra import postgres
-
-    await postgres.migrate_async()
-    pool = await asyncpg.create_pool(postgres.database_url(), min_size=1, max_size=4)
-    yield pool
-    await pool.close()
-
-
 @pytest.mark.integration
 async def test_an_email_sink_counts_latency_retries_waiting_and_ledger_conflicts_and_logs_no_address(
         pool, unique, servers, tmp_path, caplog):

@@ -48,8 +48,18 @@ def outputs_compared(herald: dict, quix: dict) -> str:
     if same:
         return f"Outputs: the same decisions on both sides (by outcome: {listing(h)})."
     return (f"Outputs: **not the same job** — Herald's decisions by outcome: {listing(h)}; the peer's: {listing(q)}"
-            + (f"; only Herald decided {', '.join(only_herald)} (preferences, quiet hours and digests, which the "
-               "peer does not do)" if only_herald else "") + ". The ratio compares unequal work.")
+            + (f"; only Herald decided {', '.join(only_herald)} (the peer does Herald's job for users with no "
+               "preferences record: a workload with them is another job)" if only_herald else "")
+            + ". The ratio compares unequal work.")
+
+
+def requests_compared(herald: dict, quix: dict) -> str:
+    """Each side's delivery requests by channel when it stopped: the parts sent at once, and the batches, digests
+    and throttled parts released by then (windows close on the clock, so those depend on how long each ran)."""
+    channels = [c for c in herald if c in quix]
+    return ("Delivery requests written by the time each side stopped, Herald / the peer: "
+            + ", ".join(f"{c} {herald[c]:,} / {quix[c]:,}" for c in channels)
+            + " (in-app and SMS parts go at once; push and email also hold the windows each side had closed).")
 
 def _shown(key: str) -> str:
     return BY_FIGURE[key].shown
@@ -219,6 +229,8 @@ def render_markdown(results: dict, chart_path: str | None = None) -> str:
             f"{fmt(f.get('pipeline_worker_rss_mb'), 'MB')} (the largest).")
     if f.get("pipeline_outcomes_first") and f.get("quix_outcomes"):
         lines.append("- " + outputs_compared(f["pipeline_outcomes_first"], f["quix_outcomes"]))
+    if f.get("pipeline_requests") and f.get("quix_requests"):
+        lines.append("- " + requests_compared(f["pipeline_requests"], f["quix_requests"]))
     if f.get("critical_samples") is not None:
         trend = f.get("critical_p50_by_quarter_ms") or []
         lines.append(

@@ -5,12 +5,15 @@ What it measures, in this order (each phase prints its time; the whole default r
   1. stack        Kafka, the registry and PostgreSQL at the HERALD_* addresses; whatever does not
                   answer is started here as a local process (as `herald up` does) and stopped at the end.
   2. workload     --events NotificationEvents over --users users (LOW 50%, NORMAL 35%, HIGH 10%,
-                  CRITICAL 5%; 10% duplicates; preferences for 20% of users), generated in memory
-                  before any clock starts, then produced once to one topic that 3-5 all read.
+                  CRITICAL 5%; 10% duplicates; no preference records unless --preferences-share),
+                  generated in memory before any clock starts, then produced once to one topic that 3-5 all read.
   3. ceiling      passthrough_events_per_s: confluent-kafka consume -> produce of the same bytes.
-  4. peer         quix_events_per_s: the same dedup + rate count + tumbling batch in Quix Streams, one
-                  process (its own venv, made on first use: a minute or two once); with a budget it gets
-                  5% of what is left (at least 45 s) and its rate is over the events it decided.
+  4. peer         quix_events_per_s: Herald's job for users with no preference record in Quix Streams
+                  (dedup, routing per channel, rate limits, batch and digest windows, a decision per event
+                  and the delivery requests; bench/peers/quix_peer.py), as many processes as Herald has
+                  workers (its own venv, made on first use: a minute or two once); with a budget it gets
+                  5% of what is left (at least 45 s) and its rate is over the events it decided. The
+                  results say whether both sides made the same decisions.
   5. pipeline     pipeline_events_per_s: Herald workers (`python -m streams.cli worker`, one per core, or
                   --workers; without standby replicas unless HERALD_STANDBY_REPLICAS says otherwise: they
                   share one machine) started on the workload's topics once they are full; the rate at which events
@@ -110,6 +113,7 @@ class Options:
     batch_window_s: int = 2
     digest_period_s: int = 10
     seed: int = 1
+    preferences_share: float = 0.0  # users with a preferences record: the peer's job is for users with none
     keep: bool = False
     delete_incomplete: bool = False  # delete the topics even of a run with undecided events (kept by default)
     command_line: str = "herald bench"
@@ -147,6 +151,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-s", type=float, default=None, help="seconds of the CRITICAL latency stream (default 30)")
     p.add_argument("--api-rate", type=float, default=5000.0, help="unread-count requests per second (default 5,000)")
     p.add_argument("--seed", type=int, default=1, help="the workload's seed (default 1)")
+    p.add_argument("--preferences-share", type=float, default=0.0,
+                   help="share of the workload's users given a preferences record (default 0: the peer does "
+                        "Herald's job for users without one, so with any the two sides no longer do the same job)")
     p.add_argument("--keep", action="store_true", help="keep the benchmark's topics and worker state (default: delete them)")
     p.add_argument("--delete-incomplete", action="store_true",
                    help="delete the topics and worker state even when a phase ended with events undecided (by "
@@ -163,6 +170,7 @@ def options_from(argv: list[str]) -> Options:
             setattr(opts, name, value)
     opts.skip_peer, opts.skip_api, opts.quick, opts.keep = args.skip_peer, args.skip_api, args.quick, args.keep
     opts.out, opts.markdown, opts.api_rate, opts.seed = args.out, args.markdown, args.api_rate, args.seed
+    opts.preferences_share = min(1.0, max(0.0, args.preferences_share))
     opts.workers = max(0, args.workers)
     opts.delete_incomplete = args.delete_incomplete
     opts.command_line = " ".join(["herald bench", *argv])
@@ -884,7 +892,8 @@ class Run:
         self.prefixes.append(prefix)
         settings = self.settings(prefix)
         self.app_ids.append(settings.app_id)
-        figures = workload.run(self.opts.events, self.opts.users, self.opts.seed, settings=settings, progress=True)
+        figures = workload.run(self.opts.events, self.opts.users, self.opts.seed, settings=settings, progress=True,
+                               preferences_share=self.opts.preferences_share)
         self.details["workload_settings"] = settings
         keep = ("topic_prefix", "events_topic", "partitions", "workload_events", "workload_users",
                 "workload_originals", "workload_duplicates", "workload_resent_event_ids", "workload_repeated_dedup_keys",
@@ -917,7 +926,8 @@ class Run:
         timeout = max(45.0, min(900.0, self.left_s() * 0.05))
         # as many peer processes as Herald has workers: a comparison of equals
         figures = quix_peer.run(topic, self.opts.events, settings=self.details["workload_settings"], timeout_s=timeout,
-                                processes=self.worker_count())
+                                processes=self.worker_count(), window_s=self.opts.batch_window_s,
+                                digest_s=self.opts.digest_period_s)
         self.groups.append(figures.get("quix_group"))
         self.figures.update({k: v for k, v in figures.items() if not k.endswith(("_topic", "_group"))})
         if not figures.get("quix_complete"):
@@ -979,6 +989,7 @@ class Run:
             "pipeline_first_to_last_decision_s": round(span, 2),
             "pipeline_outcomes_first": {heads.outcomes[k]: v for k, v in sorted(decided.outcomes.items())},
             "pipeline_bench_reader_cpu_s": round(time.process_time() - cpu0, 1),
+            "pipeline_requests": requests_by_channel(settings),
         })
         if n < total:
             self.name_undecided("pipeline", settings, heads, worker)
@@ -1360,6 +1371,15 @@ class Run:
             "figures": f, "skipped": {k: v for k, v in self.skipped.items()}, "notes": self.notes, "errors": self.errors,
             "phase_s": self.phase_s, "phase_load_1min": self.phase_load, "worker_logs": str(self.logs()),
         }
+
+
+def requests_by_channel(settings: Any) -> dict[str, int]:
+    """Records in each of Herald's delivery topics the peer also writes (its users are offline: no WEBSOCKET)."""
+    from bench.peers.quix_peer import CHANNELS
+    from bench.workload import end_offsets_total
+    from herald.topics import delivery_topic
+
+    return {c: end_offsets_total(settings.kafka_bootstrap, delivery_topic(settings, c)) for c in CHANNELS}
 
 
 def _minutes(seconds: float) -> str:

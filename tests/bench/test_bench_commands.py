@@ -26,7 +26,8 @@ def test_help_documents_the_options(module, words, capsys):
 def test_peer_module_imports_no_herald_code_at_top_level():
     source = quix_peer.PEER_SCRIPT.read_text()
     top = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
-    assert all(line.split()[1] in ("__future__", "argparse", "json", "sys", "time", "pathlib", "typing") for line in top), top
+    assert all(line.split()[1] in ("__future__", "argparse", "dataclasses", "hashlib", "json", "sys", "time", "pathlib",
+                                   "typing") for line in top), top
 
 
 def test_ensure_venv_reuses_a_venv_made_for_the_same_requirements(tmp_path, monkeypatch):

@@ -183,15 +183,23 @@ def test_the_outputs_of_herald_and_the_peer_are_compared_by_outcome():
     assert "**not the same job**" in shifted and "only Herald" not in shifted
 
 
+def test_the_requests_of_both_sides_are_listed_by_channel():
+    from bench.report import requests_compared
+
+    line = requests_compared({"INAPP": 9000, "PUSH": 2500, "SMS": 1500, "EMAIL": 3000},
+                             {"INAPP": 8990, "PUSH": 2400, "SMS": 1500, "EMAIL": 2900})
+    assert "INAPP 9,000 / 8,990" in line and "SMS 1,500 / 1,500" in line and "EMAIL 3,000 / 2,900" in line
+
+
 def test_several_peer_processes_add_up_over_the_span_of_all_their_decisions():
     from bench.peers.quix_peer import _combined
 
-    a = {"events": 600, "outcomes": {"ROUTED": 400, "BATCHED": 200}, "batches": 10, "seconds": 9.0,
+    a = {"events": 600, "outcomes": {"ROUTED": 400, "BATCHED": 200}, "released": 10, "seconds": 9.0,
          "events_per_s": 66.7, "outputs": 600, "startup_s": 0.5, "shutdown_s": 1.0, "complete": False,
          "first_wall": 1000.0, "last_wall": 1009.0, "quixstreams": "3.28.1"}
-    b = {**a, "events": 400, "outcomes": {"ROUTED": 300, "DEDUPLICATED": 100}, "batches": 5,
+    b = {**a, "events": 400, "outcomes": {"ROUTED": 300, "DEDUPLICATED": 100}, "released": 5,
          "first_wall": 1001.0, "last_wall": 1010.0, "startup_s": 1.5, "shutdown_s": 2.0, "gave_up": "idle"}
     both = _combined([a, b])
     assert both["events"] == 1000 and both["seconds"] == 10.0 and both["events_per_s"] == 100.0
-    assert both["outcomes"] == {"ROUTED": 700, "BATCHED": 200, "DEDUPLICATED": 100} and both["batches"] == 15
+    assert both["outcomes"] == {"ROUTED": 700, "BATCHED": 200, "DEDUPLICATED": 100} and both["released"] == 15
     assert both["startup_s"] == 0.5 and both["shutdown_s"] == 2.0 and both["gave_up"] == "idle"

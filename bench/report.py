@@ -121,7 +121,7 @@ ROWS: tuple[Row, ...] = (
         "events/s", _target("pipeline_events_per_s")),
     Row("pipeline_overall_events_per_s", "Herald, full pipeline: first to last decision", "events/s"),
     Row("passthrough_events_per_s", "Raw ceiling: confluent-kafka consume → produce of the same bytes", "events/s"),
-    Row("quix_events_per_s", "Peer: the same dedup + rate count + tumbling batch in Quix Streams", "events/s"),
+    Row("quix_events_per_s", "Peer: Herald's job (users without preferences) in Quix Streams", "events/s"),
     Row("pipeline_vs_passthrough_ratio", "Herald / ceiling", "×"),
     Row("pipeline_vs_quix_ratio", "Herald / Quix Streams peer", "×", _target("pipeline_vs_quix_ratio")),
     Row("critical_p50_ms", "CRITICAL produce → delivery topic, p50 (at half Herald's rate)", "ms"),

@@ -84,6 +84,19 @@ def stack():
 
 
 @pytest.fixture
+async def pool(stack):
+    """An asyncpg pool on the test session's PostgreSQL, migrated."""
+    import asyncpg
+
+    from infra import postgres
+
+    await postgres.migrate_async()
+    pool = await asyncpg.create_pool(postgres.database_url(), min_size=1, max_size=8)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
 def unique() -> str:
     """A short unique name for this test's topics, consumer groups and users."""
     return f"t{uuid.uuid4().hex[:10]}"

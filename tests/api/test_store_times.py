@@ -4,25 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-import asyncpg
 import pytest
 
 from api import store
-from infra import postgres
 from sinks.inapp import InAppDeliverer
 from tests.api.test_unread_counts import request
 
 pytestmark = pytest.mark.integration
 
 TIMES = "SELECT read_at, seen_at, archived_at FROM notifications WHERE notification_id = $1"
-
-
-@pytest.fixture
-async def pool(stack):
-    await postgres.migrate_async()
-    pool = await asyncpg.create_pool(postgres.database_url(), min_size=1, max_size=2)
-    yield pool
-    await pool.close()
 
 
 async def test_an_action_s_time_is_the_one_given_and_the_first_one_stays(pool, unique):

@@ -23,14 +23,6 @@ FROM notifications WHERE user_id LIKE $1 AND archived_at IS NULL GROUP BY user_i
 
 
 @pytest.fixture
-async def pool(stack):
-    await postgres.migrate_async()
-    pool = await asyncpg.create_pool(postgres.database_url(), min_size=1, max_size=8)
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
 async def users(pool, unique):
     yield [f"{unique}-u{i}" for i in range(6)]
     await pool.execute("DELETE FROM notifications WHERE user_id LIKE $1", f"{unique}-%")

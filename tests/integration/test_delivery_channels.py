@@ -42,14 +42,6 @@ def catcher(servers):
     return servers[1]
 
 
-@pytest.fixture
-async def pool(stack):
-    await postgres.migrate_async()
-    pool = await asyncpg.create_pool(postgres.database_url(), min_size=1, max_size=4)
-    yield pool
-    await pool.close()
-
-
 def sink(settings, channel, pool, tmp_path, **kwargs):
     breaker = kwargs.pop("breaker", None) or Breaker(channel, "test", settings.sink_breaker_failures,
                                                      settings.sink_breaker_open_s, tmp_path / f"breaker-{channel}.json")

@@ -23,14 +23,6 @@ from tests.sinks.helpers import Kafka, TcpProxy, by_id, request, running, settin
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def pool(stack):
-    await postgres.migrate_async()
-    pool = await asyncpg.create_pool(postgres.database_url(), min_size=1, max_size=2)
-    yield pool
-    await pool.close()
-
-
 def start_sink(unique: str, tmp_path, **env) -> tuple[subprocess.Popen, object]:
     log = tmp_path / f"sink-{time.monotonic_ns()}.log"
     proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "sink", "inapp"], cwd=REPO_ROOT,

@@ -29,6 +29,7 @@ from confluent_kafka import KafkaException
 
 from agents import clock as rules
 from agents import policy
+from agents.order import Item, decision_order
 from agents.preferences import validate as validate_preferences
 from agents.presence import expiry
 from agents.validate import to_ms
@@ -50,6 +51,7 @@ from streams.step import Step
 from streams.sticky import keep_assignment
 
 log = logging.getLogger("herald.worker")
+TICK: dict = {}  # what ``Pipeline.read`` returns for a tick: the clock's, not an event
 EXIT_UNWRITTEN = 70  # the process's exit status when a batch's outputs or states could not be written
 
 
@@ -57,6 +59,13 @@ def record_time_ms(msg: Any) -> int:
     """The decision clock of a record: its own timestamp (see ``agents.clock.decision_time``)."""
     ts = msg.timestamp
     return rules.decision_time(int(round(ts * 1000)) if ts and ts > 0 else None, int(time.time() * 1000))
+
+
+def _order_item(msg: Any, event: dict | None) -> Item:
+    """What ``agents.order`` needs of a record read."""
+    if event is TICK:
+        return msg.partition, None, None
+    return None if event is None else (msg.partition, event["user_id"], event["priority"])
 
 
 class Pipeline:
@@ -101,28 +110,45 @@ class Pipeline:
         await asyncio.get_running_loop().run_in_executor(None, self.outbox.claim, partitions)
 
     async def batch(self, events: Sequence[Any]) -> None:
-        """Decide on every record of the batch in order, then commit the batch as one transaction."""
+        """Read every record of the batch, decide on them in ``agents.order``'s order (the read order, but
+        for CRITICAL events that overtake), then commit the batch as one transaction."""
         started = time.perf_counter()
         step = Step(self.states, self.outputs, self.outbox, self.clock.reindex)
         await self.intake.prepare([e.message.value for e in events if e.message.topic == self.events_topic])
-        for event in events:
-            faust_adapter.serve_event(event)
-            await self.record(step, event.message)
+        read = [await self.read(step, event) for event in events]
+        for i in decision_order([_order_item(event.message, what) for event, (_, what) in zip(events, read)]):
+            faust_adapter.serve_event(events[i])
+            self.decide(step, events[i].message, *read[i])
         await step.commit()
         self.metrics.batch(len(events), time.perf_counter() - started, step.events, step.decisions, step.requests,
                            step.released)
 
-    async def record(self, step: Step, msg: Any) -> None:
+    async def read(self, step: Step, event: Any) -> tuple[int, dict | None]:
+        """A record's decision clock and its validated event (None: dead-lettered or moved home; ``TICK``: a tick)."""
+        msg = event.message
         now_ms = record_time_ms(msg)
         if msg.topic != self.events_topic:
-            self.clock.release(step, msg.partition, now_ms)
-            return
+            return now_ms, TICK
+        faust_adapter.serve_event(event)
         self.clock.note_event(msg.partition, msg.offset, now_ms)
         step.events[msg.partition] += 1
         try:
-            event = await self.intake.event(msg, now_ms)
-            if event is None:
-                return
+            return now_ms, await self.intake.event(msg, now_ms)
+        except KafkaException:
+            raise  # a dead letter could not be queued: the batch fails as a whole, its records are read again
+        except Exception as exc:  # noqa: BLE001 - a bug on one record must not stop the stream; it is kept
+            log.exception("failed on %s:%s@%s", msg.topic, msg.partition, msg.offset)
+            self.intake.dead_letter(msg, "INTERNAL", f"{type(exc).__name__}: {exc}", "pipeline")
+            return now_ms, None
+
+    def decide(self, step: Step, msg: Any, now_ms: int, event: dict | None) -> None:
+        """Release the partition's due users for a tick; decide on a validated event."""
+        if event is TICK:
+            self.clock.release(step, msg.partition, now_ms)
+            return
+        if event is None:
+            return
+        try:
             user_id = event["user_id"]
             prefs, online = self.context.of(user_id, msg.partition, now_ms)
             out = policy.on_event(step.state(user_id, msg.partition), event, prefs, online, now_ms,

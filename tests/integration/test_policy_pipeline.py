@@ -828,3 +828,30 @@ def test_a_second_worker_joining_and_leaving_keeps_every_users_state(herald, tmp
                 problems.append(f"{where}: the scheduled event on {channel}: {len(singles)} requests, "
                                 f"{len({r['delivery_id'] for r in singles})} delivery ids, expected 1 after deliver_after")
     assert not problems, "\n".join(problems) + "\n" + out.dump(*users)
+
+
+def test_a_critical_event_overtakes_other_users_events_read_in_its_batch(herald):
+    """``agents.order``: a CRITICAL event behind other users' events on its partition, read in one batch with
+    them, is decided before them; read in order, every one of them would be decided before it."""
+    out, s = herald.out, herald.settings
+    user = f"{herald.unique}-urgent"
+    home = home_partition(user.encode(), s.partitions)
+    crowd = [u for u in (f"{herald.unique}-crowd{i}" for i in range(2_000))
+             if home_partition(u.encode(), s.partitions) == home][:50]
+    ahead = [ev(crowd[i % len(crowd)], f"a{i}", priority="LOW") for i in range(1_500)]
+    behind = [ev(crowd[i % len(crowd)], f"b{i}", priority="LOW") for i in range(500)]
+    critical = ev(user, "now", priority="CRITICAL")
+    herald.send(*ahead, critical, *behind)
+
+    def first_decisions() -> dict[str, int] | None:
+        firsts: dict[str, int] = {}
+        for d in list(out.decisions):
+            if d["event_id"] not in firsts or d["_ts"] < firsts[d["event_id"]]:
+                firsts[d["event_id"]] = d["_ts"]
+        wanted = [e["event_id"] for e in (*ahead, critical)]
+        return firsts if all(w in firsts for w in wanted) else None
+
+    firsts = wait_for(first_decisions, 90, "a first decision for every event", out, user)
+    overtaken = [e for e in ahead if firsts[e["event_id"]] > firsts[critical["event_id"]]]
+    assert overtaken, "every event ahead of the CRITICAL one on its partition was decided before it"
+    assert [d["outcome"] for d in out.of(user, critical["event_id"], final=True)] == ["ROUTED"]

@@ -14,7 +14,10 @@ from herald.settings import Settings
 from streams.mirror import Mirrored
 from streams.states import changelog_configs, store_options
 
-MAX_EFFECTIVE = 50_000  # users whose preferences (defaults filled in) are kept ready
+MAX_EFFECTIVE = 50_000  # users with a preferences record whose effective preferences are kept ready
+# The effective preferences of every user without a record: one dict for them all (the policy only reads
+# preferences), instead of a copy of the defaults per user in the cache below.
+NO_RECORD = effective(None, "")
 
 
 class UserContext:
@@ -30,9 +33,13 @@ class UserContext:
         """The user's effective preferences and whether they are online at ``now_ms``."""
         prefs = self._effective.get(user_id)
         if prefs is None:
-            if len(self._effective) >= MAX_EFFECTIVE:
-                self._effective.clear()
-            prefs = self._effective[user_id] = effective(self.preferences.get(user_id, partition), user_id)
+            record = self.preferences.get(user_id, partition)
+            if record is None:
+                prefs = NO_RECORD
+            else:
+                if len(self._effective) >= MAX_EFFECTIVE:
+                    self._effective.clear()
+                prefs = self._effective[user_id] = effective(record, user_id)
         return prefs, online(self.presence.get(user_id, partition), now_ms)
 
     def set_preferences(self, user_id: str, record: dict | None) -> None:

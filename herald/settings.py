@@ -100,9 +100,14 @@ class Settings:
                                             "Memtable size of each table partition's RocksDB (two at most are "
                                             "kept). Faust's default, 64 MB x 3, let a worker's memory grow by "
                                             "hundreds of MB with a million users' states.")
-    rocksdb_block_cache_mb: int = _setting(16, "HERALD_ROCKSDB_BLOCK_CACHE_MB",
-                                           "Block cache of each table partition's RocksDB; the operating "
-                                           "system's page cache holds the rest (Faust's default: 2 GB each).")
+    rocksdb_block_cache_mb: int = _setting(32, "HERALD_ROCKSDB_BLOCK_CACHE_MB",
+                                           "Block cache that every table partition's RocksDB in the worker "
+                                           "shares; the operating system's page cache holds the rest (Faust's "
+                                           "default: 2 GB for each partition of each table).")
+    rocksdb_memtables_mb: int = _setting(64, "HERALD_ROCKSDB_MEMTABLES_MB",
+                                         "Memory all the worker's RocksDB memtables may take together (RocksDB's "
+                                         "write buffer manager flushes the fullest past it), whatever the number "
+                                         "of partitions.")
     standby_replicas: int = _setting(1, "HERALD_STANDBY_REPLICAS",
                                      "Standby copies of each partition's tables that other workers keep up to date, "
                                      "so a worker that takes a partition over has its state at hand. Each costs every "

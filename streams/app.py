@@ -19,6 +19,7 @@ def create_app(settings: Settings | None = None) -> faust.App:
     faust_adapter.install_resume_after_suspension()
     faust_adapter.install_seek_forgetting_read_offsets()
     faust_adapter.install_exact_gaps()
+    faust_adapter.install_shared_rocksdb_memory()
     if settings.data_dir:
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)  # Faust makes only the last folder
     app = faust.App(

@@ -22,6 +22,8 @@ each idempotent:
   that never got a decision); their docstrings say how.
 - ``install_exact_gaps`` notes the offsets a fetch skipped (transaction markers) exactly, so the commit
   keeps up on partitions that hold them.
+- ``install_shared_rocksdb_memory`` lets a table's options name one block cache and one memtable budget
+  for the whole process (``shared_memory``), where Faust gives every partition of every table its own.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import logging
 import weakref
 from typing import Any, Iterator
 
+import faust.stores.rocksdb as rocksdb_store
 from faust.streams import _current_event
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
@@ -146,6 +149,33 @@ def install_exact_gaps() -> None:
 
     setattr(_add_gap, _GAP_PATCHED, True)
     FaustConsumer._add_gap = _add_gap  # type: ignore[method-assign]
+
+
+class _SharedMemoryOptions(rocksdb_store.RocksDBOptions):
+    """Faust's RocksDB options, but with the extra option ``shared_memory`` (an object with ``cache``, a
+    ``rocksdict.Cache``, and ``write_buffers``, a ``rocksdict.WriteBufferManager``) every database opened
+    with them charges that one block cache and that one memtable budget."""
+
+    def as_options(self) -> Any:
+        options = super().as_options()
+        shared = self.extra_options.get("shared_memory")
+        if shared is not None and self.use_rocksdict:
+            import rocksdict
+
+            table = rocksdict.BlockBasedOptions()
+            table.set_bloom_filter(self.bloom_filter_size, True)
+            table.set_block_cache(shared.cache)
+            table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+            options.set_block_based_table_factory(table)
+            options.set_write_buffer_manager(shared.write_buffers)
+        return options
+
+
+def install_shared_rocksdb_memory() -> None:
+    """Faust's RocksDB store builds its options from ``faust.stores.rocksdb.RocksDBOptions`` when a table's
+    store is made: that name now makes options that honour ``shared_memory`` (the rest unchanged)."""
+    if not issubclass(rocksdb_store.RocksDBOptions, _SharedMemoryOptions):
+        rocksdb_store.RocksDBOptions = _SharedMemoryOptions  # type: ignore[misc]
 
 
 def serve_event(event: Any) -> None:

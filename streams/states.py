@@ -20,6 +20,7 @@ from streams.outbox import MAX_RECORD_BYTES, Outbox
 from streams.table_batch import TableBatch
 
 STATES_TABLE = "states"
+MB = 1024 * 1024
 COMPACTED = {"segment.ms": str(10 * 60_000), "segment.bytes": str(64 * 1024 * 1024), "min.cleanable.dirty.ratio": "0.2",
              "max.message.bytes": str(MAX_RECORD_BYTES)}
 
@@ -31,14 +32,36 @@ def changelog_configs(settings: Settings) -> dict[str, str]:
     return {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
 
 
-def store_options(settings: Settings) -> dict[str, int]:
-    """Each table partition's RocksDB options (Faust's ``RocksDBOptions``): memtables and block cache sized
-    by ``HERALD_ROCKSDB_WRITE_BUFFER_MB`` and ``HERALD_ROCKSDB_BLOCK_CACHE_MB`` instead of Faust's defaults
-    (64 MB x 3 and 2 GB), which every partition of every table would otherwise fill."""
-    mb = 1024 * 1024
-    return {"write_buffer_size": settings.rocksdb_write_buffer_mb * mb, "max_write_buffer_number": 2,
-            "target_file_size_base": max(settings.rocksdb_write_buffer_mb, 8) * mb,
-            "block_cache_size": settings.rocksdb_block_cache_mb * mb}
+class SharedMemory:
+    """The block cache and the memtable budget every table partition of this process shares."""
+
+    def __init__(self, cache_mb: int, memtables_mb: int) -> None:
+        import rocksdict
+
+        self.cache = rocksdict.Cache(cache_mb * MB)
+        self.write_buffers = rocksdict.WriteBufferManager(memtables_mb * MB, False)  # flush early, never stall
+
+
+_shared: dict[tuple[int, int], SharedMemory] = {}
+
+
+def shared_memory(settings: Settings) -> SharedMemory:
+    """The process's ``SharedMemory`` for these settings' sizes (one per distinct sizes, made on first use)."""
+    sizes = (settings.rocksdb_block_cache_mb, settings.rocksdb_memtables_mb)
+    if sizes not in _shared:
+        _shared[sizes] = SharedMemory(*sizes)
+    return _shared[sizes]
+
+
+def store_options(settings: Settings) -> dict[str, Any]:
+    """Each table partition's RocksDB options (Faust's ``RocksDBOptions``): memtables of
+    ``HERALD_ROCKSDB_WRITE_BUFFER_MB`` (two at most), all of them within ``HERALD_ROCKSDB_MEMTABLES_MB``, and
+    one block cache of ``HERALD_ROCKSDB_BLOCK_CACHE_MB`` for the process (``faust_adapter``'s
+    ``shared_memory``), instead of Faust's 64 MB x 3 memtables and 2 GB cache for every partition of every
+    table. A new dict each call: Faust's store takes keys out of the one it is given."""
+    return {"write_buffer_size": settings.rocksdb_write_buffer_mb * MB, "max_write_buffer_number": 2,
+            "target_file_size_base": max(settings.rocksdb_write_buffer_mb, 8) * MB,
+            "block_cache_size": settings.rocksdb_block_cache_mb * MB, "shared_memory": shared_memory(settings)}
 
 
 class UserStates:

@@ -52,3 +52,12 @@ def test_requirements_pin_every_package_exactly():
     lines = [line.strip() for line in venv.REQUIREMENTS.read_text().splitlines() if line.strip() and not line.startswith("#")]
     assert lines and all("==" in line and not any(c in line for c in "<>~!") for line in lines), lines
     assert any(line.startswith("quixstreams==") for line in lines)
+
+
+def test_the_rocksdb_memory_bench_measures_each_variant(tmp_path):
+    from bench import rocksdb_memory
+
+    for variant in rocksdb_memory.VARIANTS:
+        figures = rocksdb_memory.run_variant(variant, tmp_path / variant, partitions=2, values=2_000, value_bytes=100)
+        assert figures["variant"] == variant and figures["after_reads_mb"] >= 0 and figures["seconds"] >= 0
+        assert (tmp_path / variant / "states-1").is_dir()

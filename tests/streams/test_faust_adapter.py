@@ -260,3 +260,31 @@ def test_the_recovery_counts_a_quiet_changelog_after_a_short_wait_and_loses_no_r
         assert app.tables.changelog_queue.qsize() == 0 and queue.qsize() == 0
 
     asyncio.run(scenario())
+
+
+def test_every_table_partition_opened_through_faust_charges_the_one_shared_cache(tmp_path):
+    """Faust's store makes its options from the module's ``RocksDBOptions`` name, which the adapter replaces:
+    two tables' partitions, written and read, all fill the process's one block cache and memtable budget."""
+    from streams.states import SharedMemory
+
+    shared = SharedMemory(cache_mb=8, memtables_mb=16)
+
+    async def fill() -> tuple[Any, int, int]:
+        app = create_app(Settings(app_id="test-adapter-shared", data_dir=str(tmp_path), partitions=2))
+        tables = [app.Table(name, default=None, partitions=2, key_type=bytes, value_type=bytes,
+                            options={"shared_memory": shared}) for name in ("a", "b")]
+        memtables = 0
+        for table in tables:
+            for partition in (0, 1):
+                db = faust_adapter.partition_db(table, partition)
+                for i in range(2_000):
+                    db.put(f"k{i}".encode(), b"x" * 500)
+                memtables = shared.write_buffers.get_usage()
+                db.flush()
+                assert all(db.get(f"k{i}".encode()) == b"x" * 500 for i in range(0, 2_000, 7))
+        return type(tables[0].data.rocksdb_options), memtables, shared.cache.get_usage()
+
+    options_type, memtables, cached = asyncio.run(fill())
+    assert options_type is faust_adapter._SharedMemoryOptions
+    assert memtables > 0, "the memtables count against the shared budget"
+    assert cached > 0, "blocks read are held in the shared cache"

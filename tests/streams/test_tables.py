@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 
 from herald.settings import Settings
-from streams.states import COMPACTED
+from streams.states import COMPACTED, shared_memory
 from streams.worker import create_worker
 
 
@@ -39,3 +39,16 @@ def test_every_table_opens_rocksdb_with_herald_sized_memtables_and_cache(tmp_pat
 
     mb = 1024 * 1024
     assert asyncio.run(options()) == {name: (4 * mb, 2, 12 * mb) for name in ("states", "preferences", "presence")}
+
+
+def test_every_table_shares_one_block_cache_and_memtable_budget(tmp_path):
+    async def shared() -> set[int]:
+        settings = Settings.from_env(app_id="test-tables-shared", data_dir=str(tmp_path),
+                                     rocksdb_block_cache_mb=12, rocksdb_memtables_mb=24)
+        app = create_worker(settings, register=False)
+        return {id(table.data.rocksdb_options.extra_options["shared_memory"]) for table in app.tables.values()}
+
+    found = asyncio.run(shared())
+    assert len(found) == 1
+    memory = shared_memory(Settings(rocksdb_block_cache_mb=12, rocksdb_memtables_mb=24))
+    assert id(memory) in found and memory.write_buffers.get_buffer_size() == 24 * 1024 * 1024

@@ -188,8 +188,9 @@ def decide(event: dict, now_ms: int, state: Any, rule: Rule) -> dict:
 
 
 def released(parts: list[dict], kind: str, outcome: str, start_ms: int, now_ms: int) -> list[dict]:
-    """A window's parts at its end: a request per channel (and type, for batches) of at most ``MAX_BATCH``
-    events (SINGLE when one), then a final decision per event."""
+    """A window's parts at its end, as Herald releases a group: a batch is a request per channel and type of at
+    most ``MAX_BATCH`` events (SINGLE when one), a digest one request per channel with all its events; then a
+    final decision per event."""
     groups: dict[tuple, list[dict]] = {}
     for p in parts:
         groups.setdefault((p["channel"], p["type"] if kind == "BATCH" else None), []).append(p)
@@ -197,10 +198,11 @@ def released(parts: list[dict], kind: str, outcome: str, start_ms: int, now_ms: 
     last: dict[str, str] = {}
     channels: dict[str, list[str]] = {}
     for (channel, type_), group in groups.items():
-        for i in range(0, len(group), MAX_BATCH):
-            chunk = group[i:i + MAX_BATCH]
+        size = len(group) if kind == "DIGEST" else MAX_BATCH
+        for i in range(0, len(group), size):
+            chunk = group[i:i + size]
             ids = [p["event_id"] for p in chunk]
-            if len(chunk) == 1:
+            if len(chunk) == 1 and kind != "DIGEST":
                 one = request(chunk[0], channel, "SINGLE", ids, chunk[0]["title"], chunk[0]["body"], now_ms)
             else:
                 title = f"{len(chunk)} new notifications" + (f" ({type_})" if type_ else "")

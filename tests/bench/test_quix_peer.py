@@ -109,5 +109,10 @@ def test_a_window_releases_a_request_per_channel_and_type_and_a_final_decision_p
     assert finals == [(f"e{i}", "BATCHED", ["PUSH", "EMAIL"], True) for i in range(3)]
     many = [quix_peer.part({"event_id": f"e{i}", "user_id": "u1", "type": "COMMENT", "priority": "LOW",
                             "title": "t", "body": "b"}, "EMAIL") for i in range(quix_peer.MAX_BATCH + 1)]
-    sizes = [len(r["event_ids"]) for r in quix_peer.released(many, "DIGEST", "DIGESTED", 0, 1) if "kind" in r]
-    assert sizes == [quix_peer.MAX_BATCH, 1]
+    batches = [(r["kind"], len(r["event_ids"])) for r in quix_peer.released(many, "BATCH", "BATCHED", 0, 1) if "kind" in r]
+    assert batches == [("BATCH", quix_peer.MAX_BATCH), ("SINGLE", 1)]
+    # a digest is one request, whatever its size, even of one event (as agents.digest makes it)
+    digests = [(r["kind"], len(r["event_ids"])) for r in quix_peer.released(many, "DIGEST", "DIGESTED", 0, 1) if "kind" in r]
+    assert digests == [("DIGEST", quix_peer.MAX_BATCH + 1)]
+    one = [r["kind"] for r in quix_peer.released(many[:1], "DIGEST", "DIGESTED", 0, 1) if "kind" in r]
+    assert one == ["DIGEST"]

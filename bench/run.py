@@ -137,8 +137,8 @@ def parser() -> argparse.ArgumentParser:
                    help="users with a digest due at once (default 1,000,000; --quick 2,000); fewer when Herald "
                         "cannot take them in within the budget (the results say how many)")
     p.add_argument("--workers", type=int, default=0,
-                   help="Herald pipeline workers for the throughput and latency phases (default 0: one per core, "
-                        "at most 4); the digest phase uses one, to show one worker's memory with every user")
+                   help="Herald pipeline workers for the throughput, latency and digest phases (default 0: one per "
+                        "core, at most 4); the digest phase's memory is theirs summed")
     p.add_argument("--skip-peer", action="store_true", help="do not run the Quix Streams peer (saves its venv and a few minutes)")
     p.add_argument("--skip-api", action="store_true", help="do not measure the unread-count API")
     p.add_argument("--quick", action="store_true", help="a ~1-minute smoke run: small numbers, every phase, no budget cuts")

@@ -53,13 +53,18 @@ def outputs_compared(herald: dict, quix: dict) -> str:
             + ". The ratio compares unequal work.")
 
 
-def requests_compared(herald: dict, quix: dict) -> str:
-    """Each side's delivery requests by channel when it stopped: the parts sent at once, and the batches, digests
-    and throttled parts released by then (windows close on the clock, so those depend on how long each ran)."""
+def requests_compared(herald: dict, quix: dict, herald_events: float, quix_events: float) -> str:
+    """Each side's delivery requests by channel when it stopped, per event it decided (the two may decide different
+    numbers of events): the parts sent at once, and the batches, digests and throttled parts released by then
+    (windows close on the clock, so those depend on how long each ran)."""
     channels = [c for c in herald if c in quix]
-    return ("Delivery requests written by the time each side stopped, Herald / the peer: "
-            + ", ".join(f"{c} {herald[c]:,} / {quix[c]:,}" for c in channels)
-            + " (in-app and SMS parts go at once; push and email also hold the windows each side had closed).")
+
+    def per(n: int, events: float) -> str:
+        return f"{n / events:.3f}" if events else "n/a"
+    return ("Delivery requests by the time each side stopped, per event decided, Herald / the peer: "
+            + ", ".join(f"{c} {per(herald[c], herald_events)} / {per(quix[c], quix_events)}" for c in channels)
+            + f" ({sum(herald.values()):,} and {sum(quix.values()):,} requests; in-app and SMS parts go at once, "
+            "push and email also hold the windows each side had closed).")
 
 def _shown(key: str) -> str:
     return BY_FIGURE[key].shown
@@ -230,7 +235,8 @@ def render_markdown(results: dict, chart_path: str | None = None) -> str:
     if f.get("pipeline_outcomes_first") and f.get("quix_outcomes"):
         lines.append("- " + outputs_compared(f["pipeline_outcomes_first"], f["quix_outcomes"]))
     if f.get("pipeline_requests") and f.get("quix_requests"):
-        lines.append("- " + requests_compared(f["pipeline_requests"], f["quix_requests"]))
+        lines.append("- " + requests_compared(f["pipeline_requests"], f["quix_requests"],
+                                              f.get("pipeline_events_decided") or 0, f.get("quix_events") or 0))
     if f.get("critical_samples") is not None:
         trend = f.get("critical_p50_by_quarter_ms") or []
         lines.append(

@@ -187,8 +187,9 @@ def test_the_requests_of_both_sides_are_listed_by_channel():
     from bench.report import requests_compared
 
     line = requests_compared({"INAPP": 9000, "PUSH": 2500, "SMS": 1500, "EMAIL": 3000},
-                             {"INAPP": 8990, "PUSH": 2400, "SMS": 1500, "EMAIL": 2900})
-    assert "INAPP 9,000 / 8,990" in line and "SMS 1,500 / 1,500" in line and "EMAIL 3,000 / 2,900" in line
+                             {"INAPP": 2700, "PUSH": 600, "SMS": 450, "EMAIL": 900}, 10_000, 3_000)
+    assert "INAPP 0.900 / 0.900" in line and "SMS 0.150 / 0.150" in line and "PUSH 0.250 / 0.200" in line
+    assert "16,000 and 4,650 requests" in line
 
 
 def test_several_peer_processes_add_up_over_the_span_of_all_their_decisions():

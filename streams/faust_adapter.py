@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from typing import Any, Iterator
 
@@ -268,14 +269,38 @@ RECOVERY_IDLE_S = 1.5
 class _QuickIdleQueue:
     """The changelog queue as the tables' recovery sees it: ``get()`` gives up after ``idle_s`` (raising
     ``TimeoutError``, which the recovery counts as a quiet spell), every other attribute is the queue's own.
-    Cancelling an ``asyncio.Queue.get`` leaves the item in the queue, as Faust's own 5 s ``wait_for`` relies on."""
+    Cancelling an ``asyncio.Queue.get`` leaves the item in the queue, as Faust's own 5 s ``wait_for`` relies on.
 
-    def __init__(self, queue: Any, idle_s: float) -> None:
+    While a recovery is on, a quiet spell is only reported once the queue has had no record for two spells
+    since that recovery began: Faust counts quiet spells in a loop that outlives each recovery and never
+    resets the count when a new one starts, so its "two in a row" guard was already met by the idle time
+    before it, and the first spell of a new recovery marked a partition done by its consumer position while
+    the records behind that position were still on their way to this queue; those then arrived with
+    offsets the recovery had counted as read, and were dropped (the chaos run's stale states, RELIABILITY.md)."""
+
+    def __init__(self, queue: Any, idle_s: float, recovery: Any = None) -> None:
         self._queue = queue
         self._idle_s = idle_s
+        self._recovery = recovery
+        self._last_record = 0.0  # monotonic time of the last record handed out
 
     async def get(self) -> Any:
-        return await asyncio.wait_for(self._queue.get(), timeout=self._idle_s)
+        while True:
+            try:
+                item = await asyncio.wait_for(self._queue.get(), timeout=self._idle_s)
+            except asyncio.TimeoutError:
+                if not self._quiet_long_enough():
+                    continue
+                raise
+            self._last_record = time.monotonic()
+            return item
+
+    def _quiet_long_enough(self) -> bool:
+        recovery = self._recovery
+        if recovery is None or not recovery.in_recovery:
+            return True
+        since = max(self._last_record, recovery._recovery_started_at or 0.0)
+        return time.monotonic() - since >= 2 * self._idle_s
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._queue, name)
@@ -284,9 +309,9 @@ class _QuickIdleQueue:
 class _QuickIdleTables:
     """The table manager as the tables' recovery sees it: its ``changelog_queue`` is a ``_QuickIdleQueue``."""
 
-    def __init__(self, tables: Any, idle_s: float) -> None:
+    def __init__(self, tables: Any, idle_s: float, recovery: Any = None) -> None:
         object.__setattr__(self, "_tables", tables)
-        object.__setattr__(self, "changelog_queue", _QuickIdleQueue(tables.changelog_queue, idle_s))
+        object.__setattr__(self, "changelog_queue", _QuickIdleQueue(tables.changelog_queue, idle_s, recovery))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(object.__getattribute__(self, "_tables"), name)
@@ -321,4 +346,4 @@ def recover_past_transaction_markers(app: Any, idle_s: float = RECOVERY_IDLE_S) 
     if not isinstance(recovery.app, _ReadsCommitted):
         recovery.app = _ReadsCommitted(app)
     if not isinstance(recovery.tables, _QuickIdleTables):
-        recovery.tables = _QuickIdleTables(recovery.tables, idle_s)
+        recovery.tables = _QuickIdleTables(recovery.tables, idle_s, recovery)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from typing import Any
 
 import pytest
@@ -288,3 +289,37 @@ def test_every_table_partition_opened_through_faust_charges_the_one_shared_cache
     assert options_type is faust_adapter._SharedMemoryOptions
     assert memtables > 0, "the memtables count against the shared budget"
     assert cached > 0, "blocks read are held in the shared cache"
+
+
+def test_a_new_recovery_waits_two_quiet_spells_of_its_own_before_the_first_counts(tmp_path):
+    """Faust counts quiet spells in a loop that outlives each recovery, so when a new recovery starts the count
+    is already past its guard: the first spell would mark partitions done by their consumer position while their
+    records were still on the way to the queue, and drop them on arrival (the x10 chaos run's stale states).
+    The recovery's queue reports no quiet spell until it has been quiet for two spells since the recovery began."""
+    from faust.tables import recovery as recovery_module
+
+    source = inspect.getsource(recovery_module)
+    assert "timeout_count > 1" in source and "timeout_count = 0" in source  # the guard this completes
+    assert "self._recovery_started_at = monotonic()" in source
+
+    async def scenario() -> tuple[float, str, float]:
+        app = create_app(Settings(app_id="test-quiet-again", data_dir=str(tmp_path)))
+        app.GlobalTable("quiet-again", partitions=1)
+        faust_adapter.recover_past_transaction_markers(app, idle_s=0.2)
+        recovery = app.tables.recovery
+        queue = recovery.tables.changelog_queue
+        with pytest.raises(asyncio.TimeoutError):  # idle, no recovery: a spell counts as before
+            await queue.get()
+        recovery.in_recovery, recovery._recovery_started_at = True, time.monotonic()  # a recovery starts
+        started = time.monotonic()
+        asyncio.get_running_loop().call_later(0.3, app.tables.changelog_queue.put_nowait, "late record")
+        item = await queue.get()  # before: TimeoutError at 0.2 s, with the record still on its way
+        got_at = time.monotonic() - started
+        with pytest.raises(asyncio.TimeoutError):
+            await queue.get()
+        quiet_after = time.monotonic() - started - got_at
+        return got_at, item, quiet_after
+
+    got_at, item, quiet_after = asyncio.run(scenario())
+    assert item == "late record" and 0.25 < got_at < 1.0
+    assert 0.35 < quiet_after < 1.5, "then quiet for two spells since the last record, and only then"

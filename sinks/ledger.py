@@ -43,7 +43,7 @@ RETURNING delivery_id
 
 EXISTING = """
 SELECT delivery_id, status, claimed_at < now() - make_interval(secs => $2) AS stale, reported, attempts,
-       last_error, provider
+       last_error, provider, claimed_by
 FROM delivery_ledger WHERE delivery_id = ANY($1::text[])
 """
 
@@ -138,7 +138,12 @@ class Ledger:
     async def claim(self, items: list[tuple[str, str, bytes, Source]]) -> tuple[set[str], dict[str, str], list]:
         """Claim ``(delivery_id, user_id, raw, source)`` items. Returns the ids claimed now, for the others
         their current status (``CLAIMED_STALE`` for a claim past its lease), and the rows among them whose
-        outcome was never reported (a process died between the ledger write and the status record)."""
+        outcome was never reported (a process died between the ledger write and the status record).
+
+        A row CLAIMED by this ledger's own ``worker_id`` counts as claimed now: a process has one claim of a
+        delivery in flight at a time, and records its outcome before it claims again, so such a row is this
+        call's own insert whose answer was lost (the database went away after committing it, and the caller
+        tried again). Without this it would sit out its lease and be settled DEAD as in doubt, never sent."""
         if not items:
             return set(), {}, []
         async with self.pool.acquire() as conn:
@@ -150,6 +155,10 @@ class Ledger:
             unreported = []
             if others:
                 for r in await conn.fetch(EXISTING, others, self.lease_s):
+                    if r["status"] == "CLAIMED" and r["claimed_by"] == self.worker_id:
+                        # this very call's insert, made by an earlier try whose answer the connection lost
+                        claimed.add(r["delivery_id"])
+                        continue
                     existing[r["delivery_id"]] = "CLAIMED_STALE" if r["status"] == "CLAIMED" and r["stale"] else r["status"]
                     if not r["reported"] and r["status"] != "CLAIMED":
                         unreported.append(r)

@@ -40,3 +40,21 @@ async def test_retries_unreported_outcomes_and_stale_claims_stay_with_their_depl
         apps = await conn.fetch("SELECT app FROM delivery_ledger WHERE delivery_id = ANY($1::text[])",
                                 [retry[0], stale[0]])
     assert [r["app"] for r in apps] == [f"{unique}-a"] * 2
+
+
+@pytest.mark.integration
+async def test_a_claim_whose_answer_was_lost_is_still_this_processs_to_send(pool, unique):
+    """The database committed a claim and went away before answering: the caller's next try finds the row
+    CLAIMED by itself and sends it, where another process's claim stays that process's."""
+    mine = Ledger(pool, "EMAIL", "worker-a", lease_s=60.0, app=unique)
+    other = Ledger(pool, "EMAIL", "worker-b", lease_s=60.0, app=unique)
+    lost, theirs, fresh = _item(unique), _item(unique), _item(unique)
+    assert (await mine.claim([lost]))[0] == {lost[0]}  # committed; suppose the answer never arrived
+    assert (await other.claim([theirs]))[0] == {theirs[0]}
+    claimed, existing, _ = await mine.claim([lost, theirs, fresh])
+    assert claimed == {lost[0], fresh[0]}
+    assert existing == {theirs[0]: "CLAIMED"}
+    # once its outcome is written, reading the request again never sends it twice
+    await mine.record([Mark(lost[0], "SENT", attempts=1)], "smtp")
+    claimed, existing, _ = await mine.claim([lost])
+    assert claimed == set() and existing == {lost[0]: "SENT"}

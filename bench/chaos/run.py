@@ -153,6 +153,25 @@ def provider_receipts(stack: Stack, email_ids: dict[str, str]) -> dict[str, Coun
     return out
 
 
+async def _ledger_rows(dsn: str, delivery_ids: list[str]) -> dict[str, dict]:
+    """The ledger's row of each named delivery (no request bytes), for a violation's evidence."""
+    import asyncpg
+
+    if not delivery_ids:
+        return {}
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            """SELECT delivery_id, status, attempts, provider, last_error, claimed_by, reported,
+                      to_char(claimed_at, 'HH24:MI:SS.MS') AS claimed_at, to_char(sent_at, 'HH24:MI:SS.MS') AS sent_at,
+                      to_char(updated_at, 'HH24:MI:SS.MS') AS updated_at, source->>'partition' AS partition,
+                      source->>'offset' AS "offset"
+               FROM delivery_ledger WHERE delivery_id = ANY($1::text[])""", delivery_ids)
+        return {r["delivery_id"]: {k: v for k, v in dict(r).items() if k != "delivery_id"} for r in rows}
+    finally:
+        await conn.close()
+
+
 async def _inbox(dsn: str, prefix: str) -> tuple[list[str], set[str]]:
     import asyncpg
 
@@ -268,6 +287,11 @@ def _check(stack: Stack, tap: Tap, workload: Workload, reader: Reader, run_id: s
         if v.invariant == "accounted":
             v.records = [f"{e}: accepted {workload.accepted.get(e, 0)}, decisions {tap.decision_log.get(e, [])}"
                          for e in v.records]
+        elif v.invariant in ("once", "attempted") and v.records and all(d in tap.request_of for d in v.records):
+            # what the sinks said and what the ledger holds about each named delivery
+            ledger = asyncio.run(_ledger_rows(stack.env["HERALD_DATABASE_URL"], list(v.records)))
+            v.records = [f"{d}: request {tap.request_of[d][:2]}, statuses {tap.statuses.get(d, [])}, "
+                         f"ledger {ledger.get(d)}" for d in v.records]
     if tap.error:
         violations.append(invariants.Violation("tap", f"reading the pipeline's records failed: {tap.error}"))
     statuses = Counter(next((s for s, _ in reversed(seen) if s in invariants.TERMINAL), "none")
@@ -279,6 +303,8 @@ def _check(stack: Stack, tap: Tap, workload: Workload, reader: Reader, run_id: s
                     "dead_letter_reasons": dict(tap.reasons), "still_held": len(tap.still_held()),
                     "delivery_requests": len(tap.request_of), "final_statuses": dict(statuses),
                     "provider_messages": {c: sum(n.values()) for c, n in receipts.items()},
+                    "provider_messages_of_no_request": {c: sum(k for d, k in n.items() if str(d).startswith("unknown"))
+                                                        for c, n in receipts.items()},
                     "inbox_rows": len(rows), "api_calls_ok": reader.ok, "api_calls_failed": reader.failed},
         "repeats": {"delivery_records_repeated_identically": sum(n - 1 for n in tap.copies_of_id.values() if n > 1),
                     "dead_letters_repeated": sum(n - 1 for n in tap.dead_sources.values() if n > 1),

@@ -7,6 +7,14 @@ batch of records, through ``TableBatch``: RocksDB and the changelog, flushed wit
 
 Each batch logs every user it changed, so the changelog rolls segments often: compaction then keeps it
 near one record per user, and a new owner's recovery reads that, not one record per event ever seen.
+
+Beside the users, each partition holds one record of its own, ``READ_UPTO`` (a key no user id can be:
+validation refuses control characters): the offset of the last events record whose batch was written,
+states and outputs alike. It is written with the batch's states, so it is exactly as durable as they are
+(in the same transaction with exactly-once), and a record at or below it that is read again after a crash
+or a rebalance (its batch written, its offset not yet committed by Faust) was handled already: the
+pipeline skips it. A user's own ``upto`` already made such an event change nothing; the mark also keeps a
+bad record from being dead-lettered twice and covers users whose state was deleted.
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ from streams.outbox import MAX_RECORD_BYTES, Outbox
 from streams.table_batch import TableBatch
 
 STATES_TABLE = "states"
+READ_UPTO = "\x00read-upto"  # the partition's own record: the last events offset whose batch was written
 MB = 1024 * 1024
 COMPACTED = {"segment.ms": str(10 * 60_000), "segment.bytes": str(64 * 1024 * 1024), "min.cleanable.dirty.ratio": "0.2",
              "max.message.bytes": str(MAX_RECORD_BYTES)}
@@ -78,8 +87,14 @@ class UserStates:
         raw = faust_adapter.read_raw(self.table, user_id.encode(), partition)
         return None if raw is None else orjson.loads(raw)
 
-    def write(self, changes: Iterable[tuple[str, dict | None, int]]) -> int:
-        """Queue ``(user_id, state or None to delete, partition)`` to the changelog and write RocksDB. Raises
+    def read_upto(self, partition: int) -> int | None:
+        """The last events offset of ``partition`` whose batch was written (None: none yet)."""
+        raw = faust_adapter.read_raw(self.table, READ_UPTO.encode(), partition)
+        return None if raw is None else int(raw)
+
+    def write(self, changes: Iterable[tuple[str, Any, int]]) -> int:
+        """Queue ``(user_id, state or None to delete, partition)`` (or ``(READ_UPTO, offset, partition)``)
+        to the changelog and write RocksDB. Raises
         when a change cannot be queued: the caller must then not let the batch's records be committed."""
         return self._batch.write(changes)
 
@@ -94,7 +109,8 @@ class UserStates:
     def scan(self, partition: int) -> Iterator[tuple[str, dict]]:
         """Every user's state stored on ``partition``."""
         for key, value in faust_adapter.scan(self.table, partition):
-            yield key.decode(), orjson.loads(value)
+            if not key.startswith(b"\x00"):  # READ_UPTO is the partition's, not a user's
+                yield key.decode(), orjson.loads(value)
 
     def forget(self) -> None:
         """At a rebalance: changelog offsets acknowledged for partitions that may have moved are not ours."""

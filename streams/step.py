@@ -1,7 +1,8 @@
 """One batch of records as one transaction: outputs and users' states, then offsets.
 
 Each user's state is read once per batch and changed in memory by every record of the batch in order.
-At the end (``commit``) the outputs and the changed states' changelog records are committed to Kafka
+At the end (``commit``) the outputs, the changed states' changelog records and each partition's
+``READ_UPTO`` mark (the last events offset the batch read there) are committed to Kafka
 (one transaction per input partition with exactly-once, ``streams.outbox``; otherwise the outputs are
 flushed first, then the changelog), only then are the states written to RocksDB, and only after that may
 Faust commit the records' offsets. A crash at any point therefore loses nothing: a state that survived has its outputs in Kafka
@@ -18,7 +19,7 @@ from typing import Any, Callable
 from agents import policy
 from streams.outbox import Outbox
 from streams.outputs import Outputs
-from streams.states import UserStates
+from streams.states import READ_UPTO, UserStates
 
 Reindex = Callable[[str, int, Any], None]  # (user id, partition, new state): when the user next needs the clock
 
@@ -32,6 +33,7 @@ class Step:
         self._current: dict[str, Any] = {}  # user -> state (None: none)
         self._home: dict[str, int] = {}  # users changed in this batch -> their partition
         self._stored: set[str] = set()  # users read with a state in the table
+        self.read_upto: dict[int, int] = {}  # partition -> the last events offset read in this batch
         self.released = 0  # users the clock released in this batch
         self.events: Counter = Counter()  # partition -> event records read (for the metrics)
         self.decisions: Counter = Counter()  # (outcome, final) -> decisions written
@@ -65,13 +67,14 @@ class Step:
         in which case the batch's records must not be committed."""
         if not self._outbox.exactly_once:
             await self._outbox.flush()
-        changes: list[tuple[str, dict | None, int]] = []
+        changes: list[tuple[str, Any, int]] = []
         for user_id, partition in self._home.items():
             state = self._current[user_id]
             if state is not None and not policy.is_empty(state):
                 changes.append((user_id, state, partition))
             elif user_id in self._stored:
                 changes.append((user_id, None, partition))
+        changes += [(READ_UPTO, offset, partition) for partition, offset in self.read_upto.items()]
         self._states.write(changes)
         self._home.clear()
         await self._outbox.commit()

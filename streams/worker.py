@@ -88,6 +88,7 @@ class Pipeline:
                              batch_topics=(self.events_topic, ticks_topic(settings)))
         self.clock = Clock(app, self.states, self.context, self.config, self.outbox, self.events_topic,
                            ticks_topic(settings), settings.release_chunk)
+        self._read_upto: dict[int, int | None] = {}  # partition -> its READ_UPTO when this worker took it
         self.metrics.watch(self.clock.lag, self.clock.due, Path(app.conf.datadir))
         self.metrics.watch_recovery(lambda: faust_adapter.table_recovery(app))
 
@@ -99,6 +100,7 @@ class Pipeline:
         """At every rebalance: what is cached is only right for partitions this worker keeps owning."""
         self.context.forget()
         self.clock.forget()
+        self._read_upto.clear()
         self.states.forget()
         self.metrics.rebalances.inc()
 
@@ -132,6 +134,9 @@ class Pipeline:
         faust_adapter.serve_event(event)
         self.clock.note_event(msg.partition, msg.offset, now_ms)
         step.events[msg.partition] += 1
+        if self.written_before(msg.partition, msg.offset):
+            return now_ms, None
+        step.read_upto[msg.partition] = max(msg.offset, step.read_upto.get(msg.partition, -1))
         try:
             return now_ms, await self.intake.event(msg, now_ms)
         except KafkaException:
@@ -140,6 +145,18 @@ class Pipeline:
             log.exception("failed on %s:%s@%s", msg.topic, msg.partition, msg.offset)
             self.intake.dead_letter(msg, "INTERNAL", f"{type(exc).__name__}: {exc}", "pipeline")
             return now_ms, None
+
+    def written_before(self, partition: int, offset: int) -> bool:
+        """Whether the events record at ``offset`` of ``partition`` was handled by a batch already written (its
+        offset at or below the partition's ``READ_UPTO``): read again after a crash or a rebalance, before
+        Faust committed its offset. Such a record is skipped: decided, dead-lettered or moved once only."""
+        if partition not in self._read_upto:
+            upto = self._read_upto[partition] = self.states.read_upto(partition)
+            if upto is not None:
+                log.info("partition %d: records up to offset %d were written before; any read again are skipped",
+                         partition, upto)
+        upto = self._read_upto[partition]
+        return upto is not None and offset <= upto
 
     def decide(self, step: Step, msg: Any, now_ms: int, event: dict | None) -> None:
         """Release the partition's due users for a tick; decide on a validated event."""

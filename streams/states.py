@@ -14,7 +14,9 @@ states and outputs alike. It is written with the batch's states, so it is exactl
 (in the same transaction with exactly-once), and a record at or below it that is read again after a crash
 or a rebalance (its batch written, its offset not yet committed by Faust) was handled already: the
 pipeline skips it. A user's own ``upto`` already made such an event change nothing; the mark also keeps a
-bad record from being dead-lettered twice and covers users whose state was deleted.
+bad record from being dead-lettered twice and covers users whose state was deleted. Its value is a JSON
+object with nothing a state has (``{"read_upto": offset}``), so a worker of a release without the mark,
+meeting it in a rolling upgrade, indexes it as an empty state and never reads it as a user's.
 """
 from __future__ import annotations
 
@@ -90,10 +92,10 @@ class UserStates:
     def read_upto(self, partition: int) -> int | None:
         """The last events offset of ``partition`` whose batch was written (None: none yet)."""
         raw = faust_adapter.read_raw(self.table, READ_UPTO.encode(), partition)
-        return None if raw is None else int(raw)
+        return None if raw is None else int(orjson.loads(raw)["read_upto"])
 
     def write(self, changes: Iterable[tuple[str, Any, int]]) -> int:
-        """Queue ``(user_id, state or None to delete, partition)`` (or ``(READ_UPTO, offset, partition)``)
+        """Queue ``(user_id, state or None to delete, partition)`` (or ``(READ_UPTO, mark, partition)``)
         to the changelog and write RocksDB. Raises
         when a change cannot be queued: the caller must then not let the batch's records be committed."""
         return self._batch.write(changes)

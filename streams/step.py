@@ -74,7 +74,7 @@ class Step:
                 changes.append((user_id, state, partition))
             elif user_id in self._stored:
                 changes.append((user_id, None, partition))
-        changes += [(READ_UPTO, offset, partition) for partition, offset in self.read_upto.items()]
+        changes += [(READ_UPTO, {"read_upto": offset}, partition) for partition, offset in self.read_upto.items()]
         self._states.write(changes)
         self._home.clear()
         await self._outbox.commit()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from infra.common import stop_group
+from infra.common import REPO_ROOT, stop_group
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,9 @@ def _second_worker(ctx, tag: str) -> tuple[subprocess.Popen, Path]:  # noqa: ANN
     data.mkdir(exist_ok=True)
     log = ctx.stack.home / "logs" / f"worker-{tag}.log"
     env = {**os.environ, **ctx.stack.env, "HERALD_DATA_DIR": str(data), "HERALD_WORKER_METRICS_PORT": "-1"}
+    # from the repository, as the supervisor starts the first: the same code whatever the interpreter has installed
     proc = subprocess.Popen(ctx.stack.worker_command(), env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                            start_new_session=True, cwd=ctx.stack.home)
+                            start_new_session=True, cwd=REPO_ROOT)
     deadline = time.monotonic() + 90
     while b"Ready" not in log.read_bytes():
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -138,3 +138,19 @@ def test_a_batch_cancelled_before_it_was_written_stops_the_process_before_faust_
 
     asyncio.run(scenario())
     assert stopped == [EXIT_UNWRITTEN]
+
+
+def test_each_partition_read_gets_a_read_upto_mark_that_an_older_worker_takes_for_an_empty_state():
+    """The mark is written with the batch's states; a worker of a release without it (a rolling upgrade)
+    indexes every stored value with ``policy.next_due`` and must find nothing due and nothing kept."""
+    from agents import policy
+    from streams.states import READ_UPTO
+
+    table = Table()
+    step = Step(table, RefusingOutputs(), Outbox("127.0.0.1:1"), lambda *a: None)  # type: ignore[arg-type]
+    step.read_upto.update({3: 41, 1: 7})
+    asyncio.run(step.commit())
+    marks = {partition: value for key, value, partition in table.written if key == READ_UPTO}
+    assert marks == {3: {"read_upto": 41}, 1: {"read_upto": 7}}
+    for mark in marks.values():
+        assert policy.next_due(mark) is None and policy.is_empty(mark)

@@ -154,3 +154,21 @@ def test_each_partition_read_gets_a_read_upto_mark_that_an_older_worker_takes_fo
     assert marks == {3: {"read_upto": 41}, 1: {"read_upto": 7}}
     for mark in marks.values():
         assert policy.next_due(mark) is None and policy.is_empty(mark)
+
+
+def test_a_record_handed_over_again_after_its_batch_was_written_is_skipped_in_the_same_process():
+    from streams.worker import Pipeline
+
+    class States:
+        def read_upto(self, partition: int) -> int | None:
+            return {3: 4}.get(partition)
+
+    class Written:
+        read_upto = {2: 15, 3: 9}
+
+    pipeline = Pipeline.__new__(Pipeline)
+    pipeline.states = States()
+    pipeline._read_upto = {2: 10}  # partition 3: cleared by a rebalance while the batch was being written
+    pipeline.note_written(Written())  # type: ignore[arg-type]
+    assert pipeline.written_before(2, 15) and not pipeline.written_before(2, 16)
+    assert pipeline.written_before(3, 4) and not pipeline.written_before(3, 5), "read from RocksDB, as stored"

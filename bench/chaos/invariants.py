@@ -79,9 +79,11 @@ def once_at_provider(receipts: dict[str, Counter], sent: dict[str, set[str]]) ->
 
 def attempted(final_decisions: dict[str, list[tuple[str, tuple[str, ...]]]],
               requests: dict[str, tuple[str, str, tuple[str, ...]]],
-              statuses: dict[str, list[tuple[str, str | None]]]) -> list[Violation]:
+              statuses: dict[str, list[tuple[str, str | None]]],
+              in_flight: frozenset[str] | set[str] = frozenset()) -> list[Violation]:
     """Invariant 3. ``requests``: delivery_id -> (channel, kind, event_ids); ``statuses``: delivery_id ->
-    [(status, error)] in order."""
+    [(status, error)] in order. ``in_flight``: requests first read after the run had settled (held events
+    the clock released once the stream stopped): not expected to have ended yet, so not "never ended"."""
     carried: set[tuple[str, str]] = {(e, channel) for channel, _, events in requests.values() for e in events}
     unrequested = [f"{event_id}/{channel}" for event_id, finals in final_decisions.items()
                    for outcome, channels in finals if outcome in DELIVERING
@@ -89,7 +91,7 @@ def attempted(final_decisions: dict[str, list[tuple[str, tuple[str, ...]]]],
     unsettled, dead_without_reason = [], []
     for delivery_id in requests:
         seen = statuses.get(delivery_id, [])
-        if not any(status in TERMINAL for status, _ in seen):
+        if not any(status in TERMINAL for status, _ in seen) and delivery_id not in in_flight:
             unsettled.append(delivery_id)
         if any(status == "DEAD" and not error for status, error in seen):
             dead_without_reason.append(delivery_id)

@@ -244,8 +244,9 @@ def run(faults: list[Fault], opts: Options, base: Path, say: Callable[[str], Non
         report["unacknowledged_at_end"] = workload.stop()
         reader.stop()
         _drain(tap, workload, opts.drain_s)
+        settled_at = time.monotonic()  # every request read until now has ended (or the drain ran out of time)
         time.sleep(8)  # anything written twice would arrive now
-        report.update(_check(stack, tap, workload, reader, run_id, message_id))
+        report.update(_check(stack, tap, workload, reader, run_id, message_id, settled_at))
     finally:
         for part in (reader, tap):
             if part is not None:
@@ -270,18 +271,22 @@ def _drain(tap: Tap, workload: Workload, limit_s: float) -> None:
         time.sleep(2)
 
 
-def _check(stack: Stack, tap: Tap, workload: Workload, reader: Reader, run_id: str, message_id) -> dict:  # noqa: ANN001
+def _check(stack: Stack, tap: Tap, workload: Workload, reader: Reader, run_id: str, message_id,  # noqa: ANN001
+           settled_at: float = float("inf")) -> dict:
     email_ids = {message_id(d): d for d, (channel, _, _) in tap.request_of.items() if channel == "EMAIL"}
     receipts = provider_receipts(stack, email_ids)
     sent: dict[str, set[str]] = {}
     for delivery_id, seen in tap.statuses.items():
         if any(status == "SENT" for status, _ in seen) and delivery_id in tap.request_of:
             sent.setdefault(tap.request_of[delivery_id][0], set()).add(delivery_id)
+    # held events the clock released after the run settled: their requests may not have ended yet
+    in_flight = {d for d, at in list(tap.request_read_at.items()) if at > settled_at
+                 and not any(status in invariants.TERMINAL for status, _ in tap.statuses.get(d, ()))}
     mismatched, rows = asyncio.run(_inbox(stack.env["HERALD_DATABASE_URL"], f"chaos-{run_id}-"))
     violations = (invariants.accounted(workload.accepted, tap.finals_of, tap.still_held(), workload.bad_accepted, tap.dead,
                                        tap.final_decisions)
                   + invariants.once_at_provider(receipts, sent)
-                  + invariants.attempted(tap.final_decisions, tap.request_of, tap.statuses)
+                  + invariants.attempted(tap.final_decisions, tap.request_of, tap.statuses, in_flight)
                   + invariants.inbox_counts(mismatched, sent.get("INAPP", set()), rows))
     for v in violations:  # what each named event got, to look into
         if v.invariant == "accounted":
@@ -302,6 +307,7 @@ def _check(stack: Stack, tap: Tap, workload: Workload, reader: Reader, run_id: s
         "outputs": {"final_decisions": tap.finals, "outcomes": dict(tap.outcomes), "dead_letters": tap.dead,
                     "dead_letter_reasons": dict(tap.reasons), "still_held": len(tap.still_held()),
                     "delivery_requests": len(tap.request_of), "final_statuses": dict(statuses),
+                    "requests_in_flight_at_the_end": len(in_flight),
                     "provider_messages": {c: sum(n.values()) for c, n in receipts.items()},
                     "provider_messages_of_no_request": {c: sum(k for d, k in n.items() if str(d).startswith("unknown"))
                                                         for c, n in receipts.items()},

@@ -26,6 +26,7 @@ class Tap(Checker):
         self.decision_log: dict[str, list[str]] = defaultdict(list)  # event -> every decision, for the report
         self.decision_times: list[float] = []  # arrival (monotonic) of each decision record
         self.sent_times: dict[str, list[float]] = defaultdict(list)  # channel -> arrival of each SENT
+        self.request_read_at: dict[str, float] = {}  # delivery_id -> when (monotonic) its request was first read
         super().__init__(settings, codec, extra_topics=(self.status_topic,))
 
     error: str | None = None  # why the tap stopped reading, if it did: the run's checks are then void
@@ -52,6 +53,7 @@ class Tap(Checker):
         elif topic != self.dlq_topic and topic not in self.extra_topics:
             r = self.codec.decode(msg.value(), "DeliveryRequest")
             self.request_of[r["delivery_id"]] = (r["channel"], r["kind"], tuple(r["event_ids"] or ()))
+            self.request_read_at.setdefault(r["delivery_id"], time.monotonic())
 
     def other(self, msg) -> None:  # noqa: ANN001
         s = self.codec.decode(msg.value(), "DeliveryStatus")

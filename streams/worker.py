@@ -88,7 +88,7 @@ class Pipeline:
                              batch_topics=(self.events_topic, ticks_topic(settings)))
         self.clock = Clock(app, self.states, self.context, self.config, self.outbox, self.events_topic,
                            ticks_topic(settings), settings.release_chunk)
-        self._read_upto: dict[int, int | None] = {}  # partition -> its READ_UPTO when this worker took it
+        self._read_upto: dict[int, int | None] = {}  # partition -> its READ_UPTO: as read at assignment, then as written
         self.metrics.watch(self.clock.lag, self.clock.due, Path(app.conf.datadir))
         self.metrics.watch_recovery(lambda: faust_adapter.table_recovery(app))
 

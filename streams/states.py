@@ -31,6 +31,7 @@ from streams.table_batch import TableBatch
 
 STATES_TABLE = "states"
 READ_UPTO = "\x00read-upto"  # the partition's own record: the last events offset whose batch was written
+_READ_UPTO_KEY = READ_UPTO.encode()
 MB = 1024 * 1024
 COMPACTED = {"segment.ms": str(10 * 60_000), "segment.bytes": str(64 * 1024 * 1024), "min.cleanable.dirty.ratio": "0.2",
              "max.message.bytes": str(MAX_RECORD_BYTES)}
@@ -91,7 +92,7 @@ class UserStates:
 
     def read_upto(self, partition: int) -> int | None:
         """The last events offset of ``partition`` whose batch was written (None: none yet)."""
-        raw = faust_adapter.read_raw(self.table, READ_UPTO.encode(), partition)
+        raw = faust_adapter.read_raw(self.table, _READ_UPTO_KEY, partition)
         return None if raw is None else int(orjson.loads(raw)["read_upto"])
 
     def write(self, changes: Iterable[tuple[str, Any, int]]) -> int:
@@ -111,7 +112,7 @@ class UserStates:
     def scan(self, partition: int) -> Iterator[tuple[str, dict]]:
         """Every user's state stored on ``partition``."""
         for key, value in faust_adapter.scan(self.table, partition):
-            if not key.startswith(b"\x00"):  # READ_UPTO is the partition's, not a user's
+            if key != _READ_UPTO_KEY:  # the partition's own record, not a user's
                 yield key.decode(), orjson.loads(value)
 
     def forget(self) -> None:

@@ -172,3 +172,39 @@ def test_a_record_handed_over_again_after_its_batch_was_written_is_skipped_in_th
     pipeline.note_written(Written())  # type: ignore[arg-type]
     assert pipeline.written_before(2, 15) and not pipeline.written_before(2, 16)
     assert pipeline.written_before(3, 4) and not pipeline.written_before(3, 5), "read from RocksDB, as stored"
+
+
+def test_a_record_handed_over_twice_in_one_batch_is_read_once():
+    """Just after a recovery, the seek to the committed offsets can put records fetched before it into the
+    same batch again (the x10 chaos run: bad records dead-lettered twice in one transaction)."""
+    from types import SimpleNamespace
+
+    from streams.worker import Pipeline
+
+    read: list[tuple[int, int]] = []
+
+    class Intake:
+        async def event(self, msg, now_ms):  # noqa: ANN001, ANN201
+            read.append((msg.partition, msg.offset))
+            return None  # dead-lettered, say
+
+    pipeline = Pipeline.__new__(Pipeline)
+    pipeline.events_topic = "events"
+    pipeline.intake = Intake()
+    pipeline.clock = SimpleNamespace(note_event=lambda *a: None)
+    pipeline.states = SimpleNamespace(read_upto=lambda partition: 3)  # written before: up to offset 3
+    pipeline._read_upto = {}
+    step = Step(Table(), RefusingOutputs(), Outbox("127.0.0.1:1"), lambda *a: None)  # type: ignore[arg-type]
+
+    class Event:  # what Faust hands the agent: the record as ``message``
+        def __init__(self, partition: int, offset: int) -> None:
+            self.message = SimpleNamespace(topic="events", partition=partition, offset=offset, timestamp=1.0,
+                                           headers=None)
+
+    async def batch() -> None:
+        for partition, offset in [(1, 3), (1, 5), (1, 6), (2, 5), (1, 5), (1, 6), (2, 5), (1, 7)]:
+            await pipeline.read(step, Event(partition, offset))
+
+    asyncio.run(batch())
+    assert read == [(1, 5), (1, 6), (2, 5), (1, 7)]
+    assert step.read_upto == {1: 7, 2: 5}

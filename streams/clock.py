@@ -20,7 +20,7 @@ from typing import Any
 
 from agents import clock as rules
 from agents import policy
-from streams import faust_adapter
+from streams import faust_adapter, memory
 from streams.context import UserContext
 from streams.due import DueIndex
 from streams.outbox import Outbox
@@ -75,7 +75,9 @@ class Clock:
                 if due is not None:
                     index.set(user_id, due)
                     count += 1
-        log.info("indexed %d users of partitions %s in %.2f s", count, sorted(fresh), time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        memory.trim(f"restoring and indexing partitions {sorted(fresh)}")  # the scan's garbage, once per rebalance
+        log.info("indexed %d users of partitions %s in %.2f s", count, sorted(fresh), elapsed)
 
     def unread(self, partition: int) -> int | None:
         """Events of ``partition`` not read yet (None: not known, before its first event or fetch)."""

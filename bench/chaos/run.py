@@ -246,6 +246,7 @@ def run(faults: list[Fault], opts: Options, base: Path, say: Callable[[str], Non
         _drain(tap, workload, opts.drain_s)
         settled_at = time.monotonic()  # every request read until now has ended (or the drain ran out of time)
         time.sleep(8)  # anything written twice would arrive now
+        tap.freeze()
         report.update(_check(stack, tap, workload, reader, run_id, message_id, settled_at))
     finally:
         for part in (reader, tap):

@@ -61,6 +61,14 @@ class Tap(Checker):
         if s["status"] == "SENT":
             self.sent_times[s["channel"]].append(time.monotonic())
 
+    def freeze(self, timeout_s: float = 30.0) -> None:
+        """Stop reading and wait until the thread has: the checks then read what the tap holds, not dicts it is
+        still adding to (a status arriving during the check once broke it: "dictionary changed size")."""
+        self.close()
+        self.join(timeout_s)
+        if self.is_alive():
+            raise RuntimeError(f"the tap did not stop reading within {timeout_s:g} s")
+
     def unsettled(self) -> int:
         """Delivery requests with no terminal status yet."""
         return sum(1 for d in list(self.request_of) if not any(st in TERMINAL for st, _ in self.statuses.get(d, ())))

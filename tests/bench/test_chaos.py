@@ -108,3 +108,15 @@ def test_a_fault_due_while_its_process_is_not_up_is_skipped_with_the_reason(monk
                                                  pid=lambda name: 2 ** 22 + 7))  # no such process
     assert kill.inject(gone)["skipped"].endswith("was gone when it was due to be killed")
 
+
+
+def test_the_tap_stops_reading_before_the_checks_read_it():
+    """The checks iterate the tap's dicts; a tap still adding statuses meanwhile broke a x3 run's check."""
+    from bench.chaos.tap import Tap
+    from herald.settings import Settings
+    from schemas.codec import Codec
+
+    tap = Tap(Settings.from_env(kafka_bootstrap="127.0.0.1:1", topic_prefix="freeze-test."), Codec(registry=None))  # type: ignore[arg-type]
+    assert tap.is_alive()
+    tap.freeze(timeout_s=10)
+    assert not tap.is_alive()

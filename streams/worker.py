@@ -127,7 +127,11 @@ class Pipeline:
                            step.released)
 
     async def read(self, step: Step, event: Any) -> tuple[int, dict | None]:
-        """A record's decision clock and its validated event (None: dead-lettered or moved home; ``TICK``: a tick)."""
+        """A record's decision clock and its validated event (None: dead-lettered, moved home or skipped; ``TICK``:
+        a tick). Skipped: a record of a batch already written (``written_before``), or one at or below the offset
+        this batch already read on its partition (records come in offset order, so it was read in this batch:
+        just after a recovery, Faust's seek to the committed offsets can hand over again, in the same batch,
+        records it had fetched before the seek)."""
         msg = event.message
         now_ms = record_time_ms(msg)
         if msg.topic != self.events_topic:
@@ -150,11 +154,7 @@ class Pipeline:
     def written_before(self, partition: int, offset: int) -> bool:
         """Whether the events record at ``offset`` of ``partition`` was handled by a batch already written (its
         offset at or below the partition's ``READ_UPTO``): read again after a crash or a rebalance, before
-        Faust committed its offset. Such a record is skipped: decided, dead-lettered or moved once only.
-        (``read`` also skips a record at or below the offset its own batch already read on that partition: just
-        after a recovery, Faust's seek to the committed offsets can hand over records it had fetched before
-        the seek again in the same batch; the x10 chaos run found bad records dead-lettered twice, 4 ms apart,
-        in one transaction.)"""
+        Faust committed its offset. Such a record is skipped: decided, dead-lettered or moved once only."""
         if partition not in self._read_upto:
             upto = self._read_upto[partition] = self.states.read_upto(partition)
             if upto is not None:

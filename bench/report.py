@@ -225,7 +225,10 @@ def render_markdown(results: dict, chart_path: str | None = None) -> str:
     if f.get("pipeline_events_decided") is not None:
         lines.append(
             f"- Herald decided {fmt(f.get('pipeline_events_decided'))} of them with "
-            f"{fmt(f.get('pipeline_workers') or 1)} worker process(es) (one per core; "
+            f"{fmt(f.get('pipeline_workers') or 1)} worker process(es) "
+            + {True: "in exactly-once mode ", False: "in at-least-once mode (HERALD_EXACTLY_ONCE=0) "}.get(
+                f.get("pipeline_exactly_once"), "")
+            + "(one per core; "
             f"{fmt(f.get('pipeline_events_per_s_per_worker'), 'events/s')} a worker), the Quix Streams peer with "
             + (f"{fmt(f.get('quix_processes'))} process(es) in one consumer group" if f.get("quix_processes") else "one")
             + (f"; every one had its final decision {_duration(f.get('pipeline_all_final_s'))} after the first decision"

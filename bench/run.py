@@ -948,6 +948,7 @@ class Run:
         ready_s = worker.start()
         self.figures["pipeline_startup_s"] = round(ready_s, 2)
         self.figures["pipeline_workers"] = len(worker.members)
+        self.figures["pipeline_exactly_once"] = settings.exactly_once  # the workers' mode (HERALD_EXACTLY_ONCE)
         self.console.say(f"  {len(worker.members)} worker(s) ready in {ready_s:.1f} s (one per core); reading "
                          f"{self.opts.events:,} events from {topic}")
         limit = self.pipeline_limit_s()
@@ -1374,12 +1375,13 @@ class Run:
 
 
 def requests_by_channel(settings: Any) -> dict[str, int]:
-    """Records in each of Herald's delivery topics the peer also writes (its users are offline: no WEBSOCKET)."""
+    """Records in each of Herald's delivery topics the peer also writes (its users are offline: no WEBSOCKET),
+    counted by reading them: the worker writes in transactions, whose markers take offsets too."""
     from bench.peers.quix_peer import CHANNELS
-    from bench.workload import end_offsets_total
+    from bench.undecided import read_topic
     from herald.topics import delivery_topic
 
-    return {c: end_offsets_total(settings.kafka_bootstrap, delivery_topic(settings, c)) for c in CHANNELS}
+    return {c: read_topic(settings.kafka_bootstrap, delivery_topic(settings, c), lambda msg: None) for c in CHANNELS}
 
 
 def _minutes(seconds: float) -> str:

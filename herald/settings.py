@@ -88,14 +88,16 @@ class Settings:
                                        "to the broker. A batch of records flushes its outputs when it ends, so this "
                                        "adds no latency past the batch; a very short linger sends many small requests "
                                        "whose broker and producer threads compete with the workers for the cores.")
-    exactly_once: bool = _setting(False, "HERALD_EXACTLY_ONCE",
+    exactly_once: bool = _setting(True, "HERALD_EXACTLY_ONCE",
                                   "Commit each batch's outputs and users' states as one Kafka transaction per input "
-                                  "partition, so a worker that dies mid-batch writes no decision twice. Readers of "
-                                  "Herald's topics must then read committed records only (librdkafka's default) and "
-                                  "find a partition's end by position, not by its last record (a transaction marker). "
-                                  "Off: outputs are flushed before states, and a crash may write a batch's outputs "
-                                  "twice, identically (the sinks' ledger still sends each delivery once). "
-                                  "Experimental: see RELIABILITY.md for what the fault matrix found with it on.")
+                                  "partition, so a worker that dies mid-batch writes no decision twice, and a worker "
+                                  "that stopped for longer than its session (a zombie) cannot write once it wakes up: "
+                                  "its successor's open fenced it. Readers of Herald's topics must read committed "
+                                  "records only (librdkafka's default) and find a partition's end by position, not by "
+                                  "its last record (a transaction marker). Off (at least once): outputs are flushed "
+                                  "before states, a crash may write a batch's outputs twice, and a zombie's late state "
+                                  "writes can overwrite its successor's in the changelog, so what the successor held "
+                                  "for those users (open batches, digests) may be lost at the next restore.")
     rocksdb_write_buffer_mb: int = _setting(8, "HERALD_ROCKSDB_WRITE_BUFFER_MB",
                                             "Memtable size of each table partition's RocksDB (two at most are "
                                             "kept). Faust's default, 64 MB x 3, let a worker's memory grow by "

@@ -36,8 +36,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=1, help="passes over the fault matrix (default 1)")
     p.add_argument("--quick", action="store_true", help="short outages (seconds, not a minute): the CI pass")
     p.add_argument("--faults", default=None, metavar="A,B", help="only these faults (default: the whole matrix)")
-    p.add_argument("--exactly-once", action="store_true",
-                   help="run the stack with HERALD_EXACTLY_ONCE=1 (transactions; default: the worker's default)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--exactly-once", dest="exactly_once", action="store_true", default=True,
+                      help="run the stack with HERALD_EXACTLY_ONCE=1, the worker's default (transactions)")
+    mode.add_argument("--at-least-once", dest="exactly_once", action="store_false",
+                      help="run the stack with HERALD_EXACTLY_ONCE=0: outputs flushed before states, no fencing "
+                           "(decisions may be written twice; a woken zombie can overwrite its successor's states)")
     p.add_argument("--rate", type=float, default=30.0, help="inputs per second of the stream (default 30)")
     p.add_argument("--users", type=int, default=60, help="users the stream is about (default 60)")
     p.add_argument("--seed", type=int, default=None, help="the fault order and moments (default: random)")

@@ -67,7 +67,8 @@ def markdown(report: dict) -> str:
     lines = [MARKER, "",
              f"Run `{report['run_id']}` started {report['started_at']}: {report['rounds']} round(s) of the matrix"
              f"{' (quick outages)' if report['quick'] else ''}"
-             f"{', HERALD_EXACTLY_ONCE=1' if report.get('exactly_once') else ', the default mode'}, a stream of {report['rate']:g} inputs/s, "
+             f"{', HERALD_EXACTLY_ONCE=1' if report.get('exactly_once') else ', HERALD_EXACTLY_ONCE=0 (at least once)'}"
+             f", a stream of {report['rate']:g} inputs/s, "
              f"{report['seconds'] / 60:.1f} min{_commit(report)}. "
              f"Invariants: **{'all held' if report['held'] else 'BROKEN'}**.", "",
              "| fault | times | median recovery | worst recovery | ≤ 30 s |", "|---|---|---|---|---|"]

@@ -25,7 +25,7 @@ from bench.chaos.workload import Workload
 @dataclass
 class Options:
     rounds: int = 1
-    exactly_once: bool = False
+    exactly_once: bool = True
     rate: float = 30.0
     users: int = 60
     quick: bool = False

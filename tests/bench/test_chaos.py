@@ -120,3 +120,17 @@ def test_the_tap_stops_reading_before_the_checks_read_it():
     assert tap.is_alive()
     tap.freeze(timeout_s=10)
     assert not tap.is_alive()
+
+
+def test_the_chaos_run_checks_the_workers_default_mode_unless_told_at_least_once():
+    from bench.chaos.__main__ import parser
+    from bench.chaos.stack import SETTINGS
+    from herald.settings import Settings
+
+    assert "HERALD_EXACTLY_ONCE" not in SETTINGS  # the stack's env sets it from the option alone
+    assert parser().parse_args([]).exactly_once is Settings().exactly_once is True
+    assert parser().parse_args(["--exactly-once"]).exactly_once is True
+    assert parser().parse_args(["--at-least-once"]).exactly_once is False
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--exactly-once", "--at-least-once"])
+

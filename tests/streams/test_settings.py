@@ -24,3 +24,13 @@ def test_a_yes_no_setting_reads_the_usual_spellings_and_refuses_others(monkeypat
     monkeypatch.setenv("HERALD_EXACTLY_ONCE", "maybe")
     with pytest.raises(ValueError, match="HERALD_EXACTLY_ONCE='maybe': say 1/true/yes/on or 0/false/no/off"):
         Settings.from_env()
+
+
+def test_exactly_once_is_the_default_and_can_be_turned_off(monkeypatch):
+    """A worker that is not told otherwise writes each batch in transactions (fencing a woken zombie)."""
+    from herald.settings import Settings
+
+    monkeypatch.delenv("HERALD_EXACTLY_ONCE", raising=False)
+    assert Settings.from_env().exactly_once is True and Settings().exactly_once is True
+    monkeypatch.setenv("HERALD_EXACTLY_ONCE", "0")
+    assert Settings.from_env().exactly_once is False

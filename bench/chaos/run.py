@@ -337,5 +337,11 @@ def finish(report: dict) -> dict:
                                                       "events_in_more_than_one_batch_or_digest")):
         report["violations"].append(asdict(invariants.Violation("once", "a batch, digest or delivery emitted twice",
                                                                 [json.dumps(report["repeats"])])))
+    if report.get("exactly_once") and report.get("repeats", {}).get("dead_letters_repeated"):
+        # each batch is one transaction and a record its batch already wrote is skipped: a bad record read
+        # again (after a crash, a rebalance or Faust's seek) must not be dead-lettered again
+        report["violations"].append(asdict(invariants.Violation(
+            "once", f"{report['repeats']['dead_letters_repeated']} dead letters repeated a bad record already dead-lettered",
+            [json.dumps(report["repeats"])])))
     report["held"] = "inputs" in report and not report["violations"]
     return report

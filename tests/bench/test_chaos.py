@@ -134,3 +134,15 @@ def test_the_chaos_run_checks_the_workers_default_mode_unless_told_at_least_once
     with pytest.raises(SystemExit):
         parser().parse_args(["--exactly-once", "--at-least-once"])
 
+
+def test_with_exactly_once_a_bad_record_dead_lettered_twice_breaks_the_run():
+    from bench.chaos.run import finish
+
+    def judged(exactly_once: bool, repeated: int) -> dict:
+        return finish({"inputs": {}, "faults": [], "violations": [], "exactly_once": exactly_once,
+                       "repeats": {"dead_letters_repeated": repeated}})
+
+    assert judged(True, 0)["held"] is True
+    broken = judged(True, 2)
+    assert broken["held"] is False and "2 dead letters repeated" in broken["violations"][0]["message"]
+    assert judged(False, 2)["held"] is True  # at least once: a batch decided again may dead-letter again

@@ -372,7 +372,8 @@ def show_status(settings: Settings) -> int:
     except Exception:  # noqa: BLE001
         lag = {}
     if lag:
-        lag_table = Table(title="consumer lag")
+        lag_table = Table(title="consumer lag", caption="offsets not committed yet; a group that has read all it can "
+                          "may show one per partition: the marker of the worker's last transaction")
         lag_table.add_column("group")
         lag_table.add_column("topic")
         lag_table.add_column("lag", justify="right")
@@ -400,7 +401,9 @@ def _herald_version() -> str:
 
 
 def consumer_lag(settings: Settings) -> dict[tuple[str, str], int]:
-    """Lag of Herald's consumer groups per topic: end offsets minus committed offsets."""
+    """Lag of Herald's consumer groups per topic: end offsets minus committed offsets. On a topic the worker
+    writes in transactions (exactly-once) a partition's end may be a commit marker no consumer reads, so a
+    group that is caught up can show one per partition: its committed offset stops after the last record."""
     from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
     from confluent_kafka.admin import AdminClient
 

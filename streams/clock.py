@@ -8,9 +8,10 @@ states table after every rebalance, so no crash leaves it out of step with them.
 
 Rules (pure, in ``agents.clock``): a partition's clock never runs ahead of the events still waiting to be
 read on it; a batch of records releases at most ``HERALD_RELEASE_CHUNK`` users, a tenth of that while the
-partition is live, and queues a tick to continue after the records already waiting, so an event arriving
-behind a million due digests waits for a few hundred releases, not all of them. A user whose release
-fails (a bug, or data the policy cannot handle) is logged and tried again later; the others go on.
+partition is live, and queues one tick (per partition and batch) to continue after the records already
+waiting, so an event arriving behind a million due digests waits for a few hundred releases, not all of
+them. A user whose release fails (a bug, or data the policy cannot handle) is logged and tried again
+later; the others go on.
 """
 from __future__ import annotations
 
@@ -110,8 +111,10 @@ class Clock:
         budget = max(0, rules.release_limit(self._release_chunk, busy) - step.released)
         chunk = index.pop_due(now_ms, limit=budget)
         step.released += len(chunk)
-        if len(chunk) == budget and (index.next() or now_ms + 1) <= now_ms:
-            self._outbox.send(self._ticks_topic, b"tick", b"", partition, source=partition)  # more are due: continue later
+        if len(chunk) == budget and partition not in step.continued and (index.next() or now_ms + 1) <= now_ms:
+            # more are due: continue later, with one tick per partition and batch whatever the ticks read in it
+            step.continued.add(partition)
+            self._outbox.send(self._ticks_topic, b"tick", b"", partition, source=partition)
         for user_id in chunk:
             try:
                 self._release_one(step, user_id, partition, now_ms)

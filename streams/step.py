@@ -35,6 +35,7 @@ class Step:
         self._stored: set[str] = set()  # users read with a state in the table
         self.read_upto: dict[int, int] = {}  # partition -> the last events offset read in this batch
         self.released = 0  # users the clock released in this batch
+        self.continued: set[int] = set()  # partitions whose releases this batch queued a tick to continue
         self.events: Counter = Counter()  # partition -> event records read (for the metrics)
         self.decisions: Counter = Counter()  # (outcome, final) -> decisions written
         self.requests: Counter = Counter()  # (channel, kind) -> delivery requests written

@@ -75,3 +75,36 @@ def test_a_user_whose_release_fails_is_tried_again_later_and_the_others_are_rele
     assert index.pop_due(NOW + RETRY_MS) == ["broken"], "but it is tried again a minute later"
     released = {u for u in ("ok-1", "ok-2") if step.state(u, 0) is not states.states[u]}
     assert released == {"ok-1", "ok-2"}, "the users popped with it were released"
+
+
+class Sent:
+    """An outbox that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple] = []
+
+    def send(self, topic: str, key: bytes, value: bytes, partition: int | None = None, *args: object,
+             **kwargs: object) -> None:
+        self.records.append((topic, partition))
+
+
+def test_ticks_read_in_one_batch_queue_one_tick_to_continue_not_one_each():
+    """A batch that read several ticks of a partition with more users due than its budget queues one tick to
+    go on; each tick used to queue its own, so ticks kept multiplying until every due user was released."""
+    users = [f"u{i}" for i in range(5)]
+    states = States({u: held_state(u) for u in users})
+    app = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: set(), highwater=lambda tp: None))
+    outbox = Sent()
+    clock = Clock(app, states, Context(), policy.PolicyConfig(), outbox, "t.events", "t-ticks",  # type: ignore[arg-type]
+                  release_chunk=2)
+    step = Step(states, Outputs(), outbox, clock.reindex)  # type: ignore[arg-type]
+    for _ in range(3):  # three ticks of partition 0 in one batch
+        clock.release(step, 0, NOW)
+    assert step.released == 2
+    assert outbox.records == [("t-ticks", 0)]
+    step = Step(states, Outputs(), outbox, clock.reindex)  # type: ignore[arg-type]
+    clock.release(step, 0, NOW)
+    assert step.released == 2 and outbox.records == [("t-ticks", 0)] * 2, "the next batch goes on, and queues its own"
+    step = Step(states, Outputs(), outbox, clock.reindex)  # type: ignore[arg-type]
+    clock.release(step, 0, NOW)
+    assert step.released == 1 and len(outbox.records) == 2, "the last one is released; nothing is left to go on"

@@ -39,7 +39,9 @@ class Settings:
     topic_prefix: str = _setting("herald.", "HERALD_TOPIC_PREFIX", "Prefix of every Herald topic.")
     jwt_secret: str = _setting("", "HERALD_JWT_SECRET",
                                "HS256 token signing secret; empty means the one generated into the state folder.")
-    app_id: str = _setting("herald-pipeline", "HERALD_APP_ID", "Faust application id: the consumer group and table prefix.")
+    app_id: str = _setting("herald-pipeline", "HERALD_APP_ID",
+                           "Faust application id: the consumer group (and `<id>-pipeline`, where the worker commits its "
+                           "events offsets) and table prefix.")
     data_dir: str = _setting("", "HERALD_DATA_DIR",
                              "Where a worker keeps its RocksDB tables; empty: the state folder's faust/<app id>. "
                              "Workers of one app on one machine need one each.")

@@ -31,6 +31,11 @@ def ticks_topic(settings: Settings) -> str:
     return f"{settings.app_id}-ticks"
 
 
+def pipeline_group(settings: Settings) -> str:
+    """The consumer group the worker commits its events and ticks offsets to (``streams.feed``; no members)."""
+    return f"{settings.app_id}-pipeline"
+
+
 def delivery_topic(settings: Settings, channel: str) -> str:
     return settings.topic(f"delivery.{channel.lower()}")
 

@@ -1,8 +1,8 @@
 """The clock: releasing held events, closed batches and digests when they fall due.
 
 A timer puts a tick on every partition of an internal topic co-partitioned with the events; the
-pipeline's agent, reading it in stream context for that partition, releases the users due there (Faust
-tables can only be written from a stream, and ``on_window_close`` is not to be trusted). Who is due when
+pipeline, reading it among that partition's events (``streams.feed``), releases the users due there, in
+order with the events (``on_window_close`` is not to be trusted). Who is due when
 is an in-memory index per partition (``DueIndex``), derived from the users' states and rebuilt from the
 states table after every rebalance, so no crash leaves it out of step with them.
 
@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from agents import clock as rules
 from agents import policy
-from streams import faust_adapter, memory
+from streams import memory
 from streams.context import UserContext
 from streams.due import DueIndex
+from streams.feed import Feed
 from streams.outbox import Outbox
 from streams.states import UserStates
 from streams.step import Step
@@ -35,9 +35,9 @@ RETRY_MS = 60_000  # a user whose release failed is tried again this much later
 
 
 class Clock:
-    def __init__(self, app: Any, states: UserStates, context: UserContext, config: policy.PolicyConfig,
+    def __init__(self, feed: Feed, states: UserStates, context: UserContext, config: policy.PolicyConfig,
                  outbox: Outbox, events_topic: str, ticks_topic: str, release_chunk: int) -> None:
-        self._app = app
+        self._feed = feed  # ``streams.feed.Feed``: the partitions held, and how far each goes
         self._states = states
         self._context = context
         self._config = config
@@ -66,8 +66,7 @@ class Clock:
     def _rebuild(self, partition: int) -> None:
         """Index every user of the partitions held but not indexed yet, straight from their RocksDB files."""
         started = time.monotonic()
-        held = {tp.partition for tp in self._app.consumer.assignment() if tp.topic == self._events_topic}
-        fresh = (held | {partition}) - set(self._indexes)
+        fresh = (self._feed.partitions | {partition}) - set(self._indexes)
         count = 0
         for p in fresh:
             index = self._indexes[p] = DueIndex()
@@ -84,10 +83,7 @@ class Clock:
         """Events of ``partition`` not read yet (None: not known, before its first event or fetch)."""
         if partition not in self._last_event:
             return None
-        try:
-            highwater = faust_adapter.highwater(self._app, self._events_topic, partition)
-        except Exception:  # noqa: BLE001 - not known yet
-            return None
+        highwater = self._feed.highwater(self._events_topic, partition)
         return None if highwater is None else max(0, highwater - 1 - self._last_event[partition][0])
 
     def lag(self) -> dict[int, int]:

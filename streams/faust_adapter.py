@@ -233,11 +233,6 @@ def set_assignor_assignment(app: Any, assignment: Any) -> None:
     app.assignor._assignment = assignment
 
 
-def highwater(app: Any, topic: str, partition: int) -> int | None:
-    """The partition's high-water mark as the consumer last saw it (None: not known yet)."""
-    return app.consumer.highwater(TP(topic, partition))
-
-
 def table_recovery(app: Any) -> Any | None:
     """The tables' recovery service (``in_recovery``, ``active_remaining_total()``), or None while the
     worker has not made it yet. Faust's public ``app.tables.recovery`` makes one when read, which a metrics

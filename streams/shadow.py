@@ -386,11 +386,14 @@ def delete(settings: Settings, shadow: Settings) -> list[str]:
             future.result(30)
         except Exception:  # noqa: BLE001 - one left behind is named by `herald status`; the rest still go
             pass
-    try:
-        for future in admin.delete_consumer_groups([shadow.app_id], request_timeout=30).values():
-            future.result(30)
-    except Exception:  # noqa: BLE001 - a group that never committed does not exist: nothing to delete
-        pass
+    from herald.topics import pipeline_group
+
+    for group in (shadow.app_id, pipeline_group(shadow)):
+        try:
+            for future in admin.delete_consumer_groups([group], request_timeout=30).values():
+                future.result(30)
+        except Exception:  # noqa: BLE001 - a group that never committed does not exist: nothing to delete
+            pass
     return names
 
 

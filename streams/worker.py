@@ -2,18 +2,18 @@
 
 Nothing here decides anything. ``create_worker`` assembles the named parts, each in its own module:
 
+- ``Feed`` (``streams.feed``): the events and ticks in batches, for the partitions Faust's group gives the worker;
 - ``Intake`` (``streams.intake``): decode, validate, dead-letter, move misrouted records home;
 - ``Step`` (``streams.step``): one batch of records as one transaction (outputs, then states, then offsets);
 - ``Clock`` (``streams.clock``): who is due when, and releasing them on ticks;
 - ``UserStates`` and ``UserContext`` (``streams.states``, ``streams.context``): the tables the policy reads;
 - ``Outputs`` (``streams.outputs``): the outcome's records, encoded before anything is kept.
 
-The agents: ``pipeline`` takes events and ticks in batches; ``preferences`` and ``presence`` keep those
-tables from their topics; a timer puts the ticks. A record that fails on its own is dead-lettered with
-its reason and the stream goes on. A failure of a batch as a whole (its outputs or states cannot be
-written) stops the process instead: Faust acks a batch even when the loop raises, and a batch acked
-without its outputs would be lost; a supervisor (``herald up``) restarts the worker, which reads the
-records again from the last commit.
+A task runs the feed, whose batches ``Pipeline.batch`` decides; the agents ``preferences`` and ``presence``
+keep those tables from their topics; a timer puts the ticks. A record that fails on its own is
+dead-lettered with its reason and the stream goes on. A failure of a batch as a whole (its outputs or
+states cannot be written) stops the process instead, before its offsets are committed; a supervisor
+(``herald up``) restarts the worker, which reads the records again from the last commit.
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ from streams.app import create_app
 from streams.clock import Clock
 from streams.config import policy_config
 from streams.context import UserContext
+from streams.feed import Feed, Record, held
 from streams.intake import Intake, moved_from
 from streams.metrics import WorkerMetrics
 from streams.outbox import Outbox
@@ -86,7 +87,8 @@ class Pipeline:
         self.intake = Intake(codec, self.outbox, settings.topic("dlq"), settings.partitions,
                              on_dead_letter=lambda reason, stage: self.metrics.dead_letters.labels(reason, stage).inc(),
                              batch_topics=(self.events_topic, ticks_topic(settings)))
-        self.clock = Clock(app, self.states, self.context, self.config, self.outbox, self.events_topic,
+        self.feed = Feed(settings, (self.events_topic, ticks_topic(settings)), lambda: bool(app.rebalancing))
+        self.clock = Clock(self.feed, self.states, self.context, self.config, self.outbox, self.events_topic,
                            ticks_topic(settings), settings.release_chunk)
         self._read_upto: dict[int, int | None] = {}  # partition -> its READ_UPTO: as read at assignment, then as written
         self.metrics.watch(self.clock.lag, self.clock.due, Path(app.conf.datadir))
@@ -104,14 +106,23 @@ class Pipeline:
         self.states.forget()
         self.metrics.rebalances.inc()
 
-    async def claim(self, *args: Any, **kwargs: Any) -> None:
-        """At an assignment: open the transactional producers of the events partitions now ours, fencing their
-        previous owners, and close the others' (exactly-once; see ``streams.outbox``)."""
+    async def assigned(self, *args: Any, **kwargs: Any) -> None:
+        """At an assignment: forget what is cached, open the transactional producers of the partitions now
+        ours, fencing their previous owners, and close the others' (exactly-once; see ``streams.outbox``),
+        then read those partitions' events and ticks. The partition numbers are those Faust's group gave
+        this worker on the preferences topic, co-partitioned with the events (``streams.feed``)."""
         assigned = args[1] if len(args) > 1 else kwargs.get("assigned", ())  # (sender, assigned)
-        partitions = {tp.partition for tp in assigned if tp.topic == self.events_topic}
+        partitions = held(assigned, self.settings.topic("preferences"))
+        await self.forget()
         await asyncio.get_running_loop().run_in_executor(None, self.outbox.claim, partitions)
+        self.feed.assign(partitions)
 
-    async def batch(self, events: Sequence[Any]) -> None:
+    async def revoked(self, *args: Any, **kwargs: Any) -> None:
+        """At a revocation: once the batch in flight is written, stop reading, and forget what is cached."""
+        await self.feed.revoke()
+        await self.forget()
+
+    async def batch(self, events: Sequence[Record]) -> None:
         """Read every record of the batch, decide on them in ``agents.order``'s order (the read order, but
         for CRITICAL events that overtake), then commit the batch as one transaction."""
         started = time.perf_counter()
@@ -129,9 +140,9 @@ class Pipeline:
     async def read(self, step: Step, event: Any) -> tuple[int, dict | None]:
         """A record's decision clock and its validated event (None: dead-lettered, moved home or skipped; ``TICK``:
         a tick). Skipped: a record of a batch already written (``written_before``), or one at or below the offset
-        this batch already read on its partition (records come in offset order, so it was read in this batch:
-        just after a recovery, Faust's seek to the committed offsets can hand over again, in the same batch,
-        records it had fetched before the seek)."""
+        this batch already read on its partition (records come in offset order, so it was read in this batch: a
+        consumer that seeks back to the committed offsets, as Faust's did after a recovery, can hand over again,
+        in the same batch, records it had fetched before the seek)."""
         msg = event.message
         now_ms = record_time_ms(msg)
         if msg.topic != self.events_topic:
@@ -253,9 +264,8 @@ def create_worker(settings: Settings | None = None, register: bool = True) -> fa
     pipeline = Pipeline(app, settings, codec)
     if register:
         pipeline.register_outputs()
-    app.on_partitions_revoked.connect(pipeline.forget)
-    app.on_partitions_assigned.connect(pipeline.forget)
-    app.on_partitions_assigned.connect(pipeline.claim)
+    app.on_partitions_revoked.connect(pipeline.revoked)
+    app.on_partitions_assigned.connect(pipeline.assigned)
     _agents(app, settings, pipeline)
     app.herald_pipeline = pipeline  # type: ignore[attr-defined]
     return app
@@ -268,12 +278,13 @@ def _raw_topic(app: faust.App, *names: str) -> Any:
 
 def _agents(app: faust.App, settings: Settings, pipeline: Pipeline) -> None:
     ticks = _raw_topic(app, ticks_topic(settings))
-    source = _raw_topic(app, settings.topic("events"), ticks_topic(settings))
+    events = _raw_topic(app, settings.topic("events"))
 
-    @app.agent(source, concurrency=1, name="pipeline")
-    async def decide(stream: Any) -> None:
-        async for batch in stream.take_events(settings.take_max, within=settings.take_within_s):
-            await pipeline.guarded("a batch of events", pipeline.batch(batch))
+    @app.task
+    async def decide() -> None:
+        for topic in (events, ticks):
+            await topic.maybe_declare()  # the feed reads them: Faust declares only the topics its agents read
+        await pipeline.feed.run(lambda batch: pipeline.guarded("a batch of events", pipeline.batch(batch)))
 
     @app.agent(_raw_topic(app, settings.topic("preferences")), concurrency=1, name="preferences")
     async def preferences(stream: Any) -> None:

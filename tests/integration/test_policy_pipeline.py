@@ -735,10 +735,11 @@ def test_kill_9_inside_a_batch_window_loses_and_duplicates_nothing(herald):
 # -- 10. a second worker joins and leaves ----------------------------------------------------------
 
 def _members(settings) -> dict[str, set[int]]:
-    """The consumer group's members and the events partitions each holds."""
+    """The consumer group's members and the partitions each holds: its preferences partitions, whose numbers
+    its feed reads on the events topic (``streams.feed``)."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     group = admin.describe_consumer_groups([settings.app_id])[settings.app_id].result(10)
-    topic = settings.topic("events")
+    topic = settings.topic("preferences")
     return {m.member_id: {tp.partition for tp in m.assignment.topic_partitions if tp.topic == topic}
             for m in group.members}
 

@@ -17,6 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartit
 from confluent_kafka.admin import AdminClient
 
 from herald.kafka import home_partition
+from herald.topics import pipeline_group
 from schemas.codec import Codec
 from schemas.registry import Registry
 from tests.conftest import free_port
@@ -105,7 +106,7 @@ def test_records_read_again_after_their_batch_was_written_write_nothing_twice(st
         p.stop()
 
         admin = AdminClient({"bootstrap.servers": bootstrap})
-        group = settings.app_id
+        group = pipeline_group(settings)
         _rewind(admin, group, topic, parts)
         assert set(_committed(admin, group, topic).values()) == {0}
         events_end = _record_ends(bootstrap, topic, parts)

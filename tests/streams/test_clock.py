@@ -56,9 +56,9 @@ def held_state(user: str) -> dict:
 def test_a_user_whose_release_fails_is_tried_again_later_and_the_others_are_released(monkeypatch):
     users = ["ok-1", "broken", "ok-2"]
     states = States({u: held_state(u) for u in users})
-    app = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: set(), highwater=lambda tp: None))
+    feed = SimpleNamespace(partitions=set(), highwater=lambda topic, partition: None)
     outbox = Outbox("127.0.0.1:1")
-    clock = Clock(app, states, Context(), policy.PolicyConfig(), outbox, "t.events", "t-ticks", release_chunk=100)
+    clock = Clock(feed, states, Context(), policy.PolicyConfig(), outbox, "t.events", "t-ticks", release_chunk=100)
     real = policy.on_tick
 
     def on_tick(state, prefs, online, now_ms, config):
@@ -93,9 +93,9 @@ def test_ticks_read_in_one_batch_queue_one_tick_to_continue_not_one_each():
     go on; each tick used to queue its own, so ticks kept multiplying until every due user was released."""
     users = [f"u{i}" for i in range(5)]
     states = States({u: held_state(u) for u in users})
-    app = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: set(), highwater=lambda tp: None))
+    feed = SimpleNamespace(partitions=set(), highwater=lambda topic, partition: None)
     outbox = Sent()
-    clock = Clock(app, states, Context(), policy.PolicyConfig(), outbox, "t.events", "t-ticks",  # type: ignore[arg-type]
+    clock = Clock(feed, states, Context(), policy.PolicyConfig(), outbox, "t.events", "t-ticks",  # type: ignore[arg-type]
                   release_chunk=2)
     step = Step(states, Outputs(), outbox, clock.reindex)  # type: ignore[arg-type]
     for _ in range(3):  # three ticks of partition 0 in one batch

@@ -34,7 +34,7 @@ from infra.common import REPO_ROOT
 from schemas.codec import Codec
 from schemas.registry import Registry
 
-EVENTS = 60_000
+EVENTS = 90_000
 USERS = 10_000
 
 
@@ -59,6 +59,14 @@ class Worker:
                 return
             time.sleep(0.2)
         raise TimeoutError(f"{self.name} not ready: {self.log.read_text(errors='replace')[-3000:]}")
+
+    def wait_joined(self, timeout: float = 120) -> None:
+        """Until the worker holds partitions: it joined the group, and the partitions moved (its feed logs them)."""
+        deadline = time.monotonic() + timeout
+        while "reading partitions" not in self.log.read_text(errors="replace"):
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, f"{self.name} did not join: {self.log.read_text(errors='replace')[-3000:]}"
+            time.sleep(0.1)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -106,8 +114,9 @@ def test_no_event_is_lost_when_workers_join_during_a_backlog(stack, unique, tmp_
         for n, worker in enumerate(workers[1:], start=1):
             wait_for(decided, EVENTS * n // 20, workers[:n])
             worker.start()  # joins: partitions move and their states are restored, events still waiting
-            worker.wait_ready()
+            worker.wait_joined()
             joined_at.append(decided.inputs)
+            worker.wait_ready()
         wait_for(decided, EVENTS, workers)
         assert max(joined_at) < EVENTS, f"a worker joined after every event was decided ({joined_at}): no rebalance under load"
     finally:

@@ -105,6 +105,7 @@ class Options:
     markdown: Path | None = None
     budget_min: float = 15.0
     latency_s: float = 30.0
+    latency_rate: float | None = None  # events/s of the CRITICAL latency stream; None: half the measured rate
     api_rate: float = 5000.0
     api_duration_s: float = 20.0
     api_warmup_s: float = 5.0
@@ -149,6 +150,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-min", type=float, default=None,
                    help="minutes the whole run may take (default 15; 0: no limit); see 'How long' above")
     p.add_argument("--latency-s", type=float, default=None, help="seconds of the CRITICAL latency stream (default 30)")
+    p.add_argument("--latency-rate", type=float, default=None,
+                   help="events/s of the CRITICAL latency stream (default: half the rate the pipeline phase measured); "
+                        "fix it to compare two builds at the same load")
     p.add_argument("--api-rate", type=float, default=5000.0, help="unread-count requests per second (default 5,000)")
     p.add_argument("--seed", type=int, default=1, help="the workload's seed (default 1)")
     p.add_argument("--preferences-share", type=float, default=0.0,
@@ -164,7 +168,7 @@ def parser() -> argparse.ArgumentParser:
 def options_from(argv: list[str]) -> Options:
     args = parser().parse_args(argv)
     opts = Options(**(QUICK if args.quick else {}))
-    for name in ("events", "users", "digest_users", "budget_min", "latency_s"):
+    for name in ("events", "users", "digest_users", "budget_min", "latency_s", "latency_rate"):
         value = getattr(args, name)
         if value is not None:
             setattr(opts, name, value)
@@ -1077,7 +1081,7 @@ class Run:
         worker: Crew | None = self.details.get("pipeline_worker")
         settings = self.details.get("workload_settings")
         measured = self.figures.get("pipeline_events_per_s")
-        rate = max(20.0, measured / 2) if measured else 100.0
+        rate = self.opts.latency_rate or (max(20.0, measured / 2) if measured else 100.0)
         backlog = not self.figures.get("pipeline_complete")
         if not backlog and "pipeline_all_final_s" not in self.figures and worker is not None and worker.alive():
             share = worker.cpu_share(2.0)  # parts waiting for a rate limit cost nothing; a release does
@@ -1115,8 +1119,9 @@ class Run:
         stream = Stream(settings.kafka_bootstrap, self.codec(), settings.topic("events"), self.opts.users,
                         "bench-user-", rate, self.opts.latency_s, seed=self.opts.seed + 11, tag="crit")
         self.threads.append(stream)
+        load = "fixed by --latency-rate" if self.opts.latency_rate else f"half of {measured or 0:,.0f}"
         self.console.say(f"  a mixed stream at {rate:,.0f} events/s for {self.opts.latency_s:g} s "
-                         f"(half of {measured or 0:,.0f}); CRITICAL events timed to their first delivery record")
+                         f"({load}); CRITICAL events timed to their first delivery record")
         stream.start()
         with self.console.meter("CRITICAL delivered", max(1, int(rate * self.opts.latency_s * 0.05)), "events") as update:
             while stream.is_alive():

@@ -55,6 +55,7 @@ def test_quick_sets_small_numbers_and_explicit_options_win(tmp_path):
     default = run.options_from([])
     assert (default.events, default.users, default.digest_users, default.budget_min) == (1_000_000, 100_000, 1_000_000, 15.0)
     assert default.markdown_path() == run.MARKDOWN
+    assert default.latency_rate is None and run.options_from(["--latency-rate", "2000"]).latency_rate == 2000.0
     with pytest.raises(SystemExit):
         run.options_from(["--events", "0"])
 

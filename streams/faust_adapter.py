@@ -12,11 +12,12 @@ each idempotent:
 
 - ``install_fetch_max_wait`` replaces Faust's consumer factory to use ``HERALD_FETCH_MAX_WAIT_MS`` instead
   of the wait Faust hard-codes: aiokafka keeps one fetch in flight per broker and leaves out of it the
-  partitions that still have records buffered, so a fetch that holds only quiet partitions (ticks,
-  preferences, presence) is parked at the broker for the whole wait while events pile up elsewhere. With
-  ``HERALD_EXACTLY_ONCE`` the same consumer reads committed records only (Faust does so only under its own
-  transactions, which the worker does not use): the records a killed batch moved, and the states its
-  aborted transaction logged, are never read back, neither by the stream nor by a table's recovery.
+  partitions that still have records buffered, so a fetch that holds only quiet partitions is parked at
+  the broker for the whole wait while records pile up elsewhere (the events and ticks are read by the
+  feed, ``streams.feed``, not by this consumer). With ``HERALD_EXACTLY_ONCE`` the same consumer reads
+  committed records only (Faust does so only under its own transactions, which the worker does not use):
+  the states a killed batch's aborted transaction logged are never read back by a table's recovery (nor
+  the records it moved by the feed, which reads committed records too).
 - ``install_resume_after_suspension`` and ``install_seek_forgetting_read_offsets`` close two ways in which
   Faust lost records at a rebalance with state recovery and then committed past them (issue #12, an event
   that never got a decision); their docstrings say how.

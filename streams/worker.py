@@ -241,8 +241,9 @@ class Pipeline:
         try:
             await work
         except asyncio.CancelledError:
-            # Faust cancels an agent to stop it, then acks the records it was handed (``take_events``) and
-            # commits them: what this work had not written yet would be lost. Stop now, before that commit.
+            # Faust cancels an agent to stop it, then acks the record it was handed and commits it: what this
+            # work had not written yet would be lost. Stop now, before that commit. (The feed commits a batch's
+            # offsets only after the batch, so for it stopping here only makes the stop quicker.)
             log.warning("%s was cancelled before it was written; stopping so that its records are read again", what)
             self.fatal(EXIT_UNWRITTEN)
             raise

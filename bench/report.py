@@ -242,9 +242,10 @@ def render_markdown(results: dict, chart_path: str | None = None) -> str:
                                               f.get("pipeline_events_decided") or 0, f.get("quix_events") or 0))
     if f.get("critical_samples") is not None:
         trend = f.get("critical_p50_by_quarter_ms") or []
+        load = "fixed by --latency-rate" if f.get("critical_stream_rate_fixed") else "half Herald's measured rate"
         lines.append(
             f"- CRITICAL latency: {fmt(f.get('critical_samples'))} CRITICAL events in a mixed stream at "
-            f"{fmt(f.get('critical_stream_events_per_s'), 'events/s')} (half Herald's measured rate), first delivery "
+            f"{fmt(f.get('critical_stream_events_per_s'), 'events/s')} ({load}), first delivery "
             "record per event on any delivery topic, timed when a consumer of that topic read it"
             + (f"; median by quarter of the stream: {', '.join(fmt(x) for x in trend)} ms" if trend else "") + ".")
     if f.get("digest_users") is not None:

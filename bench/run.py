@@ -1147,6 +1147,7 @@ class Run:
                               f"delivery topic {grace:.0f} s after the stream ended; the percentiles are over the others.")
         self.figures.update({
             "critical_stream_events_per_s": round(stream.sent / self.opts.latency_s, 1),
+            "critical_stream_rate_fixed": bool(self.opts.latency_rate),
             "critical_sent": stream.critical, "critical_samples": len(read),
             "critical_missing": stream.critical - len(read),
             "critical_p50_ms": round(percentile(read, 50), 2), "critical_p95_ms": round(percentile(read, 95), 2),

@@ -72,6 +72,13 @@ def test_ratios_machine_notes_phases_and_reproduction_are_stated():
     assert "## Chart" not in text  # no chart was made
 
 
+def test_the_critical_stream_says_whether_its_rate_was_half_herald_s_or_fixed():
+    results = sample()
+    assert "mixed stream at 860 events/s (half Herald's measured rate)" in report.render_markdown(results)
+    results["figures"]["critical_stream_rate_fixed"] = True
+    assert "mixed stream at 860 events/s (fixed by --latency-rate)" in report.render_markdown(results)
+
+
 def test_a_smaller_digest_run_asked_for_is_not_comparable_but_one_cut_by_the_budget_is_a_miss():
     results = sample()
     text = report.render_markdown(results)

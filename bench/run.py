@@ -1158,8 +1158,9 @@ class Run:
         })
         if len(trend) == 4 and trend[3] > 2 * trend[0] and trend[3] > 100:
             self.notes.append(f"CRITICAL latency rose during the stream (median by quarter {', '.join(f'{x:,.0f}' for x in trend)} "
-                              f"ms): Herald did not keep up with {rate:,.0f} events/s arriving live, half the rate it "
-                              "decided a backlog at, so its p99 includes a growing queue.")
+                              f"ms): Herald did not keep up with {rate:,.0f} events/s arriving live"
+                              + ("" if self.opts.latency_rate else ", half the rate it decided a backlog at")
+                              + ", so its p99 includes a growing queue.")
         self.console.say(f"  CRITICAL p50 {self.figures['critical_p50_ms']:.1f} ms, p95 {self.figures['critical_p95_ms']:.1f} ms, "
                          f"p99 {self.figures['critical_p99_ms']:.1f} ms over {len(read):,} events")
 

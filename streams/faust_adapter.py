@@ -2,10 +2,10 @@
 
 Faust's public API does not offer what the worker needs for its batch path: reading and writing one
 partition's RocksDB file directly, storing the table's persisted changelog offsets after a bulk write,
-setting the fetch wait of the consumer it creates, telling table reads which record they serve,
-reporting the last assignment to its sticky assignor, and reading the tables' restore progress. Each of
-those touches a private name; they are all here, so an upgrade that removes one breaks this module's test
-(``tests/streams/test_faust_adapter.py``) instead of a worker at run time.
+setting the fetch wait of the consumer it creates, reporting the last assignment to its sticky assignor,
+and reading the tables' restore progress. Each of those touches a private name; they are all here, so an
+upgrade that removes one breaks this module's test (``tests/streams/test_faust_adapter.py``) instead of a
+worker at run time.
 
 Four corrections of Faust's behaviour are installed explicitly (``streams.app.create_app`` calls them),
 each idempotent:
@@ -31,11 +31,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from typing import Any, Iterator
 
 import faust.stores.rocksdb as rocksdb_store
-from faust.streams import _current_event
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
@@ -178,11 +176,6 @@ def install_shared_rocksdb_memory() -> None:
     store is made: that name now makes options that honour ``shared_memory`` (the rest unchanged)."""
     if not issubclass(rocksdb_store.RocksDBOptions, _SharedMemoryOptions):
         rocksdb_store.RocksDBOptions = _SharedMemoryOptions  # type: ignore[misc]
-
-
-def serve_event(event: Any) -> None:
-    """Table reads made now belong to ``event``'s record (its partition is looked in first)."""
-    _current_event.set(weakref.ref(event))
 
 
 def partition_db(table: Any, partition: int) -> Any:

@@ -42,7 +42,7 @@ class Record:
     """One record read, with the attributes of a Faust message that the pipeline uses (``timestamp`` in
     seconds); ``message`` is the record itself, so it also stands where a Faust event would."""
 
-    __slots__ = ("topic", "partition", "offset", "timestamp", "key", "value", "headers", "__weakref__")
+    __slots__ = ("topic", "partition", "offset", "timestamp", "key", "value", "headers")
 
     def __init__(self, msg: Any) -> None:
         self.topic = msg.topic()

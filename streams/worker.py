@@ -130,7 +130,6 @@ class Pipeline:
         await self.intake.prepare([e.message.value for e in events if e.message.topic == self.events_topic])
         read = [await self.read(step, event) for event in events]
         for i in decision_order([_order_item(event.message, what) for event, (_, what) in zip(events, read)]):
-            faust_adapter.serve_event(events[i])
             self.decide(step, events[i].message, *read[i])
         await step.commit()
         self.note_written(step)
@@ -147,7 +146,6 @@ class Pipeline:
         now_ms = record_time_ms(msg)
         if msg.topic != self.events_topic:
             return now_ms, TICK
-        faust_adapter.serve_event(event)
         self.clock.note_event(msg.partition, msg.offset, now_ms)
         step.events[msg.partition] += 1
         if self.written_before(msg.partition, msg.offset) or msg.offset <= step.read_upto.get(msg.partition, -1):

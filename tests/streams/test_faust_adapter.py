@@ -34,7 +34,6 @@ def test_the_private_names_of_the_consumer_the_assignor_and_streams_still_exist(
     assert "self._isolation_level = isolation_level" in inspect.getsource(AIOKafkaConsumer.__init__)
     assert "isolation_level=self._isolation_level" in inspect.getsource(AIOKafkaConsumer.start)
     assert "_key_index" in inspect.getsource(Store.__init__)
-    from faust.streams import _current_event  # noqa: F401 - importable is the check
 
     async def assignor_has_assignment(tmp: str) -> bool:
         app = create_app(Settings(app_id="test-adapter", data_dir=tmp))

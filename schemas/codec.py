@@ -19,7 +19,7 @@ from typing import Any
 import fastavro
 from fastavro._read_common import SchemaResolutionError
 
-from schemas.loader import parsed
+from schemas.loader import parsed, writer
 from schemas.registry import Registry, RegistryUnavailable, SchemaNotFound
 
 MAGIC = 0
@@ -50,11 +50,7 @@ class Codec:
         """``record`` in the wire format under ``subject``'s id for ``schema_name``. The first call per
         subject registers the schema (``Registry.register_all`` at start-up does it ahead of time);
         raises ``RegistryUnavailable`` when that registration cannot reach the registry."""
-        schema_id = self.registry.register(subject, schema_name)
-        buf = io.BytesIO()
-        buf.write(HEADER.pack(MAGIC, schema_id))
-        fastavro.schemaless_writer(buf, parsed(schema_name), record)
-        return buf.getvalue()
+        return HEADER.pack(MAGIC, self.registry.register(subject, schema_name)) + writer(schema_name)(record)
 
     @staticmethod
     def schema_id_of(data: bytes | None) -> int | None:

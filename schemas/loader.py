@@ -7,12 +7,15 @@ type's full definition at its first use, and left as a name after it, as Avro re
 from __future__ import annotations
 
 import copy
+import io
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import fastavro
+
+from schemas.writer import writer_for
 
 AVRO_DIR = Path(__file__).parent / "avro"
 
@@ -67,3 +70,19 @@ def schema_text(name: str) -> str:
 def parsed(name: str) -> dict:
     """The fastavro-parsed schema, for encoding and as the reader schema when decoding."""
     return fastavro.parse_schema(load_schema(name))
+
+
+@lru_cache(maxsize=None)
+def writer(name: str) -> Callable[[dict], bytes]:
+    """A function writing a record of ``name`` as Avro binary: ``schemas.writer``'s own for a schema it covers
+    (Herald's outputs), else fastavro's general writer."""
+    own = writer_for(load_schema(name))
+    if own is not None:
+        return own
+    schema = parsed(name)
+
+    def general(record: dict) -> bytes:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, schema, record)
+        return buf.getvalue()
+    return general

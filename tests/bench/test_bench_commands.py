@@ -61,3 +61,12 @@ def test_the_rocksdb_memory_bench_measures_each_variant(tmp_path):
         figures = rocksdb_memory.run_variant(variant, tmp_path / variant, partitions=2, values=2_000, value_bytes=100)
         assert figures["variant"] == variant and figures["after_reads_mb"] >= 0 and figures["seconds"] >= 0
         assert (tmp_path / variant / "states-1").is_dir()
+
+
+def test_the_encode_bench_compares_both_writers_on_each_output(capsys):
+    from bench import encode
+
+    encode.main(["--records", "200", "--rounds", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0].strip() for line in lines] == ["decision", "single request", "digest request"]
+    assert all("fastavro" in line and "herald" in line for line in lines)

@@ -46,6 +46,7 @@ import fastavro
 
 from schemas.codec import Codec
 from schemas.loader import load_schema
+from schemas.writer import long_bytes, text_bytes
 
 if TYPE_CHECKING:
     from herald.settings import Settings
@@ -92,22 +93,8 @@ def _pick(table: list[tuple[float, str]], x: float) -> str:
 
 # --- Avro binary, field by field ------------------------------------------------------------------
 
-def _long(n: int) -> bytes:
-    """An Avro long (and int): zig-zag, then base-128 varint, least significant group first."""
-    n = (n << 1) ^ (n >> 63)
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while n & ~0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _string(s: str) -> bytes:
-    b = s.encode()
-    return (bytes((len(b) << 1,)) if len(b) < 64 else _long(len(b))) + b
+_long = long_bytes  # Avro's long (and int), as Herald's output writers write it
+_string = text_bytes
 
 
 def _map_of_strings(m: dict[str, str]) -> bytes:

@@ -115,6 +115,7 @@ class Clock:
             try:
                 self._release_one(step, user_id, partition, now_ms)
             except Exception:  # noqa: BLE001 - one user's failure must not strand the others popped with it
+                step.spoilt(user_id)
                 log.exception("a release on partition %d failed; that user is tried again in %d s",
                               partition, RETRY_MS // 1000)
                 index.set(user_id, now_ms + RETRY_MS)
@@ -128,7 +129,7 @@ class Clock:
             self.index(partition).set(user_id, when)
             return
         prefs, online = self._context.of(user_id, partition, now_ms)
-        step.apply(user_id, partition, policy.on_tick(state, prefs, online, now_ms, self._config))
+        step.apply(user_id, partition, policy.on_tick(state, prefs, online, now_ms, self._config, owned=step.owned(user_id)))
 
     def forget(self) -> None:
         """At a rebalance: rebuilt for the partitions held after it."""

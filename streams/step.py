@@ -10,6 +10,11 @@ Faust commit the records' offsets. A crash at any point therefore loses nothing:
 whose state was lost is decided again the same way, on its own timestamp.
 
 An outcome is encoded before its state is kept (``apply``): if encoding fails, nothing of it is kept.
+
+A user's state as read from the table is handed to the policy to change in place (``owned``), which
+spares a copy of it, but only for the user's first change in the batch: if the policy or the encoding
+then fails (``spoilt``), the state is simply read from the table again. A later change of the same user
+in the batch works on a copy, since the batch's state then holds changes the table does not.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ class Step:
         self._current: dict[str, Any] = {}  # user -> state (None: none)
         self._home: dict[str, int] = {}  # users changed in this batch -> their partition
         self._stored: set[str] = set()  # users read with a state in the table
+        self._fresh: set[str] = set()  # users whose batch state is still the table's, unchanged
         self.read_upto: dict[int, int] = {}  # partition -> the last events offset read in this batch
         self.released = 0  # users the clock released in this batch
         self.continued: set[int] = set()  # partitions whose releases this batch queued a tick to continue
@@ -46,12 +52,32 @@ class Step:
             state = self._current[user_id] = self._states.get(user_id, partition)
             if state is not None:
                 self._stored.add(user_id)
+                self._fresh.add(user_id)
         return self._current[user_id]
+
+    def owned(self, user_id: str) -> bool:
+        """Whether the policy may change the user's ``state`` in place (its ``owned``): it is the table's, read
+        in this batch and unchanged, so a failure can read it again. After such a call, ``apply`` the outcome or
+        report the failure (``spoilt``)."""
+        return user_id in self._fresh
+
+    def spoilt(self, user_id: str) -> None:
+        """Deciding for the user failed: a state the policy may have changed in place is read again from the
+        table at its next use (a state changed earlier in the batch was copied, so it stands)."""
+        if user_id in self._fresh:
+            self._fresh.discard(user_id)
+            self._stored.discard(user_id)
+            del self._current[user_id]
 
     def apply(self, user_id: str, partition: int, out: policy.Outcome) -> None:
         """Keep ``out.state`` as the user's state and queue the outcome's records (encoded first: an outcome
         that cannot be encoded raises and changes nothing)."""
-        records = self._outputs.encode(out)
+        try:
+            records = self._outputs.encode(out)
+        except BaseException:
+            self.spoilt(user_id)
+            raise
+        self._fresh.discard(user_id)
         self._current[user_id] = out.state
         self._home[user_id] = partition
         self._reindex(user_id, partition, out.state)

@@ -188,16 +188,18 @@ class Pipeline:
             return
         if event is None:
             return
+        user_id = event["user_id"]
         try:
-            user_id = event["user_id"]
             prefs, online = self.context.of(user_id, msg.partition, now_ms)
-            out = policy.on_event(step.state(user_id, msg.partition), event, prefs, online, now_ms,
-                                  f"{msg.topic}:{msg.partition}:{msg.offset}", self.config, offset=msg.offset,
+            state = step.state(user_id, msg.partition)
+            out = policy.on_event(state, event, prefs, online, now_ms, f"{msg.topic}:{msg.partition}:{msg.offset}",
+                                  self.config, offset=msg.offset, owned=step.owned(user_id),
                                   moved_from=moved_from(msg.headers) if msg.headers else None)
             step.apply(user_id, msg.partition, out)
         except KafkaException:
             raise  # an output could not be queued: the batch fails as a whole, its records are read again
         except Exception as exc:  # noqa: BLE001 - a bug on one record must not stop the stream; it is kept
+            step.spoilt(user_id)
             log.exception("failed on %s:%s@%s", msg.topic, msg.partition, msg.offset)
             self.intake.dead_letter(msg, "INTERNAL", f"{type(exc).__name__}: {exc}", "pipeline")
 

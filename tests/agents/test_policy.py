@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime, timezone
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -262,6 +263,27 @@ def test_every_event_gets_exactly_one_final_decision_and_batches_never_mix(items
         if quiet and r["priority"] != "CRITICAL":
             assert quiet_hours.quiet_until(prefs, at) is None, "nothing non-critical inside quiet hours"
     assert policy.next_due(state) is None or not state["held"], "nothing left waiting forever"
+
+
+@settings(max_examples=100, deadline=None)
+@given(events_strategy)
+def test_a_state_handed_over_is_changed_in_place_to_the_same_result_and_one_not_handed_over_never(items):
+    """``owned``: the same outcomes as with a copy, in the object given; without it the input stays as it was."""
+    prefs = effective({"max_batch_size": 4}, "u1")
+    copied = owned = None
+    for n, (priority, type_, dkey, ckey, after, offset, is_online) in sorted(enumerate(items), key=lambda x: x[1][5]):
+        now = T0 + offset
+        e = ev(n, priority, type_=type_, dedup_key=dkey, cancel_key=ckey or ("c1" if type_ == "CANCEL" else None),
+               deliver_after=(now + after) if after else None)
+        for call in (lambda s, o: policy.on_tick(s, prefs, is_online, now, CONFIG, owned=o),
+                     lambda s, o: policy.on_event(s, e, prefs, is_online, now, f"t:0:{n}", CONFIG, offset=n, owned=o)):
+            before = orjson.dumps(copied)
+            a, b = call(copied, False), call(owned, True)
+            assert orjson.dumps(copied) == before, "a state not handed over is never changed"
+            assert owned is None or b.state is owned, "a state handed over is the one changed"
+            assert orjson.dumps(b.state) == orjson.dumps(a.state)
+            assert (b.decisions, b.requests) == (a.decisions, a.requests)
+            copied, owned = a.state, b.state
 
 
 def test_the_global_limit_spans_users_defers_what_is_over_it_and_spares_critical():

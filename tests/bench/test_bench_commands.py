@@ -70,3 +70,12 @@ def test_the_encode_bench_compares_both_writers_on_each_output(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("  ")[0].strip() for line in lines] == ["decision", "single request", "digest request"]
     assert all("fastavro" in line and "herald" in line for line in lines)
+
+
+def test_the_policy_path_bench_runs_both_paths_to_the_same_records(capsys):
+    from bench import policy_path
+
+    policy_path.main(["--events", "2000", "--users", "300", "--rounds", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all("µs/event" in line and "µs/user" in line for line in lines)
+    assert lines[0].startswith("every state copied") and lines[1].startswith("as the worker runs")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import orjson
+
 from agents import policy
 from agents.preferences import effective
 from streams.clock import RETRY_MS, Clock
@@ -20,7 +22,8 @@ class States:
         self.written: list = []
 
     def get(self, user_id: str, partition: int) -> dict | None:
-        return self.states.get(user_id)
+        state = self.states.get(user_id)
+        return None if state is None else orjson.loads(orjson.dumps(state))  # decoded afresh at every read
 
     def scan(self, partition: int):
         return iter(self.states.items())
@@ -61,10 +64,12 @@ def test_a_user_whose_release_fails_is_tried_again_later_and_the_others_are_rele
     clock = Clock(feed, states, Context(), policy.PolicyConfig(), outbox, "t.events", "t-ticks", release_chunk=100)
     real = policy.on_tick
 
-    def on_tick(state, prefs, online, now_ms, config):
+    def on_tick(state, prefs, online, now_ms, config, owned=False):
         if any(e.startswith("broken") for e in state.get("events", {})):
+            if owned:
+                state["held"].clear()  # changed in place before failing
             raise ValueError("data the policy cannot handle")
-        return real(state, prefs, online, now_ms, config)
+        return real(state, prefs, online, now_ms, config, owned=owned)
 
     monkeypatch.setattr(policy, "on_tick", on_tick)
     step = Step(states, Outputs(), outbox, clock.reindex)  # type: ignore[arg-type]
@@ -73,8 +78,9 @@ def test_a_user_whose_release_fails_is_tried_again_later_and_the_others_are_rele
     assert step.released == 3
     assert index.pop_due(NOW + RETRY_MS - 1) == [], "the failing user is not due again at once"
     assert index.pop_due(NOW + RETRY_MS) == ["broken"], "but it is tried again a minute later"
-    released = {u for u in ("ok-1", "ok-2") if step.state(u, 0) is not states.states[u]}
+    released = {u for u in ("ok-1", "ok-2") if not step.state(u, 0)["held"] and states.states[u]["held"]}
     assert released == {"ok-1", "ok-2"}, "the users popped with it were released"
+    assert step.state("broken", 0) == states.states["broken"], "what the failed release changed in place is not kept"
 
 
 class Sent:

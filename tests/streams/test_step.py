@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 from confluent_kafka import KafkaException
 
@@ -208,3 +209,75 @@ def test_a_record_handed_over_twice_in_one_batch_is_read_once():
     asyncio.run(batch())
     assert read == [(1, 5), (1, 6), (2, 5), (1, 7)]
     assert step.read_upto == {1: 7, 2: 5}
+
+
+class StoredTable(Table):
+    """States kept as bytes and decoded at every read, as RocksDB and orjson give them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw = {"u": orjson.dumps({"v": 2, "dedup": {"id:e0": ["e0", 10**13]}})}
+
+    def get(self, user_id: str, partition: int) -> dict | None:
+        raw = self.raw.get(user_id)
+        return None if raw is None else orjson.loads(raw)
+
+
+class Encoding:
+    def encode(self, out: Outcome) -> list:
+        return []
+
+
+def test_a_state_changed_in_place_then_refused_is_read_again_from_the_table():
+    table = StoredTable()
+    step = Step(table, RefusingOutputs(), Outbox("127.0.0.1:1"), lambda *a: None)  # type: ignore[arg-type]
+    state = step.state("u", 0)
+    assert step.owned("u"), "the table's own state, unchanged in this batch: the policy may change it in place"
+    state["dedup"]["id:e1"] = ["e1", 10**13]  # what the policy did in place before the encoding failed
+    with pytest.raises(ValueError):
+        step.apply("u", 0, Outcome(state, decisions=[{"user_id": "u"}]))
+    again = step.state("u", 0)
+    assert again is not state and again == orjson.loads(table.raw["u"]), "read again: the change is not kept"
+    asyncio.run(step.commit())
+    assert table.written == []
+
+
+def test_only_a_users_first_change_in_a_batch_is_made_in_place():
+    table = StoredTable()
+    step = Step(table, Encoding(), Outbox("127.0.0.1:1"), lambda *a: None)  # type: ignore[arg-type]
+    state = step.state("u", 0)
+    step.apply("u", 0, Outcome({**state, "upto": 1}))
+    assert not step.owned("u"), "the batch's state now holds a change the table lacks: a failure could not undo it"
+    changed = step.state("u", 0)
+    step.spoilt("u")  # a failure on the user's second record
+    assert step.state("u", 0) is changed and changed["upto"] == 1, "the first record's change stands"
+    assert not step.owned("nobody") and step.state("nobody", 0) is None and not step.owned("nobody")
+
+
+def test_a_decision_that_fails_after_changing_the_state_in_place_keeps_nothing_of_it(monkeypatch):
+    """The pipeline hands the policy the table's state to change in place; a bug half-way through must not
+    leave that half-changed state to be written with the batch: the record is dead-lettered, the state read again."""
+    from types import SimpleNamespace
+
+    from agents import policy
+    from streams.worker import Pipeline
+
+    def on_event(state, event, *args, owned=False, **kwargs):
+        assert owned, "the table's own state, first change in the batch"
+        state["dedup"]["id:e1"] = ["e1", 10**13]
+        raise ValueError("a bug in the policy")
+
+    monkeypatch.setattr(policy, "on_event", on_event)
+    dead: list = []
+    pipeline = Pipeline.__new__(Pipeline)
+    pipeline.context = SimpleNamespace(of=lambda user_id, partition, now_ms: ({}, False))
+    pipeline.config = policy.PolicyConfig()
+    pipeline.intake = SimpleNamespace(dead_letter=lambda msg, reason, text, where: dead.append(reason))
+    table = StoredTable()
+    step = Step(table, Encoding(), Outbox("127.0.0.1:1"), lambda *a: None)  # type: ignore[arg-type]
+    msg = SimpleNamespace(topic="t.events", partition=0, offset=5, headers=None)
+    pipeline.decide(step, msg, 10**12, {"user_id": "u", "event_id": "e1"})
+    assert dead == ["INTERNAL"]
+    assert step.state("u", 0) == orjson.loads(table.raw["u"]), "the half-changed state is not the batch's"
+    asyncio.run(step.commit())
+    assert table.written == [] or all(user != "u" for user, *_ in table.written)

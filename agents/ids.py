@@ -10,11 +10,9 @@ import hashlib
 
 def delivery_id(kind: str, channel: str, user_id: str, event_ids: list[str] | tuple[str, ...], window: str = "") -> str:
     """A 32-hex id from the delivery's kind, channel, user, event ids (order-free) and window label."""
-    h = hashlib.blake2b(digest_size=16)
-    for part in (kind, channel, user_id, window, *sorted(event_ids)):
-        h.update(part.encode())
-        h.update(b"\x1f")
-    return h.hexdigest()
+    # each part's UTF-8 followed by a unit separator, hashed in one call
+    text = "\x1f".join((kind, channel, user_id, window, *sorted(event_ids))) + "\x1f"
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def short_key(key: str, limit: int = 256) -> str:

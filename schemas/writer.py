@@ -28,6 +28,10 @@ Writer = Callable[[dict], bytes]
 
 _SMALL = [bytes([n]) for n in range(128)]  # the varint of each zig-zagged value below 128
 _MIN_LONG, _MAX_LONG = -(1 << 63), (1 << 63) - 1
+# Varints of larger values met lately: most are times (an output's ``at``, ``created_at``, ``release_at``),
+# shared by the records of one event, of one window and of a batch read within the same millisecond.
+_LARGE: dict[int, bytes] = {}
+_LARGE_MAX = 4_096
 
 
 class _Unwritable(Exception):
@@ -44,12 +48,18 @@ def long_bytes(n: int) -> bytes:
     z = (n << 1) ^ (n >> 63)
     if z < 128:
         return _SMALL[z]
-    out = bytearray()
+    found = _LARGE.get(z)
+    if found is not None:
+        return found
+    key, out = z, bytearray()
     while z > 127:
         out.append((z & 0x7F) | 0x80)
         z >>= 7
     out.append(z)
-    return bytes(out)
+    if len(_LARGE) >= _LARGE_MAX:
+        _LARGE.clear()
+    found = _LARGE[key] = bytes(out)
+    return found
 
 
 def text_bytes(s: str) -> bytes:

@@ -26,3 +26,11 @@ def test_delivery_ids_ignore_event_order_but_not_content():
     assert delivery_id("BATCH", "PUSH", "u", ["a", "b"]) == delivery_id("BATCH", "PUSH", "u", ["b", "a"])
     assert delivery_id("BATCH", "PUSH", "u", ["a", "b"]) != delivery_id("BATCH", "PUSH", "u", ["a", "c"])
     assert delivery_id("BATCH", "PUSH", "u", ["a"]) != delivery_id("BATCH", "EMAIL", "u", ["a"])
+
+
+def test_delivery_ids_are_the_ones_earlier_releases_made():
+    """A record decided again after an upgrade must name the delivery it named before: the sinks' ledger and
+    the in-app table stop the second copy by this id. These are the ids the first release computed."""
+    assert delivery_id("SINGLE", "PUSH", "user-1", ["e1"]) == "c73eceb12e68b9197c7f59d38fddc817"
+    assert delivery_id("DIGEST", "EMAIL", "ü-ser", [], window="1-2") == "98c0fa6bb49eb36869f116abd899eb10"
+    assert delivery_id("BATCH", "SMS", "u", ["b", "a", "é€"], window="w#1") == "57eefc3286da2e53219d9099aa49de6f"

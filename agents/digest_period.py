@@ -17,7 +17,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from datetime import date, datetime, timedelta
 from functools import lru_cache
-from typing import Sequence
+from typing import Sequence, cast
 from zoneinfo import ZoneInfo
 
 from agents.preferences import local_ms, parse_hhmm, to_local, zone
@@ -42,13 +42,23 @@ def period(prefs: dict, at_ms: int, period_override_s: int | None = None) -> tup
         length = period_override_s * 1000
         start = at_ms - at_ms % length
         return start, start + length
-    tz = zone(prefs)
+    return _period(*_rule(prefs), at_ms)
+
+
+def _rule(prefs: dict) -> tuple[str | None, ZoneInfo, str | None, int]:
+    """What of ``prefs`` decides its periods: mode (None: none of ``MODES``), zone, ``digest_time`` and
+    ``digest_day`` (malformed: None and the default day), all hashable."""
     weekday = prefs.get("digest_day")
     if isinstance(weekday, bool) or weekday not in range(7):
         weekday = DEFAULT_DAY
     digest_time = prefs.get("digest_time")
     if not isinstance(digest_time, str):  # a malformed stored value (unhashable, too) takes the default
         digest_time = None
+    mode = prefs.get("digest_mode")
+    return mode if mode in MODES else None, zone(prefs), digest_time, cast(int, weekday)
+
+
+def _period(mode: str | None, tz: ZoneInfo, digest_time: str | None, weekday: int, at_ms: int) -> tuple[int, int]:
     bounds = _boundaries(mode, tz, digest_time, weekday, to_local(tz, at_ms).date())
     i = bisect_right(bounds, at_ms)
     return bounds[i - 1], bounds[i]
@@ -61,11 +71,14 @@ def label(prefs: dict, period_: tuple[int, int]) -> str:
     A period that is not one of the record's own (an override, or a mode that has none) is described
     by its local bounds with seconds, e.g. ``"digest Mon 23 Nov 14:00:05–14:00:15"``.
     """
-    start, end = period_
-    tz = zone(prefs)
+    return _label(*_rule(prefs), *period_)
+
+
+@lru_cache(maxsize=4096)
+def _label(mode: str | None, tz: ZoneInfo, digest_time: str | None, weekday: int, start: int, end: int) -> str:
+    """``label`` of one rule and period: the users of a zone and mode share one, so it is made once."""
     s, e = to_local(tz, start), to_local(tz, end)
-    mode = prefs.get("digest_mode")
-    if mode in MODES and period(prefs, start) == (start, end):
+    if mode in MODES and _period(mode, tz, digest_time, weekday, start) == (start, end):
         if mode == "HOURLY":
             # On the repeated hour 02:00-02:00 means nothing without the zone's abbreviations.
             tagged = _ambiguous(s) or _ambiguous(e)

@@ -208,11 +208,6 @@ def decode_value(table: Any, raw: bytes) -> Any:
     return table.data._decode_value(raw)
 
 
-def note_key_partition(table: Any, key_bytes: bytes, partition: int) -> None:
-    """Tell the store which partition holds ``key_bytes`` (what its own ``set`` would note)."""
-    table.data._key_index[key_bytes] = partition
-
-
 def persist_offset(table: Any, partition: int, offset: int) -> None:
     """Record that ``table``'s changelog up to ``offset`` of ``partition`` is applied locally."""
     table.data.set_persisted_offset(TP(table.changelog_topic.get_topic_name(), partition), offset)

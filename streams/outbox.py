@@ -98,16 +98,18 @@ class Outbox:
              source: int | None = None) -> None:
         """Queue one record caused by a record of input partition ``source`` (None: not in a batch);
         ``on_delivery(err, msg)`` replaces the default report (which notes failures: a replacement must call
-        ``failed`` for its errors)."""
+        ``failed`` for its errors). A record in a transaction has no default report: a record that fails makes
+        the transaction's commit fail, and a report per record would cost the commit a Python call each."""
         producer = self._producer
+        report = on_delivery or self._delivered
         if source is not None and self._prefix is not None:
+            report = on_delivery
             with self._lock:
                 producer = self._txn.get(source) or self._open_producer(source)
                 if source not in self._open:
                     producer.begin_transaction()
                     self._open.add(source)
-        produce(producer, topic, value, key, partition=partition, headers=headers,
-                on_delivery=on_delivery or self._delivered)
+        produce(producer, topic, value, key, partition=partition, headers=headers, on_delivery=report)
 
     def _delivered(self, err, msg) -> None:  # noqa: ANN001
         if err is not None:

@@ -15,7 +15,9 @@ state per event, so it writes them here instead, once per batch:
   batch's aborted changelog records never reach RocksDB). Then the offsets the changelog reached are
   stored as Faust's persisted offsets, so a restart replays only what came after them.
 
-``None`` deletes the key (a tombstone in the changelog). The caller must own the keys' partitions.
+``None`` deletes the key (a tombstone in the changelog). The caller must own the keys' partitions, and read
+them by partition (``faust_adapter.read_raw``): Faust's key-to-partition index, which only spares its own
+key lookups a search of every partition, is not kept up to date here.
 """
 from __future__ import annotations
 
@@ -46,18 +48,22 @@ class TableBatch:
         """Queue ``(key, value or None, partition)`` to the changelog and write them to RocksDB; the count."""
         table, topic = self.table, self.changelog
         batches: dict[int, WriteBatch] = defaultdict(lambda: WriteBatch(raw_mode=True))
+        changes = list(changes)
+        # In a transaction a failed record fails the commit, and a partition's records are acknowledged in
+        # order: its last one alone tells how far the changelog reached. Otherwise each one reports.
+        last = {partition: i for i, (_, _, partition) in enumerate(changes)} if self.outbox.exactly_once else None
         count = 0
-        for key, value, partition in changes:
+        for i, (key, value, partition) in enumerate(changes):
             key_bytes = self.encode_key(key) if self.encode_key else faust_adapter.encode_key(table, key)
             if value is not None and self.encode is not None:
                 value = self.encode(value)
             value_bytes = None if value is None else faust_adapter.encode_value(table, value)
-            self.outbox.send(topic, key_bytes, value_bytes, partition, on_delivery=self._delivered, source=partition)
+            report = self._delivered if last is None or last[partition] == i else None
+            self.outbox.send(topic, key_bytes, value_bytes, partition, on_delivery=report, source=partition)
             if value_bytes is None:
                 batches[partition].delete(key_bytes)
             else:
                 batches[partition].put(key_bytes, value_bytes)
-            faust_adapter.note_key_partition(table, key_bytes, partition)
             count += 1
         for partition, batch in batches.items():  # applied locally once the changelog has them (``apply``)
             self._local.append((partition, batch))

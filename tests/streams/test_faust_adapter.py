@@ -33,7 +33,6 @@ def test_the_private_names_of_the_consumer_the_assignor_and_streams_still_exist(
     assert "_fetch_max_wait_ms" in inspect.getsource(AIOKafkaConsumer.__init__)
     assert "self._isolation_level = isolation_level" in inspect.getsource(AIOKafkaConsumer.__init__)
     assert "isolation_level=self._isolation_level" in inspect.getsource(AIOKafkaConsumer.start)
-    assert "_key_index" in inspect.getsource(Store.__init__)
 
     async def assignor_has_assignment(tmp: str) -> bool:
         app = create_app(Settings(app_id="test-adapter", data_dir=tmp))
@@ -50,7 +49,6 @@ def test_reads_and_writes_through_the_adapter_reach_the_partition_s_rocksdb_file
         app = create_app(Settings(app_id="test-adapter-rw", data_dir=str(tmp_path), partitions=2))
         table = app.Table("t", default=None, partitions=2, key_type=bytes, value_type=bytes)
         faust_adapter.partition_db(table, 1).put(b"k", b"v")
-        faust_adapter.note_key_partition(table, b"k", 1)
         found = faust_adapter.read_raw(table, b"k", 1), faust_adapter.read_raw(table, b"k", 0)
         listed = list(faust_adapter.scan(table, 1))
         faust_adapter.persist_offset(table, 1, 41)

@@ -34,6 +34,7 @@ import time
 from typing import Any, Iterator
 
 import faust.stores.rocksdb as rocksdb_store
+import rocksdict
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
@@ -189,9 +190,12 @@ def read_raw(table: Any, key_bytes: bytes, partition: int) -> bytes | None:
 
 
 def scan(table: Any, partition: int) -> Iterator[tuple[bytes, bytes]]:
-    """Every (key, value) stored for ``partition``, without Faust's own offset record."""
+    """Every (key, value) stored for ``partition``, without Faust's own offset record. The blocks read are
+    kept out of the block cache: a scan reads each once, and would push out the ones batches read again."""
     offset_key = table.data.offset_key
-    for key, value in partition_db(table, partition).items():
+    once = rocksdict.ReadOptions()
+    once.fill_cache(False)
+    for key, value in partition_db(table, partition).items(read_opt=once):
         if key != offset_key and value is not None:
             yield key, value
 

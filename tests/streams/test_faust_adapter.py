@@ -288,6 +288,33 @@ def test_every_table_partition_opened_through_faust_charges_the_one_shared_cache
     assert cached > 0, "blocks read are held in the shared cache"
 
 
+def test_a_scan_leaves_the_shared_block_cache_to_the_reads(tmp_path):
+    """The clock's index is rebuilt by scanning every state of a partition: each block is read once, so it is
+    kept out of the block cache (a worker holding a million users had it full right after the scan)."""
+    from streams.states import SharedMemory
+
+    shared = SharedMemory(cache_mb=8, memtables_mb=16)
+
+    async def scan_then_read() -> tuple[int, int, int]:
+        app = create_app(Settings(app_id="test-adapter-scan", data_dir=str(tmp_path), partitions=1))
+        table = app.Table("s", default=None, partitions=1, key_type=bytes, value_type=bytes,
+                          options={"shared_memory": shared})
+        db = faust_adapter.partition_db(table, 0)
+        for i in range(3_000):
+            db.put(f"k{i}".encode(), b"x" * 500)
+        db.flush()
+        before = shared.cache.get_usage()
+        scanned = sum(1 for _ in faust_adapter.scan(table, 0))
+        after_scan = shared.cache.get_usage()
+        assert all(faust_adapter.read_raw(table, f"k{i}".encode(), 0) for i in range(0, 3_000, 7))
+        return scanned, after_scan - before, shared.cache.get_usage() - after_scan
+
+    scanned, by_scan, by_reads = asyncio.run(scan_then_read())
+    assert scanned == 3_000
+    assert by_reads > 100_000, "reads fill the cache (so the check below can fail)"
+    assert by_scan < by_reads / 10, "the scan did not"
+
+
 def test_a_new_recovery_waits_two_quiet_spells_of_its_own_before_the_first_counts(tmp_path):
     """Faust counts quiet spells in a loop that outlives each recovery, so when a new recovery starts the count
     is already past its guard: the first spell would mark partitions done by their consumer position while their

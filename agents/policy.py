@@ -504,7 +504,7 @@ def on_tick(state: Mapping[str, Any] | None, prefs: dict, online: bool, now_ms: 
     if new.get("closed"):
         new["closed"] = {k: end for k, end in new["closed"].items() if end > now_ms - CLOSED_MEMORY_MS}
     new["rates"] = {c: r for c, r in new["rates"].items()
-                    if rate_limit.next_allowed(r, now_ms, config.limits) is not None or _recent(r, now_ms)}
+                    if _recent(r, now_ms) or rate_limit.next_allowed(r, now_ms, config.limits) is not None}
     return out
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from agents.preferences import effective
 from agents.presence import online
 from herald.settings import Settings
+from streams import faust_adapter
 from streams.mirror import Mirrored
 from streams.states import changelog_configs, store_options
 
@@ -24,9 +25,11 @@ class UserContext:
     def __init__(self, app: Any, settings: Settings) -> None:
         configs = changelog_configs(settings)
         self.preferences = Mirrored(app.Table("preferences", default=None, partitions=settings.partitions,
-                                              extra_topic_configs=configs, options=store_options(settings)))
+                                              extra_topic_configs=configs, options=store_options(settings)),
+                                    encode_key=faust_adapter.json_key)
         self.presence = Mirrored(app.Table("presence", default=None, partitions=settings.partitions,
-                                           extra_topic_configs=configs, options=store_options(settings)))
+                                           extra_topic_configs=configs, options=store_options(settings)),
+                                 encode_key=faust_adapter.json_key)
         self._effective: dict[str, dict] = {}
 
     def of(self, user_id: str, partition: int, now_ms: int) -> tuple[dict, bool]:

@@ -347,3 +347,15 @@ def test_a_new_recovery_waits_two_quiet_spells_of_its_own_before_the_first_count
     got_at, item, quiet_after = asyncio.run(scenario())
     assert item == "late record" and 0.25 < got_at < 1.0
     assert 0.35 < quiet_after < 1.5, "then quiet for two spells since the last record, and only then"
+
+
+@pytest.mark.parametrize("key", ["user-1", "ü-ser", 'a"b', "x\\y", "€😀", "tab\there", ""])
+def test_the_json_key_is_the_one_faust_s_key_serializer_makes(tmp_path, key):
+    """Preferences and presence are read by key without Faust's serializer layers: the bytes must be Faust's."""
+    async def both() -> tuple[bytes, bytes]:
+        app = create_app(Settings(app_id="test-adapter-key", data_dir=str(tmp_path), partitions=1))
+        table = app.Table("preferences", default=None, partitions=1)
+        return faust_adapter.encode_key(table, key), faust_adapter.json_key(key)
+
+    faust_s, ours = asyncio.run(both())
+    assert ours == faust_s

@@ -108,7 +108,7 @@ class Settings:
                                            "Block cache that every table partition's RocksDB in the worker "
                                            "shares; the operating system's page cache holds the rest (Faust's "
                                            "default: 2 GB for each partition of each table).")
-    rocksdb_memtables_mb: int = _setting(64, "HERALD_ROCKSDB_MEMTABLES_MB",
+    rocksdb_memtables_mb: int = _setting(32, "HERALD_ROCKSDB_MEMTABLES_MB",
                                          "Memory all the worker's RocksDB memtables may take together (RocksDB's "
                                          "write buffer manager flushes the fullest past it), whatever the number "
                                          "of partitions.")

@@ -81,11 +81,9 @@ class Outbox:
 def workload(events: int, users: int) -> list[dict]:
     from bench.workload import generate_events
 
-    registry = Registry(url="http://127.0.0.1:9/unused", missing_retries=0)
-    registry._ids[("bench-value", "NotificationEvent")] = 1
     schema = parsed("NotificationEvent")
     decoded = []
-    for _, value in generate_events(Codec(registry), "bench-value", events, users, now_ms=AT):
+    for _, value in generate_events(Codec(PreRegistered()), "bench-value", events, users, now_ms=AT):
         event = fastavro.schemaless_reader(io.BytesIO(value[5:]), schema, schema)
         decoded.append(policy.normalize(event))
     return decoded

@@ -80,8 +80,7 @@ class _Compiler:
 
     def __init__(self) -> None:
         self.lines: list[str] = []
-        self.consts: dict[str, Any] = {"_long": long_bytes, "_text": text_bytes, "_Unwritable": _Unwritable,
-                                       "_bad": _unwritable}
+        self.consts: dict[str, Any] = {"_long": long_bytes, "_text": text_bytes, "_bad": _unwritable}
         self.named: dict[str, Any] = {}  # full name -> the schema of a named type defined so far
 
     def name(self, node: dict, namespace: str) -> str:

@@ -82,3 +82,19 @@ def test_a_record_decodes_into_the_writers_shape_without_a_reader(codec):
     with pytest.raises(DecodeError) as info:
         codec.decode(data, "Decision")
     assert info.value.reason == "SCHEMA_MISMATCH"
+
+
+@pytest.mark.parametrize("user, priority", [("u", "LOW"), ("ü-user-" + "x" * 200, "CRITICAL"), ("", "HIGH")])
+def test_head_reads_the_user_and_priority_as_decode_does(codec, user, priority):
+    data = codec.encode("t-value", "NotificationEvent", {**EVENT, "user_id": user, "priority": priority,
+                                                         "event_id": "e" * 300, "type": "TASK_DEADLINE"})
+    decoded = codec.decode(data, "NotificationEvent")
+    assert codec.head(data) == (decoded["user_id"], decoded["priority"]) == (user, priority)
+
+
+def test_head_answers_none_where_it_cannot_tell(codec):
+    data = codec.encode("t-value", "NotificationEvent", EVENT)
+    assert codec.head(data[:7]) is None  # cut short
+    assert codec.head(b"\x00\x00\x00\x00\x09" + data[5:]) is None  # a schema id not cached: never asks
+    assert codec.head(b"\x00\x00\x00\x00\x08" + data[5:]) is None  # another schema (Decision's fields differ)
+    assert codec.head(None) is None and codec.head(b"{}") is None

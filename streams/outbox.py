@@ -10,6 +10,13 @@ the records read again are decided once. A worker that takes a partition over op
 cannot commit what it was doing. Records sent outside a batch (a preferences record's dead letter) go
 through a plain producer (``source`` None).
 
+A transaction's records are queued in Python and produced only when the batch commits (``commit``). A
+reader of committed records sees nothing of a partition past the first record of a transaction still
+open there, so records produced while a batch is being decided would hold up everything written after
+them to the same partitions: CRITICAL delivery requests included, which ``express`` sends at once, on an
+idempotent producer of their own, outside any transaction (``streams.express``). The batch's commit waits
+for those to be acknowledged first: a request that could not be written fails the batch.
+
 With exactly-once off, everything goes through the plain producer and is flushed at the end of the batch:
 an output is in Kafka before the offset of the record that caused it can be committed, so a crash loses
 nothing but may write a batch's outputs twice (identical records).
@@ -53,6 +60,8 @@ class Outbox:
         self._txn: dict[int, Producer] = {}  # input partition -> its transactional producer
         self._open: set[int] = set()  # partitions with a transaction begun in this batch
         self._failed: list[str] = []
+        self._deferred: list[tuple] = []  # a batch's transactional records, produced at its commit
+        self._express: Producer | None = None  # ``express``'s, made at its first use
         self._lock = threading.Lock()  # ``claim`` runs off the loop while a batch may be sending
 
     @property
@@ -100,16 +109,26 @@ class Outbox:
         ``on_delivery(err, msg)`` replaces the default report (which notes failures: a replacement must call
         ``failed`` for its errors). A record in a transaction has no default report: a record that fails makes
         the transaction's commit fail, and a report per record would cost the commit a Python call each."""
-        producer = self._producer
-        report = on_delivery or self._delivered
         if source is not None and self._prefix is not None:
-            report = on_delivery
             with self._lock:
                 producer = self._txn.get(source) or self._open_producer(source)
                 if source not in self._open:
-                    producer.begin_transaction()
+                    producer.begin_transaction()  # local only: the broker hears of it at the first produce
                     self._open.add(source)
-        produce(producer, topic, value, key, partition=partition, headers=headers, on_delivery=report)
+            self._deferred.append((producer, topic, value, key, partition, headers, on_delivery))
+            return
+        produce(self._producer, topic, value, key, partition=partition, headers=headers,
+                on_delivery=on_delivery or self._delivered)
+
+    def express(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Send one record at once, outside any transaction, on an idempotent producer that lingers for
+        nothing. The next ``commit`` waits for it to be acknowledged (and fails if it was not); a batch that
+        fails after this and is decided again sends it again, the same bytes."""
+        if self._express is None:
+            self._express = make_producer(self._bootstrap, **{**self._config, "linger.ms": 0,
+                                                              "message.timeout.ms": 0})
+        produce(self._express, topic, value, key, on_delivery=self._delivered)
+        self._express.poll(0)
 
     def _delivered(self, err, msg) -> None:  # noqa: ANN001
         if err is not None:
@@ -128,9 +147,15 @@ class Outbox:
         self._raise_failures(remaining)
 
     async def commit(self) -> None:
-        """End the batch: flush the plain producer and commit every transaction begun, at once, in threads.
-        Raises when a record or a transaction could not be written: the batch must then not be acked."""
+        """End the batch: wait for the records sent by ``express``, flush the plain producer, then produce the
+        transactions' records and commit every transaction begun, at once, in threads. Raises when a record
+        or a transaction could not be written: the batch must then not be acked."""
+        if self._express is not None and len(self._express):
+            await asyncio.get_running_loop().run_in_executor(None, self._express.flush, 3600)
         await self.flush()
+        deferred, self._deferred = self._deferred, []
+        for producer, topic, value, key, partition, headers, report in deferred:
+            produce(producer, topic, value, key, partition=partition, headers=headers, on_delivery=report)
         if not self._open:
             return
         with self._lock:  # the partitions stay open (``claim`` leaves them be) until their commit is over

@@ -41,6 +41,8 @@ class Step:
         self._fresh: set[str] = set()  # users whose batch state is still the table's, unchanged
         self.read_upto: dict[int, int] = {}  # partition -> the last events offset read in this batch
         self.released = 0  # users the clock released in this batch
+        self.expressed = 0  # delivery requests sent at once (``apply``'s ``express``)
+        self.between: Callable[[], None] = lambda: None  # called between long runs of work (``streams.express``)
         self.continued: set[int] = set()  # partitions whose releases this batch queued a tick to continue
         self.events: Counter = Counter()  # partition -> event records read (for the metrics)
         self.decisions: Counter = Counter()  # (outcome, final) -> decisions written
@@ -69,9 +71,10 @@ class Step:
             self._stored.discard(user_id)
             del self._current[user_id]
 
-    def apply(self, user_id: str, partition: int, out: policy.Outcome) -> None:
+    def apply(self, user_id: str, partition: int, out: policy.Outcome, express: bool = False) -> None:
         """Keep ``out.state`` as the user's state and queue the outcome's records (encoded first: an outcome
-        that cannot be encoded raises and changes nothing)."""
+        that cannot be encoded raises and changes nothing). ``express``: its delivery requests are sent at
+        once, outside the batch's transaction (``Outbox.express``); its decisions and state stay in it."""
         try:
             records = self._outputs.encode(out)
         except BaseException:
@@ -81,8 +84,12 @@ class Step:
         self._current[user_id] = out.state
         self._home[user_id] = partition
         self._reindex(user_id, partition, out.state)
-        for topic, key, value in records:
+        requests = len(out.requests) if express else 0  # ``Outputs.encode`` puts the requests first
+        for topic, key, value in records[:requests]:
+            self._outbox.express(topic, key, value)
+        for topic, key, value in records[requests:]:
             self._outbox.send(topic, key, value, source=partition)
+        self.expressed += requests
         for decision in out.decisions:
             self.decisions[decision["outcome"], decision["final"]] += 1
         for request in out.requests:

@@ -281,3 +281,35 @@ def test_a_decision_that_fails_after_changing_the_state_in_place_keeps_nothing_o
     assert step.state("u", 0) == orjson.loads(table.raw["u"]), "the half-changed state is not the batch's"
     asyncio.run(step.commit())
     assert table.written == [] or all(user != "u" for user, *_ in table.written)
+
+
+def test_an_express_outcome_sends_its_requests_at_once_and_keeps_its_decisions_in_the_batch():
+    """``apply(..., express=True)``: the requests (``Outputs.encode`` puts them first) go to ``Outbox.express``,
+    outside the transaction; the decisions are queued with the batch, as without it."""
+
+    class Recording:
+        exactly_once = True
+
+        def __init__(self) -> None:
+            self.calls: list = []
+
+        def express(self, topic: str, key: bytes, value: bytes) -> None:
+            self.calls.append(("express", topic))
+
+        def send(self, topic: str, key: bytes, value: bytes, source: int | None = None) -> None:
+            self.calls.append(("batch", topic))
+
+    class TwoOutputs:
+        def encode(self, out: Outcome) -> list:
+            return [("herald.delivery.push", b"u", b"r")] * len(out.requests) + [("herald.decisions", b"u", b"d")]
+
+    outbox = Recording()
+    step = Step(Table(), TwoOutputs(), outbox, lambda *a: None)  # type: ignore[arg-type]
+    request = {"channel": "PUSH", "kind": "SINGLE"}
+    step.apply("u", 0, Outcome({"v": 2}, decisions=[{"outcome": "ROUTED", "final": True}], requests=[request]),
+               express=True)
+    assert outbox.calls == [("express", "herald.delivery.push"), ("batch", "herald.decisions")]
+    assert step.expressed == 1
+    outbox.calls.clear()
+    step.apply("u", 0, Outcome({"v": 3}, decisions=[{"outcome": "ROUTED", "final": True}], requests=[request]))
+    assert outbox.calls == [("batch", "herald.delivery.push"), ("batch", "herald.decisions")]

@@ -18,6 +18,12 @@ Item = tuple[int, str | None, str | None] | None
 
 def decision_order(items: Sequence[Item]) -> list[int]:
     """The positions of ``items`` in the order to decide them: the overtaking CRITICAL ones, then the rest."""
+    first, rest = overtaking(items)
+    return first + rest
+
+
+def overtaking(items: Sequence[Item]) -> tuple[list[int], list[int]]:
+    """The positions of the CRITICAL events that overtake, and of the rest, each in read order."""
     users: set[str] = set()
     ticked: set[int] = set()
     first: list[int] = []
@@ -34,4 +40,4 @@ def decision_order(items: Sequence[Item]) -> list[int]:
                     first.append(i)
                     continue
         rest.append(i)
-    return first + rest
+    return first, rest

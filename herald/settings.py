@@ -100,6 +100,13 @@ class Settings:
                                   "before states, a crash may write a batch's outputs twice, and a zombie's late state "
                                   "writes can overwrite its successor's in the changelog, so what the successor held "
                                   "for those users (open batches, digests) may be lost at the next restore.")
+    critical_express: bool = _setting(True, "HERALD_CRITICAL_EXPRESS",
+                                      "Decide CRITICAL events as they arrive, between the records of the batch in "
+                                      "flight, and send their delivery requests at once, outside the batch's "
+                                      "transaction (their decisions and states still commit with it), when that "
+                                      "gives the decisions the read order gives. A request sent so is sent again "
+                                      "if its batch fails, or by a zombie worker: the same bytes, which the sinks' "
+                                      "ledger delivers once. Off: CRITICAL events wait for their batch's commit.")
     rocksdb_write_buffer_mb: int = _setting(8, "HERALD_ROCKSDB_WRITE_BUFFER_MB",
                                             "Memtable size of each table partition's RocksDB (two at most are "
                                             "kept). Faust's default, 64 MB x 3, let a worker's memory grow by "

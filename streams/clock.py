@@ -111,7 +111,9 @@ class Clock:
             # more are due: continue later, with one tick per partition and batch whatever the ticks read in it
             step.continued.add(partition)
             self._outbox.send(self._ticks_topic, b"tick", b"", partition, source=partition)
-        for user_id in chunk:
+        for n, user_id in enumerate(chunk, 1):
+            if not n % 32:
+                step.between()  # CRITICAL events read since may go ahead (``streams.express``)
             try:
                 self._release_one(step, user_id, partition, now_ms)
             except Exception:  # noqa: BLE001 - one user's failure must not strand the others popped with it

@@ -36,12 +36,16 @@ class WorkerMetrics:
         self.dead_letters = Counter("herald_worker_dead_letters", "Records dead-lettered, by reason and stage",
                                     ["reason", "stage"], registry=r)
         self.released = Counter("herald_worker_released_users", "Users the clock released", registry=r)
+        self.expressed = Counter("herald_worker_expressed_requests",
+                                 "CRITICAL delivery requests sent at once, outside their batch's transaction",
+                                 registry=r)
         self.rebalances = Counter("herald_worker_rebalances", "Partition assignments and revocations seen", registry=r)
         self.batch_records = Histogram("herald_worker_batch_records", "Records per batch", buckets=BATCH_SIZES, registry=r)
         self.batch_seconds = Histogram("herald_worker_batch_seconds", "Seconds to decide and commit a batch",
                                        buckets=BATCH_SECONDS, registry=r)
 
-    def batch(self, records: int, seconds: float, events: Tally, decisions: Tally, requests: Tally, released: int) -> None:
+    def batch(self, records: int, seconds: float, events: Tally, decisions: Tally, requests: Tally, released: int,
+              expressed: int = 0) -> None:
         """Add one batch's counts (``events`` by partition, ``decisions`` by (outcome, final), ``requests`` by
         (channel, kind))."""
         self.batch_records.observe(records)
@@ -54,6 +58,8 @@ class WorkerMetrics:
             self.requests.labels(channel, kind).inc(n)
         if released:
             self.released.inc(released)
+        if expressed:
+            self.expressed.inc(expressed)
 
     def watch(self, lag: Callable[[], dict[int, int]], due: Callable[[], dict[int, int]], data_dir: Path) -> None:
         """Read these when scraped: unread events and users due per partition, and the RocksDB files' size."""

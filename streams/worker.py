@@ -7,7 +7,9 @@ Nothing here decides anything. ``create_worker`` assembles the named parts, each
 - ``Step`` (``streams.step``): one batch of records as one transaction (outputs, then states, then offsets);
 - ``Clock`` (``streams.clock``): who is due when, and releasing them on ticks;
 - ``UserStates`` and ``UserContext`` (``streams.states``, ``streams.context``): the tables the policy reads;
-- ``Outputs`` (``streams.outputs``): the outcome's records, encoded before anything is kept.
+- ``Outputs`` (``streams.outputs``): the outcome's records, encoded before anything is kept;
+- ``Watcher`` and ``Lane`` (``streams.express``, ``agents.lane``): CRITICAL events decided as they arrive,
+  between the records of the batch in flight, their delivery requests sent at once.
 
 A task runs the feed, whose batches ``Pipeline.batch`` decides; the agents ``preferences`` and ``presence``
 keep those tables from their topics; a timer puts the ticks. A record that fails on its own is
@@ -21,6 +23,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -29,10 +32,12 @@ from confluent_kafka import KafkaException
 
 from agents import clock as rules
 from agents import policy
-from agents.order import Item, decision_order
+from agents.lane import Lane
+from agents.order import Item, overtaking
 from agents.preferences import validate as validate_preferences
 from agents.presence import expiry
-from agents.validate import to_ms
+from agents.validate import ValidationError, to_ms, validate_event
+from herald.kafka import home_partition
 from herald.settings import Settings
 from herald.topics import ticks_topic
 from schemas.codec import Codec
@@ -42,6 +47,7 @@ from streams.app import create_app
 from streams.clock import Clock
 from streams.config import policy_config
 from streams.context import UserContext
+from streams.express import Watcher
 from streams.feed import Feed, Record, held
 from streams.intake import Intake, moved_from
 from streams.metrics import WorkerMetrics
@@ -91,6 +97,9 @@ class Pipeline:
         self.clock = Clock(self.feed, self.states, self.context, self.config, self.outbox, self.events_topic,
                            ticks_topic(settings), settings.release_chunk)
         self._read_upto: dict[int, int | None] = {}  # partition -> its READ_UPTO: as read at assignment, then as written
+        self.watcher = Watcher(settings, self.events_topic, codec) if settings.critical_express else None
+        self.lane = Lane()
+        self._ticking: Counter = Counter()  # partitions with ticks of the batch in flight still to decide
         self.metrics.watch(self.clock.lag, self.clock.due, Path(app.conf.datadir))
         self.metrics.watch_recovery(lambda: faust_adapter.table_recovery(app))
 
@@ -103,6 +112,7 @@ class Pipeline:
         self.context.forget()
         self.clock.forget()
         self._read_upto.clear()
+        self.lane.reset()
         self.states.forget()
         self.metrics.rebalances.inc()
 
@@ -116,25 +126,86 @@ class Pipeline:
         await self.forget()
         await asyncio.get_running_loop().run_in_executor(None, self.outbox.claim, partitions)
         self.feed.assign(partitions)
+        if self.watcher is not None:
+            self.watcher.assign(partitions)
 
     async def revoked(self, *args: Any, **kwargs: Any) -> None:
         """At a revocation: once the batch in flight is written, stop reading, and forget what is cached."""
         await self.feed.revoke()
+        if self.watcher is not None:
+            self.watcher.revoke()
         await self.forget()
 
     async def batch(self, events: Sequence[Record]) -> None:
         """Read every record of the batch, decide on them in ``agents.order``'s order (the read order, but
-        for CRITICAL events that overtake), then commit the batch as one transaction."""
+        for CRITICAL events that overtake), then commit the batch as one transaction. With the CRITICAL lane
+        (``streams.express``) the overtaking events' delivery requests are sent at once, and between the
+        records read and decided the CRITICAL events read since are decided as ``agents.lane`` allows."""
         started = time.perf_counter()
         step = Step(self.states, self.outputs, self.outbox, self.clock.reindex)
+        lane = self.watcher is not None
+        if lane:
+            self._ticking = Counter(e.message.partition for e in events if e.message.topic != self.events_topic)
+            step.between = lambda: self.express(step)
+            self.express(step)
         await self.intake.prepare([e.message.value for e in events if e.message.topic == self.events_topic])
-        read = [await self.read(step, event) for event in events]
-        for i in decision_order([_order_item(event.message, what) for event, (_, what) in zip(events, read)]):
-            self.decide(step, events[i].message, *read[i])
+        read = []
+        for event in events:
+            read.append(await self.read(step, event))
+            if lane:
+                step.between()
+        first, rest = overtaking([_order_item(event.message, what) for event, (_, what) in zip(events, read)])
+        for i in first:
+            self.decide(step, events[i].message, *read[i], express=lane)
+        for i in rest:
+            msg = events[i].message
+            self.decide(step, msg, *read[i])
+            if lane:
+                if msg.topic != self.events_topic:  # a tick decided no longer holds its partition's lane back
+                    self._ticking[msg.partition] -= 1
+                step.between()
+        if lane:
+            for event in events:
+                if event.message.topic == self.events_topic:
+                    self.lane.taken(event.message.partition, event.message.offset)
+            step.between = lambda: None
         await step.commit()
         self.note_written(step)
         self.metrics.batch(len(events), time.perf_counter() - started, step.events, step.decisions, step.requests,
-                           step.released)
+                           step.released, step.expressed)
+
+    def express(self, step: Step) -> None:
+        """Take in what the CRITICAL lane's reader has read since, and decide the CRITICAL events that may go
+        ahead now (``agents.lane``), their delivery requests sent at once. One that does not validate, is not
+        on its user's home partition, or fails, is left for the pipeline to read the usual way."""
+        watcher = self.watcher
+        if watcher is None:
+            return
+        inbox, lane, epoch = watcher.inbox, self.lane, watcher.epoch
+        if not inbox and not lane.waiting:
+            return
+        while inbox:
+            seen_in, partition, offset, user_id, candidate, after_gap = inbox.popleft()
+            if seen_in == epoch:
+                lane.seen(partition, offset, user_id, candidate, after_gap)
+        for partition, offset, user_id, (msg, event) in lane.ready({p for p, n in self._ticking.items() if n > 0}):
+            now_ms = record_time_ms(msg)
+            try:
+                validate_event(event, msg.key, now_ms)
+            except ValidationError:
+                continue
+            if msg.headers or home_partition(msg.key or b"", self.settings.partitions) != partition:
+                continue
+            try:
+                self._decide_event(step, msg, now_ms, event, express=True)
+            except KafkaException:
+                raise  # a request could not be queued: the batch fails as a whole, its records are read again
+            except Exception:  # noqa: BLE001 - the pipeline decides it again when it reads it, and dead-letters it
+                step.spoilt(user_id)
+                log.warning("deciding %s:%s@%s ahead failed; it is decided when read", msg.topic, partition, offset,
+                            exc_info=True)
+                continue
+            lane.decided(partition, offset, user_id)
 
     async def read(self, step: Step, event: Any) -> tuple[int, dict | None]:
         """A record's decision clock and its validated event (None: dead-lettered, moved home or skipped; ``TICK``:
@@ -181,27 +252,31 @@ class Pipeline:
             if partition in self._read_upto:
                 self._read_upto[partition] = max(offset, self._read_upto[partition] or -1)
 
-    def decide(self, step: Step, msg: Any, now_ms: int, event: dict | None) -> None:
-        """Release the partition's due users for a tick; decide on a validated event."""
+    def decide(self, step: Step, msg: Any, now_ms: int, event: dict | None, express: bool = False) -> None:
+        """Release the partition's due users for a tick; decide on a validated event (``express``: its
+        delivery requests are sent at once)."""
         if event is TICK:
             self.clock.release(step, msg.partition, now_ms)
             return
         if event is None:
             return
-        user_id = event["user_id"]
         try:
-            prefs, online = self.context.of(user_id, msg.partition, now_ms)
-            state = step.state(user_id, msg.partition)
-            out = policy.on_event(state, event, prefs, online, now_ms, f"{msg.topic}:{msg.partition}:{msg.offset}",
-                                  self.config, offset=msg.offset, owned=step.owned(user_id),
-                                  moved_from=moved_from(msg.headers) if msg.headers else None)
-            step.apply(user_id, msg.partition, out)
+            self._decide_event(step, msg, now_ms, event, express)
         except KafkaException:
             raise  # an output could not be queued: the batch fails as a whole, its records are read again
         except Exception as exc:  # noqa: BLE001 - a bug on one record must not stop the stream; it is kept
-            step.spoilt(user_id)
+            step.spoilt(event["user_id"])
             log.exception("failed on %s:%s@%s", msg.topic, msg.partition, msg.offset)
             self.intake.dead_letter(msg, "INTERNAL", f"{type(exc).__name__}: {exc}", "pipeline")
+
+    def _decide_event(self, step: Step, msg: Any, now_ms: int, event: dict, express: bool) -> None:
+        user_id = event["user_id"]
+        prefs, online = self.context.of(user_id, msg.partition, now_ms)
+        state = step.state(user_id, msg.partition)
+        out = policy.on_event(state, event, prefs, online, now_ms, f"{msg.topic}:{msg.partition}:{msg.offset}",
+                              self.config, offset=msg.offset, owned=step.owned(user_id),
+                              moved_from=moved_from(msg.headers) if msg.headers else None)
+        step.apply(user_id, msg.partition, out, express)
 
     async def preferences(self, msg: Any) -> None:
         """A preferences record: validated, then stored; a bad one is dead-lettered and the previous kept."""
@@ -285,7 +360,13 @@ def _agents(app: faust.App, settings: Settings, pipeline: Pipeline) -> None:
     async def decide() -> None:
         for topic in (events, ticks):
             await topic.maybe_declare()  # the feed reads them: Faust declares only the topics its agents read
-        await pipeline.feed.run(lambda batch: pipeline.guarded("a batch of events", pipeline.batch(batch)))
+        if pipeline.watcher is not None:
+            pipeline.watcher.start()
+        try:
+            await pipeline.feed.run(lambda batch: pipeline.guarded("a batch of events", pipeline.batch(batch)))
+        finally:
+            if pipeline.watcher is not None:
+                pipeline.watcher.stop()
 
     @app.agent(_raw_topic(app, settings.topic("preferences")), concurrency=1, name="preferences")
     async def preferences(stream: Any) -> None:

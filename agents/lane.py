@@ -1,0 +1,122 @@
+"""Which CRITICAL events not yet handed to the pipeline may be decided now, ahead of the batch in flight.
+
+A CRITICAL event should not wait for the batch being decided when it arrives, nor for the batches and
+digests released with it (``agents.order`` lets one overtake the rest of its own batch; this goes further).
+A second reader in the worker sees every events record past where the pipeline stands, in offset order
+per partition (``streams.express``), and tells this ``Lane`` the user of each (None when it cannot be
+read) and which are CRITICAL. Such an event goes ahead when its decision is the one the read order gives:
+
+- everything on its partition after the records of the last batch the pipeline decided was seen, so
+  nothing unseen could touch its user (until the pipeline's records reach where the second reader
+  started, nothing goes);
+- no record of its user is among those (the batch in flight's included: they are the pipeline's only once
+  it has decided them, ``taken``), and none that could not be read (it could be its user's);
+- no tick of its partition is still to be decided in the batch in flight (a tick releases that
+  partition's users).
+
+A user's decisions depend on that user's records and releases alone, so every decision is the one the
+read order gives. When the pipeline reads an event that went ahead, its user's state has already taken it
+in (``upto``), and the policy changes nothing. One that was not decided after all (it failed to validate,
+say) stays pending: it is decided when the pipeline reads it, and until then holds back its user's later
+CRITICAL events.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Container
+
+LIMIT = 50_000  # unread records remembered per partition; past that the partition starts over (nothing goes ahead
+# until the pipeline reaches the records seen after that): a worker that far behind has no live lane to keep
+
+
+class Lane:
+    def __init__(self, limit: int = LIMIT) -> None:
+        self._limit = limit
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything: at an assignment or a revocation."""
+        self._start: dict[int, int] = {}  # partition -> the first offset seen since the last (re)start
+        self._taken: dict[int, int] = {}  # partition -> the last offset handed to the pipeline
+        self._fifo: dict[int, deque] = {}  # partition -> [offset, user or None, pending] of records not taken, in order
+        self._pending: dict[int, dict[str, deque]] = {}  # partition -> user -> offsets of its records not decided
+        self._unreadable: dict[int, deque] = {}  # partition -> offsets of records whose user is not known
+        self.waiting: dict[tuple[int, int], tuple[str, Any]] = {}  # (partition, offset) -> (user, payload)
+
+    def seen(self, partition: int, offset: int, user_id: str | None, payload: Any = None, after_gap: bool = False) -> None:
+        """A record past the pipeline's position, in offset order on its partition: its user (None: not
+        known), and for a CRITICAL event that may go ahead, what to decide it with. ``after_gap``: records
+        of the partition just before it were not seen (the partition starts over here)."""
+        if offset <= self._taken.get(partition, -1):
+            return
+        fifo = self._fifo.setdefault(partition, deque())
+        if len(fifo) >= self._limit or after_gap:
+            self._restart(partition)
+            fifo = self._fifo.setdefault(partition, deque())
+        self._start.setdefault(partition, offset)
+        fifo.append([offset, user_id, True])
+        if user_id is None:
+            self._unreadable.setdefault(partition, deque()).append(offset)
+            return
+        self._pending.setdefault(partition, {}).setdefault(user_id, deque()).append(offset)
+        if payload is not None:
+            self.waiting[partition, offset] = (user_id, payload)
+
+    def taken(self, partition: int, offset: int) -> None:
+        """The pipeline has decided the partition's records up to ``offset`` (in its batch in flight)."""
+        if offset <= self._taken.get(partition, -1):
+            return
+        self._taken[partition] = offset
+        fifo = self._fifo.get(partition)
+        while fifo and fifo[0][0] <= offset:
+            entry_offset, user_id, pending = fifo.popleft()
+            self.waiting.pop((partition, entry_offset), None)
+            if not pending:
+                continue
+            if user_id is None:
+                self._unreadable[partition].popleft()
+                continue
+            offsets = self._pending[partition][user_id]
+            offsets.popleft()
+            if not offsets:
+                del self._pending[partition][user_id]
+
+    def ready(self, ticking: Container[int]) -> list[tuple[int, int, str, Any]]:
+        """The waiting CRITICAL events that may be decided now, in offset order per partition, as
+        (partition, offset, user, payload); they stop waiting. ``ticking``: partitions with a tick of the
+        batch in flight still to decide."""
+        if not self.waiting:
+            return []
+        ready = []
+        for (partition, offset), (user_id, payload) in sorted(self.waiting.items()):
+            if partition in ticking:
+                continue
+            start = self._start.get(partition)
+            if start is None or self._taken.get(partition, -2) + 1 < start:
+                continue  # records between the pipeline's and the first seen are unknown
+            unreadable = self._unreadable.get(partition)
+            if unreadable and unreadable[0] < offset:
+                continue
+            if self._pending[partition][user_id][0] != offset:
+                continue  # an earlier record of the user is not decided yet
+            ready.append((partition, offset, user_id, payload))
+        for partition, offset, _, _ in ready:
+            del self.waiting[partition, offset]
+        return ready
+
+    def decided(self, partition: int, offset: int, user_id: str) -> None:
+        """The event at ``offset`` (from ``ready``) was decided: it no longer holds its user's later ones."""
+        offsets = self._pending[partition][user_id]
+        offsets.remove(offset)
+        if not offsets:
+            del self._pending[partition][user_id]
+        for entry in self._fifo[partition]:
+            if entry[0] == offset:
+                entry[2] = False
+                break
+
+    def _restart(self, partition: int) -> None:
+        for table in (self._start, self._fifo, self._pending, self._unreadable):
+            table.pop(partition, None)
+        for key in [k for k in self.waiting if k[0] == partition]:
+            del self.waiting[key]

@@ -1,0 +1,132 @@
+"""The CRITICAL lane's reader: every events record as it arrives, ahead of the pipeline's batches.
+
+The pipeline decides a batch at a time, so an event arriving while one is being decided waits for it,
+for the batches and digests the clock releases with it, and for its commit. This reader (a second
+confluent-kafka consumer, in a thread of its own, on the partitions the feed holds, from their end at each
+assignment) reads each record's user and priority and queues them in ``inbox``. The pipeline takes them in
+between the records it decides (``agents.lane`` says which CRITICAL events may go ahead) and sends those
+events' delivery requests at once (``Outbox.express``), while their decisions and states are committed
+with the batch in flight.
+
+It never commits offsets (its group ``<app id>-express`` has no members and no offsets) and never
+dead-letters: a record it cannot read only holds back the CRITICAL events behind it on its partition,
+until the pipeline reads it the usual way.
+
+Delivery: a request sent at once is sent again, the same bytes, when its batch fails and is decided again,
+or when a stopped worker wakes up and decides a CRITICAL event its partition's new owner decides too; the
+sinks' ledger sends each ``delivery_id`` once. ``HERALD_CRITICAL_EXPRESS=false`` turns the lane off.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Any, Iterable
+
+from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+
+from herald.kafka import client_config
+from herald.settings import Settings
+from schemas.codec import Codec
+from streams.feed import Record
+
+log = logging.getLogger("herald.express")
+
+WAIT_S = 0.1  # the longest a fetch waits in the reader's thread (it stops within that)
+INBOX_MAX = 100_000  # records read and not yet taken in on the loop (which takes them in between records, and
+# not at all while the tables restore): past this they are dropped, and their partitions start over in the lane
+
+
+class Watcher:
+    def __init__(self, settings: Settings, topic: str, codec: Codec) -> None:
+        self.topic = topic
+        self._codec = codec
+        self._config = {**client_config(
+            settings, **{"group.id": f"{settings.app_id}-express", "enable.auto.commit": False,
+                         "auto.offset.reset": "latest",
+                         "isolation.level": "read_committed" if settings.exactly_once else "read_uncommitted",
+                         "fetch.wait.max.ms": 5, "queued.max.messages.kbytes": 4 * 1024,
+                         "fetch.max.bytes": 4 * 1024 * 1024}),
+            "error_cb": lambda err: log.warning("express consumer: %s", err)}
+        self._wanted: list[int] = []  # the partitions to read, as the last ``assign`` or ``revoke`` said
+        # (epoch, partition, offset, user or None, (record, event) for a CRITICAL event or None, whether records of
+        # the partition were dropped just before): appended by the reader's thread, taken on the loop; entries of an
+        # earlier epoch (assignment) are stale
+        self.inbox: deque = deque()
+        self.epoch = 0
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="herald-express", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def assign(self, partitions: Iterable[int]) -> None:
+        """Read ``partitions`` from their end on (from the reader's thread, at its next fetch)."""
+        self._wanted = sorted(partitions)
+        self.epoch += 1
+        self.inbox.clear()
+
+    def revoke(self) -> None:
+        self._wanted = []
+        self.epoch += 1
+        self.inbox.clear()
+
+    def _run(self) -> None:
+        # The consumer is used from this thread only: librdkafka's unassign waits for a fetch in flight
+        # in another thread, which a loop of fetches would keep it waiting for.
+        consumer = Consumer(self._config)
+        applied = 0
+        dropped: set[int] = set()  # partitions whose records were dropped since their last entry
+        try:
+            while not self._stopping.is_set():
+                epoch = self.epoch
+                if epoch != applied:
+                    consumer.assign([TopicPartition(self.topic, p, OFFSET_END) for p in self._wanted])
+                    applied = epoch
+                    dropped.clear()
+                if not self._wanted:
+                    self._stopping.wait(WAIT_S)
+                    continue
+                # a batch fetch would wait its whole timeout for the batch to fill: wait for one record only,
+                # then take what else is there without waiting
+                first = consumer.poll(WAIT_S)
+                if first is None:
+                    continue
+                for msg in [first, *consumer.consume(500, 0)]:
+                    if msg.error() is not None:
+                        continue
+                    partition = msg.partition()
+                    if len(self.inbox) >= INBOX_MAX:
+                        dropped.add(partition)
+                        continue
+                    self.inbox.append((applied, partition, msg.offset(), *self.peek(msg), partition in dropped))
+                    dropped.discard(partition)
+        except Exception:  # noqa: BLE001 - a broken reader leaves the lane idle; the pipeline goes on without it
+            log.exception("the express reader stopped")
+        finally:
+            consumer.close()
+
+    def peek(self, msg: Any) -> tuple[str | None, tuple[Record, dict] | None]:
+        """The record's user (None: it cannot be read here), and for a CRITICAL event the record and event.
+        Only a schema already known is used (``Codec.head``): this thread never asks the registry, and
+        decodes a record whole only when it is CRITICAL."""
+        value = msg.value()
+        head = self._codec.head(value)
+        if head is None:
+            return None, None
+        user_id, priority = head
+        if priority != "CRITICAL":
+            return user_id, None
+        try:
+            event = self._codec.decode(value, "NotificationEvent")
+        except Exception:  # noqa: BLE001 - not for this reader to judge: the pipeline dead-letters it
+            return user_id, None
+        if event.get("user_id") != user_id:
+            return None, None
+        return user_id, (Record(msg), event)

@@ -1,0 +1,130 @@
+"""The CRITICAL lane (``streams.express``, ``agents.lane``) on a real broker and a real worker.
+
+- A record sent by ``Outbox.express`` can be read (by a reader of committed records only) while the batch's
+  transaction is still open on its partition: the transaction's records are produced at its commit, so
+  they do not hold it up.
+- A CRITICAL event produced behind a backlog on its partition is decided ahead of it: its delivery request
+  is written before the backlog's events ahead of it are decided, once only, and its one decision is kept
+  when the pipeline reads it later.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from herald.kafka import home_partition
+from herald.metrics import served_ports
+from herald.settings import Settings
+from herald.topics import delivery_topic, ensure_topics
+from schemas.codec import Codec
+from schemas.registry import Registry
+from streams.outbox import Outbox
+from tests.conftest import free_port
+from tests.integration.harness import Pipeline
+from tests.integration.test_end_to_end import make_event
+
+pytestmark = pytest.mark.integration
+
+
+def _reader(bootstrap: str, topic: str) -> Consumer:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "isolation.level": "read_committed"})
+    consumer.subscribe([topic])
+    return consumer
+
+
+def _values(consumer: Consumer, want: int, timeout: float) -> list[bytes]:
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        got += [m.value() for m in consumer.consume(100, 0.2) if not m.error()]
+    return got
+
+
+def test_an_express_record_is_readable_while_the_batchs_transaction_is_open(stack):
+    unique = f"expr{uuid.uuid4().hex[:8]}"
+    settings = Settings.from_env(topic_prefix=f"{unique}.", app_id=f"{unique}-pipeline")
+    ensure_topics(settings)
+    topic = delivery_topic(settings, "PUSH")
+    outbox = Outbox(settings, linger_ms=5, transactional_id=settings.app_id)
+    outbox.claim([0])
+    outbox.send(topic, b"user", b"in the transaction", source=0)
+    time.sleep(0.5)  # well past the linger: a record produced at ``send`` would be on the broker by now
+    outbox.express(topic, b"user", b"express")  # the same key: the same partition
+    reader = _reader(settings.kafka_bootstrap, topic)
+    try:
+        assert _values(reader, 1, 15) == [b"express"], "the express record waited for the open transaction"
+        asyncio.run(outbox.commit())
+        assert _values(reader, 1, 15) == [b"in the transaction"]
+    finally:
+        reader.close()
+
+
+def _all(bootstrap: str, topics: list[str], until, timeout: float = 90) -> list:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe(topics)
+    out: list = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not until(out):
+            out += [m for m in consumer.consume(1000, 0.5) if not m.error()]
+        end = time.monotonic() + 2  # a repeat would show up now
+        while time.monotonic() < end:
+            out += [m for m in consumer.consume(1000, 0.3) if not m.error()]
+    finally:
+        consumer.close()
+    return out
+
+
+def test_a_critical_event_behind_a_backlog_is_decided_ahead_of_it_once(stack, tmp_path):
+    unique = f"expr{uuid.uuid4().hex[:8]}"
+    p = Pipeline(unique, tmp_path, free_port()).prepare()
+    settings = p.settings
+    topic = settings.topic("events")
+    codec = Codec(Registry(settings.schema_registry_url))
+    subject = f"{topic}-value"
+    users = [u for u in (f"{unique}-u{i}" for i in range(40_000)) if home_partition(u.encode(), settings.partitions) == 0]
+    critical_user = next(u for u in (f"{unique}-c{i}" for i in range(100))
+                         if home_partition(u.encode(), settings.partitions) == 0)
+    backlog = [make_event(users[i % len(users)], i, channels=["INAPP"], batchable=False) for i in range(20_000)]
+    critical = make_event(critical_user, 0, priority="CRITICAL", channels=["PUSH"])
+    values = [codec.encode(subject, "NotificationEvent", e) for e in backlog]
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20})
+    try:
+        p.start("worker")
+        for event, value in zip(backlog, values):
+            producer.produce(topic, value, event["user_id"].encode(), partition=0)
+            producer.poll(0)
+        producer.produce(topic, codec.encode(subject, "NotificationEvent", critical), critical_user.encode(), partition=0)
+        assert producer.flush(30) == 0
+        last_ahead = backlog[-1]["event_id"]
+        decisions_topic = settings.topic("decisions")
+        push = delivery_topic(settings, "PUSH")
+
+        def decided(records: list) -> bool:
+            return sum(m.topic() == decisions_topic for m in records) >= len(backlog) + 1
+
+        records = _all(settings.kafka_bootstrap, [decisions_topic, push], decided)
+        entry = [e for e in served_ports() if e["app_id"] == settings.app_id]
+        with urllib.request.urlopen(f"http://127.0.0.1:{entry[0]['port']}/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+    finally:
+        p.stop()
+    decisions = [(m, codec.decode(m.value(), "Decision")) for m in records if m.topic() == decisions_topic]
+    requests = [(m, codec.decode(m.value(), "DeliveryRequest")) for m in records if m.topic() == push]
+    critical_decisions = [d for _, d in decisions if d["event_id"] == critical["event_id"]]
+    assert len(critical_decisions) == 1 and critical_decisions[0]["outcome"] == "ROUTED", critical_decisions
+    sent = [(m, r) for m, r in requests if critical["event_id"] in r["event_ids"]]
+    assert len(sent) == 1, f"the CRITICAL request was written {len(sent)} times"
+    ahead = next(m for m, d in decisions if d["event_id"] == last_ahead)
+    assert sent[0][0].timestamp()[1] < ahead.timestamp()[1], (
+        "the CRITICAL request was written after the events ahead of it were decided: it waited for them")
+    expressed = [line for line in metrics.splitlines() if line.startswith("herald_worker_expressed_requests_total ")]
+    assert expressed and float(expressed[0].split()[1]) >= 1

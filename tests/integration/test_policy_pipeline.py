@@ -844,13 +844,18 @@ def test_a_critical_event_overtakes_other_users_events_read_in_its_batch(herald)
     critical = ev(user, "now", priority="CRITICAL")
     herald.send(*ahead, critical, *behind)
 
+    wanted = {e["event_id"] for e in (*ahead, critical)}
+
     def first_decisions() -> dict[str, int] | None:
+        """The offset of each event's first decision: all of them on the partition of its users' home, in the
+        order they were written (a batch's records share a timestamp: they are produced at its commit)."""
         firsts: dict[str, int] = {}
         for d in list(out.decisions):
-            if d["event_id"] not in firsts or d["_ts"] < firsts[d["event_id"]]:
-                firsts[d["event_id"]] = d["_ts"]
-        wanted = [e["event_id"] for e in (*ahead, critical)]
-        return firsts if all(w in firsts for w in wanted) else None
+            if d["event_id"] in wanted:
+                assert d["_where"][1] == home, d["_where"]
+                if d["event_id"] not in firsts or d["_where"][2] < firsts[d["event_id"]]:
+                    firsts[d["event_id"]] = d["_where"][2]
+        return firsts if len(firsts) == len(wanted) else None
 
     firsts = wait_for(first_decisions, 90, "a first decision for every event", out, user)
     overtaken = [e for e in ahead if firsts[e["event_id"]] > firsts[critical["event_id"]]]

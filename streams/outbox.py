@@ -10,12 +10,14 @@ the records read again are decided once. A worker that takes a partition over op
 cannot commit what it was doing. Records sent outside a batch (a preferences record's dead letter) go
 through a plain producer (``source`` None).
 
-A transaction's records are queued in Python and produced only when the batch commits (``commit``). A
-reader of committed records sees nothing of a partition past the first record of a transaction still
-open there, so records produced while a batch is being decided would hold up everything written after
-them to the same partitions: CRITICAL delivery requests included, which ``express`` sends at once, on an
-idempotent producer of their own, outside any transaction (``streams.express``). The batch's commit waits
-for those to be acknowledged first: a request that could not be written fails the batch.
+A transaction's records to the topics named by ``defer`` are queued in Python and produced only when the
+batch commits (``commit``). A reader of committed records sees nothing of a partition past the first
+record of a transaction still open there, so records produced to those topics while a batch is being
+decided would hold up everything written after them to the same partitions: the CRITICAL delivery
+requests included, which ``express`` sends at once, on an idempotent producer of their own, outside any
+transaction (``streams.express``). Only the delivery topics need it, so only they wait (the rest of a
+batch's outputs go to librdkafka as they are made, not held in Python). The batch's commit waits for the
+express records to be acknowledged first: a request that could not be written fails the batch.
 
 With exactly-once off, everything goes through the plain producer and is flushed at the end of the batch:
 an output is in Kafka before the offset of the record that caused it can be committed, so a crash loses
@@ -60,7 +62,8 @@ class Outbox:
         self._txn: dict[int, Producer] = {}  # input partition -> its transactional producer
         self._open: set[int] = set()  # partitions with a transaction begun in this batch
         self._failed: list[str] = []
-        self._deferred: list[tuple] = []  # a batch's transactional records, produced at its commit
+        self._defer: frozenset[str] = frozenset()  # topics whose transactional records wait for the commit
+        self._deferred: list[tuple] = []  # a batch's records to those topics, produced at its commit
         self._express: Producer | None = None  # ``express``'s, made at its first use
         self._lock = threading.Lock()  # ``claim`` runs off the loop while a batch may be sending
 
@@ -115,10 +118,18 @@ class Outbox:
                 if source not in self._open:
                     producer.begin_transaction()  # local only: the broker hears of it at the first produce
                     self._open.add(source)
-            self._deferred.append((producer, topic, value, key, partition, headers, on_delivery))
+            if topic in self._defer:
+                self._deferred.append((producer, topic, value, key, partition, headers, on_delivery))
+            else:
+                produce(producer, topic, value, key, partition=partition, headers=headers, on_delivery=on_delivery)
             return
         produce(self._producer, topic, value, key, partition=partition, headers=headers,
                 on_delivery=on_delivery or self._delivered)
+
+    def defer(self, topics: Iterable[str]) -> None:
+        """Produce a transaction's records to ``topics`` only at its commit, so that ``express`` records sent
+        to them meanwhile can be read at once."""
+        self._defer = frozenset(topics)
 
     def express(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Send one record at once, outside any transaction, on an idempotent producer that lingers for

@@ -98,6 +98,8 @@ class Pipeline:
                            ticks_topic(settings), settings.release_chunk)
         self._read_upto: dict[int, int | None] = {}  # partition -> its READ_UPTO: as read at assignment, then as written
         self.watcher = Watcher(settings, self.events_topic, codec) if settings.critical_express else None
+        if self.watcher is not None:
+            self.outbox.defer(self.outputs.requests.values())
         self.lane = Lane()
         self._ticking: Counter = Counter()  # partitions with ticks of the batch in flight still to decide
         self.metrics.watch(self.clock.lag, self.clock.due, Path(app.conf.datadir))

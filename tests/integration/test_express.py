@@ -53,6 +53,7 @@ def test_an_express_record_is_readable_while_the_batchs_transaction_is_open(stac
     ensure_topics(settings)
     topic = delivery_topic(settings, "PUSH")
     outbox = Outbox(settings, linger_ms=5, transactional_id=settings.app_id)
+    outbox.defer([topic])
     outbox.claim([0])
     outbox.send(topic, b"user", b"in the transaction", source=0)
     time.sleep(0.5)  # well past the linger: a record produced at ``send`` would be on the broker by now

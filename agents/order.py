@@ -16,12 +16,6 @@ from typing import Sequence
 Item = tuple[int, str | None, str | None] | None
 
 
-def decision_order(items: Sequence[Item]) -> list[int]:
-    """The positions of ``items`` in the order to decide them: the overtaking CRITICAL ones, then the rest."""
-    first, rest = overtaking(items)
-    return first + rest
-
-
 def overtaking(items: Sequence[Item]) -> tuple[list[int], list[int]]:
     """The positions of the CRITICAL events that overtake, and of the rest, each in read order."""
     users: set[str] = set()

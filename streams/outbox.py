@@ -159,7 +159,7 @@ class Outbox:
 
     async def commit(self) -> None:
         """End the batch: wait for the records sent by ``express``, flush the plain producer, then produce the
-        transactions' records and commit every transaction begun, at once, in threads. Raises when a record
+        records held back (``defer``) and commit every transaction begun, at once, in threads. Raises when a record
         or a transaction could not be written: the batch must then not be acked."""
         if self._express is not None and len(self._express):
             await asyncio.get_running_loop().run_in_executor(None, self._express.flush, 3600)

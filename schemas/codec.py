@@ -106,18 +106,25 @@ class Codec:
             raise DecodeError("SCHEMA_MISMATCH", f"schema id {schema_id} is not a record schema")
         return record
 
-    def head(self, data: bytes | None) -> tuple[str, str] | None:
+    def head(self, data: bytes | None, fetch: bool = False) -> tuple[str, str] | None:
         """The ``user_id`` and ``priority`` of a ``NotificationEvent`` without decoding the rest: a few
-        microseconds where ``decode`` takes tens. Only for a cached writer schema whose first four fields
-        are the contract's (``event_id``, ``user_id``, ``type`` strings, then the ``Priority`` enum); None
-        otherwise, and for bytes that do not read so. Never asks the registry, so any thread may call it.
-        It does not validate: ``decode`` is still the judge of the record."""
+        microseconds where ``decode`` takes tens. Only for a writer schema whose first four fields are the
+        contract's (``event_id``, ``user_id``, ``type`` strings, then the ``Priority`` enum); None otherwise,
+        and for bytes that do not read so. A writer schema not cached yet gives None, and is asked of the
+        registry only with ``fetch`` (blocking, with the registry's retries: from a thread of its own, never
+        a loop's), which raises ``RegistryUnavailable`` when the registry cannot answer. It does not
+        validate: ``decode`` is still the judge of the record."""
         if data is None or len(data) < HEADER.size or data[0] != MAGIC:
             return None
         schema_id = int.from_bytes(data[1:5], "big")
         symbols = self._heads.get(schema_id, False)
         if symbols is False:
-            symbols = self._heads[schema_id] = _priority_symbols(self.registry, schema_id)
+            if fetch and not self.registry.cached(schema_id):
+                self.registry.prefetch(schema_id)
+            writer = self.registry.known(schema_id)
+            if writer is None:
+                return None  # asked again for the next record: the pipeline's decode may cache it meanwhile
+            symbols = self._heads[schema_id] = _priority_symbols(writer)
         if symbols is None:
             return None
         try:
@@ -154,11 +161,9 @@ class Codec:
 __all__ = ["Codec", "DecodeError", "RegistryUnavailable", "DEFAULT_MAX_BYTES"]
 
 
-def _priority_symbols(registry: Registry, schema_id: int) -> list[str] | None:
+def _priority_symbols(writer: dict) -> list[str] | None:
     """The symbols of the writer schema's ``priority`` when its first four fields are the contract's."""
-    if schema_id not in registry._writers:
-        return None  # not cached (or known missing): ``head`` never asks the registry
-    fields = registry._writers[schema_id].get("fields") or []
+    fields = writer.get("fields") or []
     names = [f.get("name") for f in fields[:4]]
     if names != ["event_id", "user_id", "type", "priority"] or any(f["type"] != "string" for f in fields[:3]):
         return None

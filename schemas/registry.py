@@ -220,6 +220,10 @@ class Registry:
         """True when ``writer(schema_id)`` answers without asking the registry (found, or recently missing)."""
         return schema_id in self._writers or self._known_missing(schema_id) is not None
 
+    def known(self, schema_id: int) -> dict | None:
+        """The parsed writer schema of ``schema_id`` when it is cached; None otherwise. Never asks."""
+        return self._writers.get(schema_id)
+
     async def ensure(self, schema_id: int) -> None:
         """Make ``writer(schema_id)`` answer from the cache, without blocking the running loop.
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from typing import Any, Iterable
 
@@ -28,11 +29,13 @@ from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 from herald.kafka import client_config
 from herald.settings import Settings
 from schemas.codec import Codec
+from schemas.registry import RegistryUnavailable
 from streams.feed import Record
 
 log = logging.getLogger("herald.express")
 
 WAIT_S = 0.1  # the longest a fetch waits in the reader's thread (it stops within that)
+REGISTRY_PAUSE_S = 5.0  # how long the reader stops asking the registry after it could not answer
 INBOX_MAX = 100_000  # records read and not yet taken in on the loop (which takes them in between records, and
 # not at all while the tables restore): past this they are dropped, and their partitions start over in the lane
 
@@ -54,6 +57,7 @@ class Watcher:
         # earlier epoch (assignment) are stale
         self.inbox: deque = deque()
         self.epoch = 0
+        self._registry_down_until = 0.0  # monotonic time: until then, no schema is asked of the registry
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -87,7 +91,7 @@ class Watcher:
             while not self._stopping.is_set():
                 epoch = self.epoch
                 if epoch != applied:
-                    consumer.assign([TopicPartition(self.topic, p, OFFSET_END) for p in self._wanted])
+                    consumer.assign(self._from_end(consumer, self._wanted))
                     applied = epoch
                     dropped.clear()
                 if not self._wanted:
@@ -112,12 +116,35 @@ class Watcher:
         finally:
             consumer.close()
 
+    def _from_end(self, consumer: Consumer, partitions: list[int]) -> list[TopicPartition]:
+        """The partitions at their end now, as offsets (logged: a lane started this late covers the records from
+        there on). A partition whose end cannot be asked starts at the end its first fetch finds."""
+        starts = []
+        for partition in partitions:
+            try:
+                end = consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=5)[1]
+            except Exception as exc:  # noqa: BLE001 - librdkafka's own end-of-partition lookup does the same later
+                log.warning("the CRITICAL lane could not ask where partition %d ends (%s)", partition, exc)
+                end = OFFSET_END
+            starts.append(TopicPartition(self.topic, partition, end))
+        if partitions:
+            log.info("the CRITICAL lane reads partitions %s of %s from offsets %s", partitions, self.topic,
+                     [tp.offset for tp in starts])
+        return starts
+
     def peek(self, msg: Any) -> tuple[str | None, tuple[Record, dict] | None]:
         """The record's user (None: it cannot be read here), and for a CRITICAL event the record and event.
-        Only a schema already known is used (``Codec.head``): this thread never asks the registry, and
-        decodes a record whole only when it is CRITICAL."""
+        A writer schema not cached yet is asked of the registry here, in this thread (``Codec.head``); while
+        the registry cannot answer, records of such a schema are unreadable here for ``REGISTRY_PAUSE_S``.
+        A record is decoded whole only when it is CRITICAL."""
         value = msg.value()
-        head = self._codec.head(value)
+        fetch = time.monotonic() >= self._registry_down_until
+        try:
+            head = self._codec.head(value, fetch=fetch)
+        except RegistryUnavailable as exc:
+            log.warning("the CRITICAL lane cannot read a schema for %.0f s: %s", REGISTRY_PAUSE_S, exc)
+            self._registry_down_until = time.monotonic() + REGISTRY_PAUSE_S
+            head = None
         if head is None:
             return None, None
         user_id, priority = head

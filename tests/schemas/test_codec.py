@@ -95,6 +95,15 @@ def test_head_reads_the_user_and_priority_as_decode_does(codec, user, priority):
 def test_head_answers_none_where_it_cannot_tell(codec):
     data = codec.encode("t-value", "NotificationEvent", EVENT)
     assert codec.head(data[:7]) is None  # cut short
-    assert codec.head(b"\x00\x00\x00\x00\x09" + data[5:]) is None  # a schema id not cached: never asks
+    assert codec.head(b"\x00\x00\x00\x00\x09" + data[5:]) is None  # a schema id not cached: not asked
     assert codec.head(b"\x00\x00\x00\x00\x08" + data[5:]) is None  # another schema (Decision's fields differ)
     assert codec.head(None) is None and codec.head(b"{}") is None
+
+
+def test_head_answers_once_a_schema_it_did_not_know_is_cached(codec):
+    """A record read before the pipeline's decode cached its schema must not leave ``head`` blind to that
+    schema for good."""
+    data = b"\x00\x00\x00\x00\x09" + codec.encode("t-value", "NotificationEvent", EVENT)[5:]
+    assert codec.head(data) is None
+    codec.registry._writers[9] = parsed("NotificationEvent")  # what a decode of id 9 caches
+    assert codec.head(data) == ("u", "LOW")

@@ -47,6 +47,12 @@ async def test_a_registered_id_is_found_and_an_unknown_one_is_schema_not_found(s
     assert registry.cached(ids[subject])
     assert codec.decode(data, "NotificationEvent")["user_id"] == "u"
 
+    fresh = Codec(Registry(url, missing_retries=1, missing_backoff_s=0.05))
+    assert fresh.head(data) is None  # not cached, and not asked
+    assert await asyncio.to_thread(fresh.head, data, True) == ("u", "LOW")  # asked, from a thread of its own
+    assert fresh.registry.cached(ids[subject])
+    fresh.registry.close()
+
     unknown = 2_000_000_000 + random.randrange(100_000_000)
     await registry.ensure(unknown)  # returns: an unknown id is the record's problem, which decode tells
     assert registry.cached(unknown) and registry.missing_count() == 1
@@ -147,12 +153,18 @@ async def test_a_503_is_unavailable_never_a_decode_error_and_is_retried_until_th
         await asyncio.to_thread(codec.decode, data, "NotificationEvent")
     assert fake.requests[21] == 4 and registry.missing_count() == 0
 
+    fake.fail[21] = 2
+    with pytest.raises(RegistryUnavailable):  # so the lane's reader can stop asking for a while
+        await asyncio.to_thread(codec.head, data, True)
+    assert fake.requests[21] == 6 and not registry.cached(21) and codec.head(data) is None
+
     await codec.prepare(data)  # the registry is back
-    assert fake.requests[21] == 5
+    assert fake.requests[21] == 7
     for _ in range(3):
         assert codec.decode(data, "NotificationEvent")["user_id"] == "u"
+    assert codec.head(data) == ("u", "LOW")
     await codec.prepare(data)
-    assert fake.requests[21] == 5  # answered from the cache from now on
+    assert fake.requests[21] == 7  # answered from the cache from now on
     registry.close()
 
 

@@ -21,7 +21,8 @@ What it measures, in this order (each phase prints its time; the whole default r
                   and per worker.
   6. critical     critical_p50/p95/p99_ms: a mixed stream at half Herald's measured rate; each CRITICAL
                   event carries its send time, and the first delivery record of it on any delivery topic
-                  is timed when a consumer reads it (fresh workers if the pipeline's still have work).
+                  is timed when a consumer reads it (fresh workers if the pipeline's still have work,
+                  the stream started once their group has shared the partitions out).
   7. digest       digest_s, digests_per_s: --digest-users users' states, each holding one LOW event in one
                   fixed digest period, are computed by the policy's own code and written to the workers'
                   changelog (bench/digest_seed.py: taking a million events in would not fit the budget);
@@ -551,6 +552,18 @@ class Worker:
         raise RuntimeError(f"the {self.name} worker's log did not show {text.decode()!r} within {timeout:.0f} s; "
                            f"see {self.log}: {self.tail()}")
 
+    def reading(self) -> list[int] | None:
+        """The events partitions the worker's log last said it reads (None: it has not said yet)."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return None
+        at = text.rfind(READING)
+        if at < 0:
+            return None
+        listed = text[at + len(READING):text.find("]", at)]
+        return [int(p) for p in listed.split(",") if p.strip()]
+
     def tail(self, n: int = 3) -> str:
         try:
             return " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-n:])
@@ -580,6 +593,9 @@ class Worker:
         stop_group(self.proc, timeout)
 
 
+READING = "reading partitions ["  # the feed's line at each assignment (streams.feed)
+
+
 class Crew:
     """Several workers of one app (one per core by default), as one."""
 
@@ -591,6 +607,22 @@ class Crew:
         for member in self.members:
             member.launch()
         return max(member.wait_ready(timeout) for member in self.members)
+
+    def wait_settled(self, partitions: int, timeout: float = 120) -> float:
+        """Until the group's assignment is settled: the partitions each member last said it reads (its feed's
+        "reading partitions [...]" line) are ``partitions`` in all, none held twice. "Ready" comes before
+        the group has balanced the members that joined together, so a stream started then would time
+        the rebalance that follows. The seconds waited."""
+        started = time.monotonic()
+        deadline = started + timeout
+        while True:
+            self.check()
+            held = [member.reading() for member in self.members]
+            if all(h is not None for h in held) and sorted(p for h in held for p in h) == list(range(partitions)):
+                return time.monotonic() - started
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"the workers' partitions did not settle within {timeout:.0f} s: {held}")
+            time.sleep(0.1)
 
     def check(self) -> None:
         for member in self.members:
@@ -1103,6 +1135,7 @@ class Run:
             register_schemas(settings)
             worker = self.new_crew("latency", self.worker_env(settings, self.opts.digest_period_s))
             worker.start()
+            worker.wait_settled(settings.partitions)
             why = ("the pipeline worker still had work left from the throughput phase" if measured
                    else f"the pipeline phase measured no rate, so at {rate:,.0f} events/s")
             self.notes.append(f"CRITICAL latency was measured on a fresh worker and topics ({why}).")

@@ -183,3 +183,21 @@ def test_quick_run_end_to_end_writes_every_figure(stack, tmp_path):
 
     topics = AdminClient({"bootstrap.servers": Settings.from_env().kafka_bootstrap}).list_topics(timeout=10).topics
     assert not [t for t in topics if t.startswith(figures["topic_prefix"])]
+
+
+def test_a_crew_is_settled_once_its_members_last_assignments_share_out_every_partition(tmp_path):
+    members = [run.Worker(name, {}, tmp_path) for name in ("a", "b")]
+    crew = run.Crew(members)
+    line = "[2026-12-06 10:56:01,189] [1] [INFO] reading partitions {} of t.events, t-ticks \n"
+    members[0].log.write_text(line.format("[0, 1, 2, 3]"))
+    assert members[0].reading() == [0, 1, 2, 3] and members[1].reading() is None
+    with pytest.raises(RuntimeError, match="did not settle"):
+        crew.wait_settled(4, timeout=0.3)  # b has not joined: a holds everything
+    members[1].log.write_text(line.format("[0, 1]"))
+    with pytest.raises(RuntimeError, match="did not settle"):
+        crew.wait_settled(4, timeout=0.3)  # b has 0 and 1, but a has not given them up yet
+    with members[0].log.open("a") as log:
+        log.write(line.format("[2, 3]"))
+    assert crew.wait_settled(4, timeout=5) < 5
+    members[1].log.write_text(line.format("[]"))
+    assert members[1].reading() == []

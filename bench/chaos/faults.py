@@ -131,16 +131,17 @@ def _disk_full(ctx) -> dict:  # noqa: ANN001
         return {"skipped": "no tmpfs could be mounted here (needs root and a kernel that allows it)"}
     filler = ctx.stack.data_dir / "filler.bin"
     free = os.statvfs(ctx.stack.data_dir)
-    with open(filler, "wb") as out:
-        chunk = b"\0" * (1 << 20)
-        try:
+    used_mb = round((free.f_blocks - free.f_bfree) * free.f_frsize / 2**20)
+    try:
+        with open(filler, "wb") as out:
+            chunk = b"\0" * (1 << 20)
             for _ in range(free.f_bavail * free.f_frsize // len(chunk) + 1):
                 out.write(chunk)
-        except OSError:
-            pass  # full: what we wanted
+    except OSError:
+        pass  # full (at the open itself when the worker's files had filled it already): what we wanted
     time.sleep(ctx.hold(10, 20))
-    filler.unlink()
-    return {"filled_mb": round(free.f_bavail * free.f_frsize / 2**20)}
+    filler.unlink(missing_ok=True)
+    return {"filled_mb": round(free.f_bavail * free.f_frsize / 2**20), "used_before_mb": used_mb}
 
 
 MATRIX: list[Fault] = [

@@ -57,7 +57,7 @@ def _free(port: int) -> bool:
 class Stack:
     """The run's servers and processes. ``env`` is what every Herald process (and this one) sees."""
 
-    def __init__(self, run_id: str, base: Path, disk_mb: int = 256, exactly_once: bool = True) -> None:
+    def __init__(self, run_id: str, base: Path, disk_mb: int = 1024, exactly_once: bool = True) -> None:
         self.run_id = run_id
         self.home = base / "chaos" / run_id
         self.home.mkdir(parents=True, exist_ok=True)

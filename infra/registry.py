@@ -20,13 +20,12 @@ Rules:
 """
 from __future__ import annotations
 
-import base64
+import dataclasses
 import json
 import os
 import re
 import shutil
 import socket
-import ssl
 import subprocess
 import tarfile
 import time
@@ -34,7 +33,7 @@ import urllib.request
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from infra.common import (
     InfraError,
@@ -227,28 +226,21 @@ def _get(path: str, timeout: float = 2.0):
     A secured registry is asked as Herald's registry client asks it (``schemas.registry.client_config``
     checks the settings): basic auth from ``HERALD_SCHEMA_REGISTRY_USERNAME``/``PASSWORD`` or from the
     URL's ``user:password@`` (never both), and for ``https://`` the CA in ``HERALD_SCHEMA_REGISTRY_CAFILE``
-    (else the system's CAs). A setting that cannot work raises ValueError naming it."""
-    from schemas.registry import client_config, safe_url
+    (else the system's CAs). A setting that cannot work raises ValueError naming it; an error answer or
+    none raises OSError."""
+    from schemas.registry import client_config
+    from schemas.rest import RegistryHTTPError, RegistryRest
 
-    base = url()
-    config = client_config(base, username=os.environ.get("HERALD_SCHEMA_REGISTRY_USERNAME", ""),
+    config = client_config(url(), timeout, 0, username=os.environ.get("HERALD_SCHEMA_REGISTRY_USERNAME", ""),
                            password=os.environ.get("HERALD_SCHEMA_REGISTRY_PASSWORD", ""),
                            cafile=os.environ.get("HERALD_SCHEMA_REGISTRY_CAFILE", ""))
-    parts = urlsplit(base)
-    user_info = config.get("basic.auth.user.info", "")
-    if not user_info and parts.username:
-        user_info = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-    clean = safe_url(base)  # urllib takes no credentials in the URL
-    target = clean + path
     if path.startswith("/apis"):
-        split = urlsplit(clean)
-        target = f"{split.scheme}://{split.netloc}{path}"
-    request = urllib.request.Request(target)
-    if user_info:
-        request.add_header("Authorization", "Basic " + base64.b64encode(user_info.encode()).decode())
-    context = ssl.create_default_context(cafile=config.get("ssl.ca.location")) if parts.scheme == "https" else None
-    with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310 - the configured registry
-        return json.loads(response.read() or b"null")
+        split = urlsplit(config.base_urls[0])
+        config = dataclasses.replace(config, base_urls=(f"{split.scheme}://{split.netloc}",))
+    try:
+        return RegistryRest(config).request("GET", path)
+    except RegistryHTTPError as exc:
+        raise OSError(f"the registry answered {exc}") from None
 
 
 def _storage_ready(management_port: int | None) -> bool:

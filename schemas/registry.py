@@ -1,9 +1,8 @@
 """The schema registry client Herald uses: registers its schemas and caches writer schemas by id.
 
-Built on confluent-kafka's ``SchemaRegistryClient``, configured so that one request gives up after
-``timeout_s`` and is tried ``http_retries`` more times after a short pause: a look-up during an outage
-ends within about ``(http_retries + 1) * timeout_s`` seconds (per registry URL) instead of the client's
-default of no timeout at all and waits of up to seven seconds.
+Built on ``schemas.rest`` (three ccompat calls over the standard library's HTTP): one request gives up
+after ``timeout_s`` and is tried ``http_retries`` more times after a short pause, so a look-up during an
+outage ends within about ``(http_retries + 1) * timeout_s`` seconds per registry URL.
 
 Every registry answer is classified:
 
@@ -16,7 +15,7 @@ Every registry answer is classified:
   ``DecodeError``, so a record is never dead-lettered because the registry is down; the caller pauses
   and retries;
 - anything else (a schema refused as incompatible, a malformed request) is raised as the client's
-  ``SchemaRegistryError``: a bug or a contract breach, not an outage.
+  ``RegistryHTTPError``: a bug or a contract breach, not an outage.
 
 A writer schema the registry has but Herald cannot read (not Avro, or not parseable on its own) is a
 ``SchemaNotFound`` as well, remembered like a missing id.
@@ -43,11 +42,9 @@ from functools import partial
 from urllib.parse import urlsplit, urlunsplit
 
 import fastavro
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from confluent_kafka.schema_registry.common._httpx_compat import httpx
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from schemas.loader import parsed, schema_text
+from schemas.rest import RegistryHTTPError, RegistryRest, RegistryTransportError, RestConfig, rest_config
 
 DEFAULT_URL = "http://127.0.0.1:8081/apis/ccompat/v7"
 COMPATIBILITY = "BACKWARD_TRANSITIVE"
@@ -105,7 +102,7 @@ def classify(exc: BaseException, url: str, what: str,
     code mean ``SchemaNotFound``. Elsewhere (registering) a 404 without a ccompat error code means the
     URL is not the ccompat API, reported as ``RegistryUnavailable`` with a hint."""
     where = safe_url(url)
-    if isinstance(exc, SchemaRegistryError):
+    if isinstance(exc, RegistryHTTPError):
         status, code = exc.http_status_code, exc.error_code
         if status >= 500 or status in UNAVAILABLE_STATUSES:
             return RegistryUnavailable(f"schema registry at {where} answered HTTP {status} while {what}: "
@@ -118,7 +115,7 @@ def classify(exc: BaseException, url: str, what: str,
                                        "HERALD_SCHEMA_REGISTRY_URL the Confluent-compatible API's address "
                                        "(for Apicurio, ending in /apis/ccompat/v7)?", status)
         return None
-    if isinstance(exc, httpx.TransportError):
+    if isinstance(exc, RegistryTransportError):
         return RegistryUnavailable(f"schema registry at {where} is unreachable while {what}: "
                                    f"{type(exc).__name__}: {exc}")
     return None
@@ -131,12 +128,12 @@ class Registry:
     must be awaited on one event loop at a time."""
 
     def __init__(self, url: str | None = None, missing_retries: int = 3, missing_backoff_s: float = 0.2,
-                 negative_ttl_s: float = 30.0, client: SchemaRegistryClient | None = None, *,
+                 negative_ttl_s: float = 30.0, client: RegistryRest | None = None, *,
                  max_missing: int = 10_000, timeout_s: float = 2.0, http_retries: int = 1,
                  lookup_threads: int = 4, username: str | None = None, password: str | None = None,
                  cafile: str | None = None) -> None:
         self.url = url or registry_url()
-        self.client = client or SchemaRegistryClient(client_config(
+        self.client = client or RegistryRest(client_config(
             self.url, timeout_s, http_retries,
             username=_env("HERALD_SCHEMA_REGISTRY_USERNAME") if username is None else username,
             password=_env("HERALD_SCHEMA_REGISTRY_PASSWORD") if password is None else password,
@@ -166,15 +163,15 @@ class Registry:
     def register(self, subject: str, schema_name: str, compatibility: str | None = COMPATIBILITY) -> int:
         """Register ``schema_name`` under ``subject`` (idempotent, cached) and return its id.
         Raises ``RegistryUnavailable`` when the registry cannot be reached (or its URL is not the
-        ccompat API), the client's ``SchemaRegistryError`` when it refuses the schema."""
+        ccompat API), the client's ``RegistryHTTPError`` when it refuses the schema."""
         key = (subject, schema_name)
         schema_id = self._ids.get(key)
         if schema_id is not None:
             return schema_id
         try:
             if compatibility:
-                self.client.set_compatibility(subject_name=subject, level=compatibility)
-            schema_id = self.client.register_schema(subject, Schema(schema_text(schema_name), "AVRO"))
+                self.client.set_compatibility(subject, compatibility)
+            schema_id = self.client.register_schema(subject, schema_text(schema_name))
         except Exception as exc:
             mapped = classify(exc, self.url, f"registering {schema_name} under {subject}", None)
             if mapped is None:
@@ -189,7 +186,7 @@ class Registry:
         that ``encode`` never asks the registry mid-batch) and return ``{subject: id}``.
 
         Raises ``RegistryUnavailable`` naming the registry and how many subjects are left when it cannot
-        be reached; a refused schema raises the client's ``SchemaRegistryError`` with the subject noted."""
+        be reached; a refused schema raises the client's ``RegistryHTTPError`` with the subject noted."""
         ids: dict[str, int] = {}
         for done, (subject, schema_name) in enumerate(subjects):
             try:
@@ -199,7 +196,7 @@ class Registry:
                     f"cannot register the output schemas ({len(subjects) - done} of {len(subjects)} left, "
                     f"starting with {subject}): {exc}. Start the registry (herald up) or point "
                     "HERALD_SCHEMA_REGISTRY_URL at it.", exc.status) from exc
-            except SchemaRegistryError as exc:
+            except RegistryHTTPError as exc:
                 exc.add_note(f"while registering {schema_name} under {subject} at {safe_url(self.url)}")
                 raise
         return ids
@@ -207,7 +204,7 @@ class Registry:
     def register_text(self, subject: str, text: str) -> int:
         """Register a schema given as JSON text (evolved producer schemas, tests)."""
         try:
-            return self.client.register_schema(subject, Schema(text, "AVRO"))
+            return self.client.register_schema(subject, text)
         except Exception as exc:
             mapped = classify(exc, self.url, f"registering a schema under {subject}", None)
             if mapped is None:
@@ -274,7 +271,7 @@ class Registry:
         attempt = 0
         while True:
             try:
-                schema = self.client.get_schema(schema_id)
+                schema_type, schema_str = self.client.get_schema(schema_id)
                 break
             except Exception as exc:
                 mapped = classify(exc, self.url, f"looking up schema id {schema_id}", schema_id)
@@ -286,10 +283,10 @@ class Registry:
                     raise mapped from exc
             attempt += 1
             time.sleep(self.missing_backoff_s * attempt)
-        if schema.schema_type not in (None, "AVRO"):
-            raise self._unreadable(schema_id, f"is a {schema.schema_type} schema, not Avro")
+        if schema_type != "AVRO":
+            raise self._unreadable(schema_id, f"is a {schema_type} schema, not Avro")
         try:
-            writer = fastavro.parse_schema(json.loads(schema.schema_str))
+            writer = fastavro.parse_schema(json.loads(schema_str))
         except Exception as exc:  # noqa: BLE001 - e.g. a schema with references: not readable on its own
             raise self._unreadable(schema_id, "does not parse as a self-contained Avro schema "
                                    f"({type(exc).__name__}: {exc})") from None
@@ -348,26 +345,12 @@ def _env(name: str) -> str:
 
 
 def client_config(url: str, timeout_s: float = 2.0, http_retries: int = 1, *, username: str = "", password: str = "",
-                  cafile: str = "") -> dict:
-    """The ``SchemaRegistryClient`` configuration bounding one request: ``timeout_s`` per connect/read,
-    ``http_retries`` further attempts on a 408/429/5xx answer or a transport error, after a pause of at
-    most 100 ms then 200 ms (full jitter).
+                  cafile: str = "") -> RestConfig:
+    """The client configuration bounding one request: ``timeout_s`` per connect/read, ``http_retries``
+    further attempts on a 408/429/5xx answer or no answer, after a pause of at most 100 ms then 200 ms
+    (full jitter).
 
     ``username``/``password`` add basic auth (refused beside ``user:password@`` in the URL, and a password
     without a user name); ``cafile`` is the PEM CA that verifies an https registry (it must be a readable
     file). Raises ``ValueError`` naming the variable to fix."""
-    config: dict = {"url": url, "timeout": timeout_s, "max.retries": http_retries, "retries.wait.ms": 100,
-                    "retries.max.wait.ms": 500}
-    if username or password:
-        if not username:
-            raise ValueError("HERALD_SCHEMA_REGISTRY_PASSWORD is set without HERALD_SCHEMA_REGISTRY_USERNAME; set both")
-        if any(urlsplit(one.strip()).username for one in url.split(",")):
-            raise ValueError("the registry credentials are given twice: in HERALD_SCHEMA_REGISTRY_URL (user:password@) "
-                             "and in HERALD_SCHEMA_REGISTRY_USERNAME; keep one")
-        config["basic.auth.user.info"] = f"{username}:{password}"
-    if cafile:
-        if not os.path.isfile(cafile) or not os.access(cafile, os.R_OK):
-            raise ValueError(f"HERALD_SCHEMA_REGISTRY_CAFILE={cafile!r} is not a readable file; point it at the PEM CA "
-                             "that signed the registry's certificate")
-        config["ssl.ca.location"] = cafile
-    return config
+    return rest_config(url, timeout_s, http_retries, username=username, password=password, cafile=cafile)

@@ -135,13 +135,13 @@ def test_weak_topics_only_on_a_cluster_of_three_brokers_or_more():
 def test_registry_basic_auth_and_ca(ca_file):
     url = "https://registry.example:8081/apis/ccompat/v7"
     config = registry_config(url, username="svc", password="pw", cafile=ca_file)
-    assert config["basic.auth.user.info"] == "svc:pw" and config["ssl.ca.location"] == ca_file
-    assert "basic.auth.user.info" not in registry_config(url)
+    assert config.auth == ("svc", "pw") and config.cafile == ca_file and config.context is not None
+    assert registry_config(url).auth is None
     registry = Registry(url, username="svc", password="p:w", cafile=ca_file)
-    assert registry.client._rest_client.auth == ("svc", "p:w")  # a colon in the password survives
+    assert registry.client.config.auth == ("svc", "p:w")  # a colon in the password survives
     registry = Registry.from_settings(Settings(schema_registry_url=url, schema_registry_username="a",
                                                schema_registry_password="b"))
-    assert registry.client._rest_client.auth == ("a", "b")
+    assert registry.client.config.auth == ("a", "b")
     with pytest.raises(ValueError, match="given twice"):
         registry_config("https://u:p@registry.example/x", username="svc", password="pw")
     with pytest.raises(ValueError, match="HERALD_SCHEMA_REGISTRY_USERNAME"):
@@ -153,10 +153,10 @@ def test_registry_basic_auth_and_ca(ca_file):
 def test_registry_reads_its_credentials_from_the_environment(monkeypatch):
     monkeypatch.setenv("HERALD_SCHEMA_REGISTRY_USERNAME", "envuser")
     monkeypatch.setenv("HERALD_SCHEMA_REGISTRY_PASSWORD", "envpw")
-    assert Registry("http://127.0.0.1:1/apis/ccompat/v7").client._rest_client.auth == ("envuser", "envpw")
+    assert Registry("http://127.0.0.1:1/apis/ccompat/v7").client.config.auth == ("envuser", "envpw")
     monkeypatch.delenv("HERALD_SCHEMA_REGISTRY_USERNAME")
     monkeypatch.delenv("HERALD_SCHEMA_REGISTRY_PASSWORD")
-    assert Registry("http://u:p@127.0.0.1:1/apis/ccompat/v7").client._rest_client.auth == ("u", "p")
+    assert Registry("http://u:p@127.0.0.1:1/apis/ccompat/v7").client.config.auth == ("u", "p")
 
 
 def test_connection_problem_names_a_broker_that_does_not_answer():

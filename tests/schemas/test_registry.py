@@ -3,12 +3,12 @@ missing ids, and what an unreachable registry (a closed local port) makes each c
 import socket
 
 import pytest
-from confluent_kafka.schema_registry.common._httpx_compat import httpx
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from schemas.codec import Codec, DecodeError
 from schemas.loader import parsed
 from schemas.registry import Registry, RegistryUnavailable, SchemaNotFound, classify, client_config, safe_url
+from schemas.rest import RegistryHTTPError as SchemaRegistryError
+from schemas.rest import RegistryTransportError
 
 URL = "http://127.0.0.1:28081/apis/ccompat/v7"
 
@@ -35,8 +35,8 @@ def test_an_overloaded_down_or_refusing_registry_is_unavailable(status):
         assert not isinstance(found, (DecodeError, LookupError))
 
 
-@pytest.mark.parametrize("exc", [httpx.ConnectError("Connection refused"), httpx.ReadTimeout("timed out"),
-                                 httpx.ConnectTimeout("timed out"), httpx.RemoteProtocolError("closed")])
+@pytest.mark.parametrize("exc", [RegistryTransportError("ConnectionRefusedError: [Errno 111] Connection refused"),
+                                 RegistryTransportError("TimeoutError: timed out")])
 def test_no_answer_at_all_is_unavailable(exc):
     found = classify(exc, URL, "looking up schema id 7", 7)
     assert isinstance(found, RegistryUnavailable) and found.status is None
@@ -62,10 +62,8 @@ def test_messages_never_carry_the_urls_credentials():
 
 def test_the_client_is_configured_to_give_up_quickly():
     registry = Registry(URL, timeout_s=1.5, http_retries=2)
-    rest = registry.client._rest_client
-    assert rest.session.timeout.read == 1.5 and rest.session.timeout.connect == 1.5
-    assert (rest.max_retries, rest.retries_wait_ms, rest.retries_max_wait_ms) == (2, 100, 500)
-    assert client_config(URL)["max.retries"] == 1
+    assert (registry.client.config.timeout_s, registry.client.config.retries) == (1.5, 2)
+    assert client_config(URL).retries == 1
 
 
 class Clock:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -76,3 +76,41 @@ def line(fmt: str, level: str, logger: str, message: str) -> str:
     if check(fmt) == "json":
         return JsonFormatter().format(record)
     return f"{time.strftime('%Y-%m-%d %H:%M:%S')} {level} {logger}: {message}"
+
+
+class Repeats(logging.Filter):
+    """Lets a message through the first time, then at most once every ``every_s`` seconds, saying how many
+    like it were held back in between.
+
+    "Like it" means the same logger, level and format string (the message before its arguments), so
+    "Unable connect to node with id 1: ..." repeated for every retry during a broker outage is one line every
+    ``every_s`` seconds, not tens of thousands; a different message is never held back by another's count.
+    Meant for a library's logger that repeats itself in a loop (``quiet_repeats``), not for Herald's own."""
+
+    def __init__(self, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._clock = clock
+        self._seen: dict[tuple[str, int, str], list] = {}  # key -> [when last let through, held back since]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, str(record.msg))
+        now = self._clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.every_s:
+            seen[1] += 1
+            return False
+        if seen is not None and seen[1]:
+            record.msg = f"{record.msg} [{seen[1]:,} more like this in the last {now - seen[0]:.0f} s not logged]"
+        if len(self._seen) >= 10_000:  # format strings are few; this only bounds a logger that formats its own
+            self._seen.clear()
+        self._seen[key] = [now, 0]
+        return True
+
+
+def quiet_repeats(*names: str, every_s: float = 10.0) -> None:
+    """Install one ``Repeats`` filter on each named logger (once: installing again changes nothing)."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, Repeats) for f in logger.filters):
+            logger.addFilter(Repeats(every_s))

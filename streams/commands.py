@@ -38,9 +38,11 @@ def _logging() -> None:
 
 
 def _quiet_clients() -> None:
-    # the registry client logs every HTTP request at INFO; a cache miss is not news
-    for name in ("httpx", "httpx2"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # aiokafka logs "Unable connect to node" and "Unable to update metadata" at ERROR on every retry while a
+    # broker is away: tens of thousands of lines a minute, which bury what else happened
+    from herald import logs
+
+    logs.quiet_repeats("aiokafka")
 
 
 def _run_until_signal(main_coro_factory) -> None:

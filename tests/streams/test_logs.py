@@ -118,3 +118,41 @@ def test_herald_worker_writes_json_lines_when_asked(stack, unique, tmp_path):
     assert any(x["logger"] == "faust.worker" and "Ready" in x["message"] for x in got)
     assert {"faust.worker", "aiokafka.consumer.group_coordinator"} <= {x["logger"] for x in got}
     assert all(set(x) == {"time", "level", "logger", "message", "pid"} for x in got)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_repeated_message_passes_once_per_period_with_the_count_held_back():
+    clock = Clock()
+    repeats = logs.Repeats(every_s=10, clock=clock)
+
+    def record(msg, *args, level=logging.ERROR, name="aiokafka"):
+        return logging.LogRecord(name, level, __file__, 1, msg, args, None)
+
+    passed = [repeats.filter(record("Unable connect to node with id %s: %s", 1, "refused")) for _ in range(500)]
+    assert passed == [True] + [False] * 499
+    assert repeats.filter(record("Unable to update metadata from %s", [1]))  # another message is not held back
+    assert repeats.filter(record("Unable connect to node with id %s: %s", 1, "x", level=logging.WARNING))
+    clock.now += 10
+    again = record("Unable connect to node with id %s: %s", 2, "refused")
+    assert repeats.filter(again)
+    assert again.getMessage() == "Unable connect to node with id 2: refused [499 more like this in the last 10 s not logged]"
+    clock.now += 30
+    quiet = record("Unable connect to node with id %s: %s", 2, "refused")
+    assert repeats.filter(quiet) and quiet.getMessage() == "Unable connect to node with id 2: refused"
+
+
+def test_the_workers_aiokafka_logger_keeps_its_filter_through_fausts_logging_setup(tmp_path):
+    """``herald worker`` installs the filter, then Faust's Worker sets logging up: the filter must survive it."""
+    code = ("import logging; from mode.utils.logging import setup_logging; from streams.commands import _quiet_clients; "
+            "_quiet_clients(); setup_logging(loglevel='INFO', logging_config=None); "
+            "[logging.getLogger('aiokafka').error('Unable connect to node with id %s: %s', 1, 'refused') for _ in range(1000)]")
+    out = _run(code, "text", tmp_path)
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if "Unable connect" in line]
+    assert len(lines) == 1

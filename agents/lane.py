@@ -11,8 +11,12 @@ read) and which are CRITICAL. Such an event goes ahead when its decision is the 
   started, nothing goes);
 - no record of its user is among those (the batch in flight's included: they are the pipeline's only once
   it has decided them, ``taken``), and none that could not be read (it could be its user's);
-- no tick of its partition is still to be decided in the batch in flight (a tick releases that
-  partition's users).
+- no tick of its partition still to be decided in the batch in flight can touch its user. Such a tick
+  releases the partition's users due at or before its clock, which is at most the tick's own time
+  (``agents.clock.tick_time``). So the event goes ahead of it only if its user is due after that time (or
+  not at all) both before the event's decision (``ready`` asks) and after it (the caller checks the
+  outcome, ``until``): the tick then releases the same users, within the same budget, in either order.
+  Without the user's due time (``due`` None) the tick holds back every CRITICAL event of its partition.
 
 A user's decisions depend on that user's records and releases alone, so every decision is the one the
 read order gives. When the pipeline reads an event that went ahead, its user's state has already taken it
@@ -23,7 +27,7 @@ CRITICAL events.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Container
+from typing import Any, Callable, Mapping
 
 LIMIT = 50_000  # unread records remembered per partition; past that the partition starts over (nothing goes ahead
 # until the pipeline reaches the records seen after that): a worker that far behind has no live lane to keep
@@ -81,16 +85,27 @@ class Lane:
             if not offsets:
                 del self._pending[partition][user_id]
 
-    def ready(self, ticking: Container[int]) -> list[tuple[int, int, str, Any]]:
+    def ready(self, ticking: Mapping[int, int],
+              due: Callable[[str, int], int | None] | None = None) -> list[tuple[int, int, str, Any, int | None]]:
         """The waiting CRITICAL events that may be decided now, in offset order per partition, as
-        (partition, offset, user, payload); they stop waiting. ``ticking``: partitions with a tick of the
-        batch in flight still to decide."""
+        (partition, offset, user, payload, until); they stop waiting.
+
+        ``ticking``: the partitions with a tick of the batch in flight still to decide, each with the latest
+        time those ticks may release at. ``due(user, partition)``: when the user is next due (None: not).
+        An event of a ticking partition goes only when its user is due after that time; ``until`` is then
+        that time, and the caller must decide the event only if the decision leaves its user due after
+        ``until`` too (else it leaves the event to the pipeline). ``until`` is None without a tick."""
         if not self.waiting:
             return []
         ready = []
         for (partition, offset), (user_id, payload) in sorted(self.waiting.items()):
-            if partition in ticking:
-                continue
+            until = ticking.get(partition)
+            if until is not None:
+                if due is None:
+                    continue
+                when = due(user_id, partition)
+                if when is not None and when <= until:
+                    continue  # a tick still to decide may release its user
             start = self._start.get(partition)
             if start is None or self._taken.get(partition, -2) + 1 < start:
                 continue  # records between the pipeline's and the first seen are unknown
@@ -99,8 +114,8 @@ class Lane:
                 continue
             if self._pending[partition][user_id][0] != offset:
                 continue  # an earlier record of the user is not decided yet
-            ready.append((partition, offset, user_id, payload))
-        for partition, offset, _, _ in ready:
+            ready.append((partition, offset, user_id, payload, until))
+        for partition, offset, _, _, _ in ready:
             del self.waiting[partition, offset]
         return ready
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from agents import clock as rules
 from agents import policy
@@ -32,6 +33,11 @@ log = logging.getLogger("herald.clock")
 BEHIND = 1_000  # records still unread on a partition that make its clock wait for them
 LIVE_S = 1.0  # a partition with an event read this recently is live: its releases go in small chunks
 RETRY_MS = 60_000  # a user whose release failed is tried again this much later
+
+
+def due_time(state: Any) -> int | None:
+    """When a user with ``state`` next needs the clock (None: never), as the index keeps it."""
+    return None if state is None or policy.is_empty(state) else policy.next_due(state)
 
 
 class Clock:
@@ -55,8 +61,11 @@ class Clock:
 
     def reindex(self, user_id: str, partition: int, state: dict) -> None:
         """Index ``user_id`` by when ``state`` next needs the clock."""
-        due = None if policy.is_empty(state) else policy.next_due(state)
-        self.index(partition).set(user_id, due)
+        self.index(partition).set(user_id, due_time(state))
+
+    def due_of(self, user_id: str, partition: int) -> int | None:
+        """When ``user_id`` is due on ``partition`` as the index has it (None: not indexed)."""
+        return self.index(partition).due(user_id)
 
     def index(self, partition: int) -> DueIndex:
         if partition not in self._indexes:

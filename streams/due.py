@@ -47,6 +47,10 @@ class DueIndex:
         self._due[user_id] = bucket.due_ms
         bucket.users.append(user_id)
 
+    def due(self, user_id: str) -> int | None:
+        """When ``user_id`` is due (None: not indexed)."""
+        return self._due.get(user_id)
+
     def _front(self) -> _Bucket | None:
         """The earliest bucket with a user still due at its time, stale entries and empty buckets dropped."""
         while self._times:

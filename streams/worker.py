@@ -44,7 +44,7 @@ from schemas.codec import Codec
 from schemas.registry import Registry
 from streams import faust_adapter
 from streams.app import create_app
-from streams.clock import Clock
+from streams.clock import Clock, due_time
 from streams.config import policy_config
 from streams.context import UserContext
 from streams.express import Watcher
@@ -66,6 +66,13 @@ def record_time_ms(msg: Any) -> int:
     """The decision clock of a record: its own timestamp (see ``agents.clock.decision_time``)."""
     ts = msg.timestamp
     return rules.decision_time(int(round(ts * 1000)) if ts and ts > 0 else None, int(time.time() * 1000))
+
+
+def _tick_bound(msg: Any) -> int:
+    """The latest clock a tick record can release at: its own time (``agents.clock.tick_time`` never goes
+    past the record's decision time, which never goes past its timestamp); without one, any time at all."""
+    ts = msg.timestamp
+    return int(round(ts * 1000)) if ts and ts > 0 else 2 ** 62
 
 
 def _order_item(msg: Any, event: dict | None) -> Item:
@@ -102,6 +109,7 @@ class Pipeline:
             self.outbox.defer(self.outputs.requests.values())
         self.lane = Lane()
         self._ticking: Counter = Counter()  # partitions with ticks of the batch in flight still to decide
+        self._tick_until: dict[int, int] = {}  # partition -> the latest clock its ticks in the batch may release at
         self.metrics.watch(self.clock.lag, self.clock.due, Path(app.conf.datadir))
         self.metrics.watch_recovery(lambda: faust_adapter.table_recovery(app))
 
@@ -147,7 +155,11 @@ class Pipeline:
         step = Step(self.states, self.outputs, self.outbox, self.clock.reindex)
         lane = self.watcher is not None
         if lane:
-            self._ticking = Counter(e.message.partition for e in events if e.message.topic != self.events_topic)
+            ticks = [e.message for e in events if e.message.topic != self.events_topic]
+            self._ticking = Counter(msg.partition for msg in ticks)
+            self._tick_until = {}
+            for msg in ticks:
+                self._tick_until[msg.partition] = max(self._tick_until.get(msg.partition, 0), _tick_bound(msg))
             step.between = lambda: self.express(step)
             self.express(step)
         await self.intake.prepare([e.message.value for e in events if e.message.topic == self.events_topic])
@@ -179,7 +191,8 @@ class Pipeline:
     def express(self, step: Step) -> None:
         """Take in what the CRITICAL lane's reader has read since, and decide the CRITICAL events that may go
         ahead now (``agents.lane``), their delivery requests sent at once. One that does not validate, is not
-        on its user's home partition, or fails, is left for the pipeline to read the usual way."""
+        on its user's home partition, fails, or whose decision would make its user due for a tick of the batch
+        still to decide, is left for the pipeline to read the usual way."""
         watcher = self.watcher
         if watcher is None:
             return
@@ -190,7 +203,8 @@ class Pipeline:
             seen_in, partition, offset, user_id, candidate, after_gap = inbox.popleft()
             if seen_in == epoch:
                 lane.seen(partition, offset, user_id, candidate, after_gap)
-        for partition, offset, user_id, (msg, event) in lane.ready({p for p, n in self._ticking.items() if n > 0}):
+        ticking = {p: self._tick_until[p] for p, n in self._ticking.items() if n > 0}
+        for partition, offset, user_id, (msg, event), until in lane.ready(ticking, self.clock.due_of):
             now_ms = record_time_ms(msg)
             try:
                 validate_event(event, msg.key, now_ms)
@@ -199,7 +213,8 @@ class Pipeline:
             if msg.headers or home_partition(msg.key or b"", self.settings.partitions) != partition:
                 continue
             try:
-                self._decide_event(step, msg, now_ms, event, express=True)
+                if not self._decide_event(step, msg, now_ms, event, express=True, until=until):
+                    continue
             except KafkaException:
                 raise  # a request could not be queued: the batch fails as a whole, its records are read again
             except Exception:  # noqa: BLE001 - the pipeline decides it again when it reads it, and dead-letters it
@@ -271,14 +286,21 @@ class Pipeline:
             log.exception("failed on %s:%s@%s", msg.topic, msg.partition, msg.offset)
             self.intake.dead_letter(msg, "INTERNAL", f"{type(exc).__name__}: {exc}", "pipeline")
 
-    def _decide_event(self, step: Step, msg: Any, now_ms: int, event: dict, express: bool) -> None:
+    def _decide_event(self, step: Step, msg: Any, now_ms: int, event: dict, express: bool,
+                      until: int | None = None) -> bool:
+        """Decide on an event and keep the outcome; True when kept. ``until`` (the CRITICAL lane, ahead of a
+        tick still to decide): the outcome is kept only if it leaves the user due after ``until``, or not at
+        all; otherwise nothing changes (the state is not changed in place) and False is returned."""
         user_id = event["user_id"]
         prefs, online = self.context.of(user_id, msg.partition, now_ms)
         state = step.state(user_id, msg.partition)
         out = policy.on_event(state, event, prefs, online, now_ms, f"{msg.topic}:{msg.partition}:{msg.offset}",
-                              self.config, offset=msg.offset, owned=step.owned(user_id),
+                              self.config, offset=msg.offset, owned=until is None and step.owned(user_id),
                               moved_from=moved_from(msg.headers) if msg.headers else None)
+        if until is not None and (due := due_time(out.state)) is not None and due <= until:
+            return False
         step.apply(user_id, msg.partition, out, express)
+        return True
 
     async def preferences(self, msg: Any) -> None:
         """A preferences record: validated, then stored; a bad one is dead-lettered and the previous kept."""

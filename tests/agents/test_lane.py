@@ -13,44 +13,53 @@ def lane_at(partition: int, taken: int, records: list[tuple[int, str | None, boo
 
 
 def offsets(ready):
-    return [offset for _, offset, _, _ in ready]
+    return [offset for _, offset, _, _, _ in ready]
 
 
 def test_a_critical_event_goes_ahead_when_nothing_unread_before_it_is_its_users():
     lane = lane_at(0, 9, [(10, "a", False), (11, "b", False), (12, "c", True)])
-    assert lane.ready(set()) == [(0, 12, "c", 12)]
-    assert lane.ready(set()) == []  # it stops waiting
+    assert lane.ready({}) == [(0, 12, "c", 12, None)]
+    assert lane.ready({}) == []  # it stops waiting
 
 
 def test_an_unread_record_of_its_user_holds_it_back_until_the_pipeline_takes_that_record():
     lane = lane_at(0, 9, [(10, "a", False), (11, "b", False), (12, "a", True)])
-    assert lane.ready(set()) == []
+    assert lane.ready({}) == []
     lane.taken(0, 10)
-    assert offsets(lane.ready(set())) == [12]
+    assert offsets(lane.ready({})) == [12]
 
 
 def test_a_record_that_could_not_be_read_holds_back_the_events_behind_it_on_its_partition():
     lane = lane_at(0, 9, [(10, None, False), (11, "b", True)])
     lane.seen(1, 5, "c", 5)
     lane.taken(1, 4)
-    assert offsets(lane.ready(set())) == [5]  # another partition goes on
+    assert offsets(lane.ready({})) == [5]  # another partition goes on
     lane.taken(0, 10)
-    assert offsets(lane.ready(set())) == [11]
+    assert offsets(lane.ready({})) == [11]
 
 
 def test_nothing_goes_before_the_pipeline_reaches_the_first_record_seen():
     lane = Lane()
     lane.seen(0, 20, "a", "x")  # offsets 11..19 were never seen: any of them could be a's
     lane.taken(0, 10)
-    assert lane.ready(set()) == []
+    assert lane.ready({}) == []
     lane.taken(0, 19)
-    assert offsets(lane.ready(set())) == [20]
+    assert offsets(lane.ready({})) == [20]
 
 
-def test_its_partitions_ticks_still_to_decide_in_the_batch_hold_it_back():
+def test_its_partitions_ticks_still_to_decide_in_the_batch_hold_it_back_without_due_times():
     lane = lane_at(0, 9, [(10, "a", True)])
-    assert lane.ready({0}) == []
-    assert offsets(lane.ready({1})) == [10]
+    assert lane.ready({0: 1_000}) == []
+    assert offsets(lane.ready({1: 1_000})) == [10]
+
+
+def test_a_tick_still_to_decide_holds_back_only_a_user_it_may_release():
+    due = {"a": 1_000, "b": 1_001}.get
+    lane = lane_at(0, 9, [(10, "a", True), (11, "b", True), (12, "c", True)])
+    ready = lane.ready({0: 1_000}, lambda user, partition: due(user))
+    # a is due at the tick's time: the tick may release it, so a waits; b is due after it, c not at all
+    assert [(offset, until) for _, offset, _, _, until in ready] == [(11, 1_000), (12, 1_000)]
+    assert offsets(lane.ready({}, lambda user, partition: due(user))) == [10]  # the tick was decided
 
 
 def test_its_users_records_in_the_batch_in_flight_hold_it_back_until_the_batch_is_decided():
@@ -59,34 +68,34 @@ def test_its_users_records_in_the_batch_in_flight_hold_it_back_until_the_batch_i
     lane.taken(0, 5)
     for offset, user in ((6, "a"), (7, "b"), (8, "a")):  # 6 and 7 are the batch in flight, 8 arrived since
         lane.seen(0, offset, user, offset if offset == 8 else None)
-    assert lane.ready(set()) == []
+    assert lane.ready({}) == []
     lane.taken(0, 7)
-    assert offsets(lane.ready(set())) == [8]
+    assert offsets(lane.ready({})) == [8]
 
 
 def test_a_users_second_critical_event_goes_once_the_first_was_decided():
     lane = lane_at(0, 9, [(10, "a", True), (11, "a", True)])
-    assert offsets(lane.ready(set())) == [10]
-    assert lane.ready(set()) == []
+    assert offsets(lane.ready({})) == [10]
+    assert lane.ready({}) == []
     lane.decided(0, 10, "a")
-    assert offsets(lane.ready(set())) == [11]
+    assert offsets(lane.ready({})) == [11]
 
 
 def test_one_not_decided_after_all_keeps_holding_its_users_later_events():
     lane = lane_at(0, 9, [(10, "a", True), (11, "a", True)])
-    assert offsets(lane.ready(set())) == [10]  # then it failed to validate: no ``decided``
-    assert lane.ready(set()) == []
+    assert offsets(lane.ready({})) == [10]  # then it failed to validate: no ``decided``
+    assert lane.ready({}) == []
     lane.taken(0, 10)  # the pipeline read it the usual way
-    assert offsets(lane.ready(set())) == [11]
+    assert offsets(lane.ready({})) == [11]
 
 
 def test_records_the_pipeline_has_taken_are_not_waited_for_nor_seen_again():
     lane = lane_at(0, 12, [(10, "a", True), (11, "b", False), (12, "c", True)])
-    assert lane.ready(set()) == []
+    assert lane.ready({}) == []
     lane.seen(0, 12, "c", 12)  # read again after the pipeline took it
-    assert lane.ready(set()) == []
+    assert lane.ready({}) == []
     lane.seen(0, 13, "a", 13)
-    assert offsets(lane.ready(set())) == [13]
+    assert offsets(lane.ready({})) == [13]
 
 
 def test_a_partition_too_far_behind_starts_over():
@@ -94,23 +103,23 @@ def test_a_partition_too_far_behind_starts_over():
     for offset in range(10, 14):
         lane.seen(0, offset, f"u{offset}", offset)
     lane.taken(0, 9)
-    assert lane.ready(set()) == []  # 10..12 forgotten: nothing after them is known to be clear
+    assert lane.ready({}) == []  # 10..12 forgotten: nothing after them is known to be clear
     lane.taken(0, 12)
-    assert offsets(lane.ready(set())) == [13]
+    assert offsets(lane.ready({})) == [13]
 
 
 def test_records_not_seen_make_the_partition_start_over():
     lane = lane_at(0, 9, [(10, "a", False)])
     lane.seen(0, 14, "b", 14, after_gap=True)  # 11..13 were dropped: any of them could be b's
-    assert lane.ready(set()) == []
+    assert lane.ready({}) == []
     lane.taken(0, 13)
-    assert offsets(lane.ready(set())) == [14]
+    assert offsets(lane.ready({})) == [14]
 
 
 def test_reset_forgets_everything():
     lane = lane_at(0, 9, [(10, "a", True)])
     lane.reset()
-    assert lane.ready(set()) == [] and not lane.waiting
+    assert lane.ready({}) == [] and not lane.waiting
 
 
 def test_overtaking_splits_the_critical_events_that_overtake_from_the_rest_each_in_read_order():

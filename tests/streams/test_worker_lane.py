@@ -1,0 +1,88 @@
+"""The CRITICAL lane's check ahead of a tick still to decide (``Pipeline._decide_event`` with ``until``): an
+outcome that would make its user due for that tick is not kept, and nothing of it changes; one that leaves
+the user due later is kept. Without a broker: the step's table and outputs are stand-ins."""
+from __future__ import annotations
+
+import time
+
+from agents import preferences
+from agents.policy import Outcome
+from herald.settings import Settings
+from streams.clock import due_time
+from streams.config import policy_config
+from streams.worker import Pipeline, _tick_bound
+
+NOW = int(time.time() * 1000) - 1_000
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: dict = {}
+
+    def get(self, user_id: str, partition: int):
+        return self.rows.get(user_id)
+
+
+class Context:
+    def of(self, user_id: str, partition: int, now_ms: int):
+        return preferences.effective(None, user_id), False
+
+
+class Step:
+    """What ``_decide_event`` asks of a batch: the user's state, whether it may be changed in place, and
+    ``apply``, which records what was kept."""
+
+    def __init__(self) -> None:
+        self.state_of: dict = {}
+        self.kept: list[Outcome] = []
+
+    def state(self, user_id: str, partition: int):
+        return self.state_of.get(user_id)
+
+    def owned(self, user_id: str) -> bool:
+        return True
+
+    def apply(self, user_id: str, partition: int, out: Outcome, express: bool = False) -> None:
+        self.kept.append(out)
+        self.state_of[user_id] = out.state
+
+
+class Msg:
+    topic, partition, offset, headers, key = "h.events", 0, 7, None, b"u1"
+
+    def __init__(self, timestamp: float | None = None) -> None:
+        self.timestamp = timestamp
+
+
+def pipeline() -> Pipeline:
+    p = Pipeline.__new__(Pipeline)
+    p.context = Context()  # type: ignore[assignment]
+    p.config = policy_config(Settings())
+    return p
+
+
+def critical(**over) -> dict:
+    base = {"event_id": "e1", "user_id": "u1", "type": "SECURITY", "priority": "CRITICAL", "title": "t", "body": "b",
+            "data": {}, "occurred_at": NOW, "dedup_key": None, "batchable": True, "channels": None,
+            "deliver_after": None, "cancel_key": None}
+    return {**base, **over}
+
+
+def test_an_outcome_due_for_the_tick_is_not_kept_and_one_due_later_is():
+    scheduled = critical(deliver_after=NOW + 500)  # held until NOW + 500: due then
+    step = Step()
+    assert not pipeline()._decide_event(step, Msg(), NOW, scheduled, express=True, until=NOW + 1_000)  # type: ignore[arg-type]
+    assert step.kept == [] and step.state_of == {}
+    assert pipeline()._decide_event(step, Msg(), NOW, scheduled, express=True, until=NOW + 100)  # type: ignore[arg-type]
+    assert len(step.kept) == 1 and due_time(step.kept[0].state) == NOW + 500
+
+
+def test_without_a_tick_the_outcome_is_kept_whatever_it_makes_due():
+    step = Step()
+    assert pipeline()._decide_event(step, Msg(), NOW, critical(deliver_after=NOW + 500), express=True)  # type: ignore[arg-type]
+    assert len(step.kept) == 1
+
+
+def test_a_tick_can_release_at_most_at_its_own_time_and_without_one_at_any():
+    assert _tick_bound(Msg(timestamp=1_800_000_000.25)) == 1_800_000_000_250
+    assert _tick_bound(Msg(timestamp=None)) > NOW * 1_000

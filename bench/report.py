@@ -98,6 +98,13 @@ def _digest_users_met(f: dict) -> bool | None:
     return None if asked is not None and asked < FULL_DIGEST_USERS else False
 
 
+def _rss_met(f: dict) -> bool | None:
+    rss, users = _num(f, "worker_rss_mb"), _num(f, "worker_state_users")
+    if rss is None or users is None or users < FULL_DIGEST_USERS:
+        return None  # the target is for a million users' state
+    return BY_FIGURE["worker_rss_mb"].met(rss)
+
+
 def _unread_met(f: dict) -> bool | None:
     p99, rate = _num(f, "unread_p99_ms"), _num(f, "unread_target_requests_per_s")
     if p99 is None or rate is None or rate < TARGET_UNREAD_RATE:
@@ -137,9 +144,10 @@ ROWS: tuple[Row, ...] = (
     Row("digests_per_s", "Digests emitted per second (users / digest_s)", "digests/s", _target("digests_per_s")),
     Row("unread_p50_ms", "Unread-count API, p50 at a fixed request rate", "ms"),
     Row("unread_p99_ms", "Unread-count API, p99 at a fixed request rate", "ms", _unread_met),
-    Row("worker_rss_mb", "Worker memory (RSS, all digest workers) with every digest user's state loaded", "MB"),
+    Row("worker_rss_mb", "Worker memory (RSS, all digest workers) with every digest user's state loaded", "MB",
+        _rss_met),
     Row("worker_state_users", "Users of state in those workers", "users"),
-    Row("recovery_s", "kill -9 of the worker mid-stream → next decision by a new one", "s"),
+    Row("recovery_s", "kill -9 of the worker mid-stream → next decision by a new one", "s", _target("recovery_s")),
 )
 
 # the figures every complete run has (a skipped phase's figures are None, with a reason in "skipped")

@@ -49,6 +49,11 @@ TARGETS: tuple[Target, ...] = (
            "≥ 16,667/s (1,000,000 in 60 s)"),
     Target("unread_p99_ms", 5.0, "<=", "ms",
            "the unread-count API's 99th-percentile latency under 5,000 requests/s", "≤ 5 ms at 5,000 req/s"),
+    Target("worker_rss_mb", 400.0, "<=", "MB",
+           "resident memory of the workers holding a million users' state, all of them together",
+           "≤ 400 MB for 1,000,000 users"),
+    Target("recovery_s", 15.0, "<=", "s",
+           "from kill -9 of the worker mid-stream to the next decision by a new one", "≤ 15 s"),
 )
 
 BY_FIGURE: dict[str, Target] = {t.figure: t for t in TARGETS}

@@ -55,7 +55,8 @@ def test_every_headline_figure_has_a_row_with_its_value_and_target():
     assert "| 48.5 ms | ≤ 50 ms at half load | yes |" in row(text, "critical_p99_ms")
     assert "| 3.90 ms | ≤ 5 ms at 5,000 req/s | yes |" in row(text, "unread_p99_ms")
     assert "| 0.25× | ≥ 1 (at least the peer) | **no** |" in row(text, "pipeline_vs_quix_ratio")
-    assert row(text, "recovery_s").endswith("| 10.7 s | — | — |")
+    assert row(text, "recovery_s").endswith("| 10.7 s | ≤ 15 s | yes |")
+    assert row(text, "worker_rss_mb").endswith("| ≤ 400 MB for 1,000,000 users | n/a |")  # 100,000 users only
     assert "![benchmark chart](bench/results/chart.png)" in text
 
 
@@ -95,6 +96,14 @@ def test_a_smaller_digest_run_asked_for_is_not_comparable_but_one_cut_by_the_bud
     assert row(text, "digests_per_s").endswith("| yes |")
 
 
+def test_worker_memory_is_judged_for_a_million_users_state():
+    results = sample()
+    results["figures"].update(worker_state_users=1_000_000, worker_rss_mb=399.0)
+    assert row(report.render_markdown(results), "worker_rss_mb").endswith("| 399 MB | ≤ 400 MB for 1,000,000 users | yes |")
+    results["figures"]["worker_rss_mb"] = 411.0
+    assert row(report.render_markdown(results), "worker_rss_mb").endswith("| **no** |")
+
+
 def test_unread_latency_below_the_target_rate_is_not_comparable():
     results = sample()
     results["figures"]["unread_target_requests_per_s"] = 1000
@@ -112,7 +121,7 @@ def test_skipped_figures_say_why_and_the_summary_counts_targets():
     assert "| not measured: --skip-api |" in row(text, "unread_p99_ms")
     assert "- Not measured, `unread_p99_ms`: --skip-api" in text
     assert "Unread-count API:" not in text  # no line about a phase that did not run
-    assert "1 of 7 targets met (4 not comparable at this scale)" in text
+    assert "2 of 9 targets met (5 not comparable at this scale)" in text
 
 
 def test_fmt():

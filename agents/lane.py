@@ -18,6 +18,9 @@ read) and which are CRITICAL. Such an event goes ahead when its decision is the 
   outcome, ``until``): the tick then releases the same users, within the same budget, in either order.
   Without the user's due time (``due`` None) the tick holds back every CRITICAL event of its partition.
 
+While a batch commits, the lane goes on into the next batch's step, but not for a user that batch read or
+changed (``busy``): that user's state is not in the table until the commit is over.
+
 A user's decisions depend on that user's records and releases alone, so every decision is the one the
 read order gives. When the pipeline reads an event that went ahead, its user's state has already taken it
 in (``upto``), and the policy changes nothing. One that was not decided after all (it failed to validate,
@@ -27,7 +30,7 @@ CRITICAL events.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Container, Mapping
 
 LIMIT = 50_000  # unread records remembered per partition; past that the partition starts over (nothing goes ahead
 # until the pipeline reaches the records seen after that): a worker that far behind has no live lane to keep
@@ -85,8 +88,8 @@ class Lane:
             if not offsets:
                 del self._pending[partition][user_id]
 
-    def ready(self, ticking: Mapping[int, int],
-              due: Callable[[str, int], int | None] | None = None) -> list[tuple[int, int, str, Any, int | None]]:
+    def ready(self, ticking: Mapping[int, int], due: Callable[[str, int], int | None] | None = None,
+              busy: Container[str] = frozenset()) -> list[tuple[int, int, str, Any, int | None]]:
         """The waiting CRITICAL events that may be decided now, in offset order per partition, as
         (partition, offset, user, payload, until); they stop waiting.
 
@@ -94,11 +97,14 @@ class Lane:
         time those ticks may release at. ``due(user, partition)``: when the user is next due (None: not).
         An event of a ticking partition goes only when its user is due after that time; ``until`` is then
         that time, and the caller must decide the event only if the decision leaves its user due after
-        ``until`` too (else it leaves the event to the pipeline). ``until`` is None without a tick."""
+        ``until`` too (else it leaves the event to the pipeline). ``until`` is None without a tick.
+        ``busy``: users whose states are being written (the batch committing); their events wait."""
         if not self.waiting:
             return []
         ready = []
         for (partition, offset), (user_id, payload) in sorted(self.waiting.items()):
+            if user_id in busy:
+                continue
             until = ticking.get(partition)
             if until is not None:
                 if due is None:

@@ -102,8 +102,9 @@ class Settings:
                                   "for those users (open batches, digests) may be lost at the next restore.")
     critical_express: bool = _setting(True, "HERALD_CRITICAL_EXPRESS",
                                       "Decide CRITICAL events as they arrive, between the records of the batch in "
-                                      "flight, and send their delivery requests at once, outside the batch's "
-                                      "transaction (their decisions and states still commit with it), when that "
+                                      "flight or while it commits, and send their delivery requests at once, outside "
+                                      "the batch's transaction (their decisions and states still commit with it or "
+                                      "the next batch), when that "
                                       "gives the decisions the read order gives. A request sent so is sent again "
                                       "if its batch fails, or by a zombie worker: the same bytes, which the sinks' "
                                       "ledger delivers once. Off: CRITICAL events wait for their batch's commit.")

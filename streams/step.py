@@ -19,7 +19,7 @@ in the batch works on a copy, since the batch's state then holds changes the tab
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, Container
 
 from agents import policy
 from streams.outbox import Outbox
@@ -30,7 +30,8 @@ Reindex = Callable[[str, int, Any], None]  # (user id, partition, new state): wh
 
 
 class Step:
-    def __init__(self, states: UserStates, outputs: Outputs, outbox: Outbox, reindex: Reindex) -> None:
+    def __init__(self, states: UserStates, outputs: Outputs, outbox: Outbox, reindex: Reindex,
+                 holding: bool = False) -> None:
         self._states = states
         self._outputs = outputs
         self._outbox = outbox
@@ -47,6 +48,20 @@ class Step:
         self.events: Counter = Counter()  # partition -> event records read (for the metrics)
         self.decisions: Counter = Counter()  # (outcome, final) -> decisions written
         self.requests: Counter = Counter()  # (channel, kind) -> delivery requests written
+        # ``holding``: a step begun while the previous batch commits, its transactions' records kept here until
+        # ``begin`` (a transactional producer takes no records for its next transaction while it commits)
+        self._held: list[tuple[str, bytes | None, bytes, int]] | None = [] if holding else None
+
+    def begin(self) -> None:
+        """Queue the records a ``holding`` step kept (now that the previous batch is committed)."""
+        held, self._held = self._held or [], None
+        for topic, key, value, partition in held:
+            self._outbox.send(topic, key, value, source=partition)
+
+    @property
+    def users(self) -> Container[str]:
+        """The users this step has read or changed."""
+        return self._current.keys()
 
     def state(self, user_id: str, partition: int) -> dict | None:
         """The user's state as this batch has it so far."""
@@ -88,7 +103,10 @@ class Step:
         for topic, key, value in records[:requests]:
             self._outbox.express(topic, key, value)
         for topic, key, value in records[requests:]:
-            self._outbox.send(topic, key, value, source=partition)
+            if self._held is not None:
+                self._held.append((topic, key, value, partition))
+            else:
+                self._outbox.send(topic, key, value, source=partition)
         self.expressed += requests
         for decision in out.decisions:
             self.decisions[decision["outcome"], decision["final"]] += 1

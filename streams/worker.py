@@ -25,7 +25,7 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Container, Sequence
 
 import faust
 from confluent_kafka import KafkaException
@@ -60,6 +60,7 @@ from streams.sticky import keep_assignment
 log = logging.getLogger("herald.worker")
 TICK: dict = {}  # what ``Pipeline.read`` returns for a tick: the clock's, not an event
 EXIT_UNWRITTEN = 70  # the process's exit status when a batch's outputs or states could not be written
+EXPRESS_POLL_S = 0.002  # while a batch commits, how often the CRITICAL lane looks for events read since
 
 
 def record_time_ms(msg: Any) -> int:
@@ -110,6 +111,7 @@ class Pipeline:
         self.lane = Lane()
         self._ticking: Counter = Counter()  # partitions with ticks of the batch in flight still to decide
         self._tick_until: dict[int, int] = {}  # partition -> the latest clock its ticks in the batch may release at
+        self._early: Step | None = None  # the next batch's step, begun by the lane while a batch commits
         self.metrics.watch(self.clock.lag, self.clock.due, Path(app.conf.datadir))
         self.metrics.watch_recovery(lambda: faust_adapter.table_recovery(app))
 
@@ -122,6 +124,7 @@ class Pipeline:
         self.context.forget()
         self.clock.forget()
         self._read_upto.clear()
+        self._early = None  # what the lane decided into it is decided again by the partitions' next owner
         self.lane.reset()
         self.states.forget()
         self.metrics.rebalances.inc()
@@ -152,7 +155,8 @@ class Pipeline:
         (``streams.express``) the overtaking events' delivery requests are sent at once, and between the
         records read and decided the CRITICAL events read since are decided as ``agents.lane`` allows."""
         started = time.perf_counter()
-        step = Step(self.states, self.outputs, self.outbox, self.clock.reindex)
+        step, self._early = self._early or Step(self.states, self.outputs, self.outbox, self.clock.reindex), None
+        step.begin()
         lane = self.watcher is not None
         if lane:
             ticks = [e.message for e in events if e.message.topic != self.events_topic]
@@ -183,12 +187,31 @@ class Pipeline:
                 if event.message.topic == self.events_topic:
                     self.lane.taken(event.message.partition, event.message.offset)
             step.between = lambda: None
-        await step.commit()
+            await self._commit_expressing(step)
+        else:
+            await step.commit()
         self.note_written(step)
         self.metrics.batch(len(events), time.perf_counter() - started, step.events, step.decisions, step.requests,
                            step.released, step.expressed)
 
-    def express(self, step: Step) -> None:
+    async def _commit_expressing(self, step: Step) -> None:
+        """Commit ``step``; while its transactions commit, the CRITICAL events read since go ahead as they would
+        between records, into the next batch's step (begun now, its other records held until it ``begin``s),
+        except those of users ``step`` read or changed. Any failure fails the batch."""
+        committing = asyncio.ensure_future(step.commit())
+        try:
+            while not committing.done():
+                await asyncio.wait((committing,), timeout=EXPRESS_POLL_S)
+                if not committing.done() and self.watcher is not None and (self.watcher.inbox or self.lane.waiting):
+                    if self._early is None:
+                        self._early = Step(self.states, self.outputs, self.outbox, self.clock.reindex, holding=True)
+                    self.express(self._early, busy=step.users)
+        except BaseException:
+            committing.cancel()
+            raise
+        await committing
+
+    def express(self, step: Step, busy: Container[str] = frozenset()) -> None:
         """Take in what the CRITICAL lane's reader has read since, and decide the CRITICAL events that may go
         ahead now (``agents.lane``), their delivery requests sent at once. One that does not validate, is not
         on its user's home partition, fails, or whose decision would make its user due for a tick of the batch
@@ -204,7 +227,7 @@ class Pipeline:
             if seen_in == epoch:
                 lane.seen(partition, offset, user_id, candidate, after_gap)
         ticking = {p: self._tick_until[p] for p, n in self._ticking.items() if n > 0}
-        for partition, offset, user_id, (msg, event), until in lane.ready(ticking, self.clock.due_of):
+        for partition, offset, user_id, (msg, event), until in lane.ready(ticking, self.clock.due_of, busy):
             now_ms = record_time_ms(msg)
             try:
                 validate_event(event, msg.key, now_ms)

@@ -126,3 +126,9 @@ def test_overtaking_splits_the_critical_events_that_overtake_from_the_rest_each_
     items = [(0, "a", "LOW"), (1, "b", "CRITICAL"), None, (0, "a", "CRITICAL"), (0, "c", "CRITICAL")]
     assert overtaking(items) == ([1, 4], [0, 2, 3])
     assert overtaking([(0, "a", "LOW")]) == ([], [0])
+
+
+def test_a_user_whose_state_is_being_written_waits_for_the_commit():
+    lane = lane_at(0, 9, [(10, "a", True), (11, "b", True)])
+    assert offsets(lane.ready({}, busy={"a"})) == [11]
+    assert offsets(lane.ready({})) == [10]

@@ -313,3 +313,29 @@ def test_an_express_outcome_sends_its_requests_at_once_and_keeps_its_decisions_i
     outbox.calls.clear()
     step.apply("u", 0, Outcome({"v": 3}, decisions=[{"outcome": "ROUTED", "final": True}], requests=[request]))
     assert outbox.calls == [("batch", "herald.delivery.push"), ("batch", "herald.decisions")]
+
+
+def test_a_step_begun_while_a_batch_commits_holds_its_transactions_records_until_it_begins():
+    """The CRITICAL lane decides into the next batch's step while the previous one commits: its delivery
+    requests go at once, everything else waits for ``begin`` (after that commit)."""
+    calls: list[tuple] = []
+
+    class Outbox:
+        def send(self, topic, key, value, source=None) -> None:
+            calls.append(("send", topic, source))
+
+        def express(self, topic, key, value) -> None:
+            calls.append(("express", topic))
+
+    class Outputs:
+        def encode(self, out: Outcome) -> list:  # the requests first, as ``Outputs.encode`` puts them
+            return [("herald.delivery.push", b"u", b"r"), ("herald.decisions", b"u", b"d")]
+
+    step = Step(Table(), Outputs(), Outbox(), lambda *a: None, holding=True)  # type: ignore[arg-type]
+    step.apply("u", 3, Outcome({"v": 2}, requests=[{"channel": "PUSH", "kind": "SINGLE"}]), express=True)
+    assert calls == [("express", "herald.delivery.push")]
+    assert "u" in step.users and "x" not in step.users
+    step.begin()
+    assert calls[1:] == [("send", "herald.decisions", 3)]
+    step.apply("u", 3, Outcome({"v": 3}))  # once begun, records go straight to the outbox
+    assert calls[2:] == [("send", "herald.delivery.push", 3), ("send", "herald.decisions", 3)]

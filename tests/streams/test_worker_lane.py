@@ -3,10 +3,15 @@ outcome that would make its user due for that tick is not kept, and nothing of i
 the user due later is kept. Without a broker: the step's table and outputs are stand-ins."""
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import Counter, deque
+from types import SimpleNamespace
 
 from agents import preferences
+from agents.lane import Lane
 from agents.policy import Outcome
+from herald.kafka import home_partition
 from herald.settings import Settings
 from streams.clock import due_time
 from streams.config import policy_config
@@ -86,3 +91,70 @@ def test_without_a_tick_the_outcome_is_kept_whatever_it_makes_due():
 def test_a_tick_can_release_at_most_at_its_own_time_and_without_one_at_any():
     assert _tick_bound(Msg(timestamp=1_800_000_000.25)) == 1_800_000_000_250
     assert _tick_bound(Msg(timestamp=None)) > NOW * 1_000
+
+
+class Outputs:
+    def encode(self, out: Outcome) -> list:
+        return [(f"delivery.{r['channel']}", None, b"r") for r in out.requests] + [("decisions", None, b"d")]
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self.expressed: list[str] = []
+        self.sent: list[str] = []
+
+    def express(self, topic, key, value) -> None:
+        self.expressed.append(topic)
+
+    def send(self, topic, key, value, source=None) -> None:
+        self.sent.append(topic)
+
+
+class Committing:
+    """A batch whose commit takes until ``done`` is set; it read ``busy``."""
+
+    def __init__(self, users: set[str]) -> None:
+        self.users = users
+        self.done = asyncio.Event()
+
+    async def commit(self) -> None:
+        await self.done.wait()
+
+
+def lane_pipeline() -> Pipeline:
+    p = pipeline()
+    p.settings = Settings(partitions=4)
+    p.watcher = SimpleNamespace(inbox=deque(), epoch=1)  # type: ignore[assignment]
+    p.lane = Lane()
+    p.clock = SimpleNamespace(due_of=lambda user, partition: None, reindex=lambda *a: None)  # type: ignore[assignment]
+    p.states, p.outputs, p.outbox = Table(), Outputs(), Outbox()  # type: ignore[assignment]
+    p._ticking, p._tick_until, p._early = Counter(), {}, None
+    return p
+
+
+def test_while_a_batch_commits_the_lane_decides_into_the_next_step_but_not_for_its_users():
+    p = lane_pipeline()
+    events = {}
+    for offset, user in ((10, "u-busy"), (11, "u1")):
+        partition = home_partition(user.encode(), 4)
+        msg = SimpleNamespace(topic="h.events", partition=partition, offset=offset, headers=None, key=user.encode(),
+                              timestamp=NOW / 1000)
+        events[user] = (partition, offset, msg, critical(user_id=user, event_id=f"e{offset}"))
+    for user, (partition, offset, msg, event) in events.items():
+        p.lane.seen(partition, offset, user, (msg, event))
+        p.lane.taken(partition, offset - 1)
+
+    async def scenario() -> None:
+        batch = Committing({"u-busy"})
+        task = asyncio.ensure_future(p._commit_expressing(batch))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        assert p.outbox.expressed and not p.outbox.sent  # u1's requests at once, its decision held
+        assert p._early is not None and "u1" in p._early.users and "u-busy" not in p._early.users
+        assert [key[1] for key in p.lane.waiting] == [10]  # u-busy waits for the commit
+        batch.done.set()
+        await task
+
+    asyncio.run(scenario())
+    p._early.begin()
+    assert p.outbox.sent == ["decisions"]

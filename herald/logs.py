@@ -84,7 +84,7 @@ class Repeats(logging.Filter):
 
     "Like it" means the same logger, level and format string (the message before its arguments), so
     "Unable connect to node with id 1: ..." repeated for every retry during a broker outage is one line every
-    ``every_s`` seconds, not tens of thousands; a different message is never held back by another's count.
+    ``every_s`` seconds, not one line per retry; a different message is never held back by another's count.
     Meant for a library's logger that repeats itself in a loop (``quiet_repeats``), not for Herald's own."""
 
     def __init__(self, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:

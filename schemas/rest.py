@@ -3,8 +3,8 @@
 Herald needs three of the ccompat API's calls: a writer schema by id, registering a schema under a
 subject, and setting a subject's compatibility (plus a plain GET for the stack's readiness checks).
 They are made with ``urllib.request`` rather than confluent-kafka's ``SchemaRegistryClient``: that client
-brings httpx, authlib and cryptography into every worker, about 17 MB of resident memory for calls made
-a handful of times per process.
+brings httpx, authlib and cryptography into every worker's memory (BENCHMARKS.md has what that cost) for
+calls made a handful of times per process.
 
 One request gives up after ``timeout_s`` and is tried ``retries`` more times, after a pause of up to
 100 ms then 200 ms (full jitter, at most 500 ms), when the registry answers 408, 429 or 5xx or does not

@@ -39,7 +39,7 @@ def _logging() -> None:
 
 def _quiet_clients() -> None:
     # aiokafka logs "Unable connect to node" and "Unable to update metadata" at ERROR on every retry while a
-    # broker is away: tens of thousands of lines a minute, which bury what else happened
+    # broker is away: a line per retry, which buries what else happened
     from herald import logs
 
     logs.quiet_repeats("aiokafka")

@@ -223,17 +223,16 @@ def _write_config(config: dict[str, str]) -> Path:
 def _get(path: str, timeout: float = 2.0):
     """GET a path under the ccompat URL (or, if it starts with ``/apis``, under the server root); JSON back.
 
-    A secured registry is asked as Herald's registry client asks it (``schemas.registry.client_config``
+    A secured registry is asked as Herald's registry client asks it (``schemas.rest.rest_config``
     checks the settings): basic auth from ``HERALD_SCHEMA_REGISTRY_USERNAME``/``PASSWORD`` or from the
     URL's ``user:password@`` (never both), and for ``https://`` the CA in ``HERALD_SCHEMA_REGISTRY_CAFILE``
     (else the system's CAs). A setting that cannot work raises ValueError naming it; an error answer or
     none raises OSError."""
-    from schemas.registry import client_config
-    from schemas.rest import RegistryHTTPError, RegistryRest
+    from schemas.rest import RegistryHTTPError, RegistryRest, rest_config
 
-    config = client_config(url(), timeout, 0, username=os.environ.get("HERALD_SCHEMA_REGISTRY_USERNAME", ""),
-                           password=os.environ.get("HERALD_SCHEMA_REGISTRY_PASSWORD", ""),
-                           cafile=os.environ.get("HERALD_SCHEMA_REGISTRY_CAFILE", ""))
+    config = rest_config(url(), timeout, 0, username=os.environ.get("HERALD_SCHEMA_REGISTRY_USERNAME", ""),
+                         password=os.environ.get("HERALD_SCHEMA_REGISTRY_PASSWORD", ""),
+                         cafile=os.environ.get("HERALD_SCHEMA_REGISTRY_CAFILE", ""))
     if path.startswith("/apis"):
         split = urlsplit(config.base_urls[0])
         config = dataclasses.replace(config, base_urls=(f"{split.scheme}://{split.netloc}",))
@@ -295,7 +294,7 @@ def status() -> ServiceStatus:
             detail["server"] = info.get("name", "")
         except (OSError, ValueError, AttributeError):
             version = "unknown (core API did not answer)"
-    from schemas.registry import safe_url
+    from schemas.rest import safe_url
 
     return ServiceStatus(NAME, up, safe_url(url()), version, detail)  # never a password from the URL
 

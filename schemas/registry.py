@@ -39,12 +39,11 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from urllib.parse import urlsplit, urlunsplit
 
 import fastavro
 
 from schemas.loader import parsed, schema_text
-from schemas.rest import RegistryHTTPError, RegistryRest, RegistryTransportError, RestConfig, rest_config
+from schemas.rest import RegistryHTTPError, RegistryRest, RegistryTransportError, rest_config, safe_url
 
 DEFAULT_URL = "http://127.0.0.1:8081/apis/ccompat/v7"
 COMPATIBILITY = "BACKWARD_TRANSITIVE"
@@ -58,18 +57,6 @@ UNAVAILABLE_STATUSES = frozenset({401, 403, 407, 408, 429})
 
 def registry_url() -> str:
     return os.environ.get("HERALD_SCHEMA_REGISTRY_URL", DEFAULT_URL)
-
-
-def safe_url(url: str) -> str:
-    """``url`` without a ``user:password@`` part, for messages and logs."""
-    parts = []
-    for one in url.split(","):
-        split = urlsplit(one.strip())
-        host = split.hostname or ""
-        if split.port:
-            host = f"{host}:{split.port}"
-        parts.append(urlunsplit((split.scheme, host, split.path, "", "")))
-    return ",".join(parts)
 
 
 class SchemaNotFound(LookupError):
@@ -133,7 +120,7 @@ class Registry:
                  lookup_threads: int = 4, username: str | None = None, password: str | None = None,
                  cafile: str | None = None) -> None:
         self.url = url or registry_url()
-        self.client = client or RegistryRest(client_config(
+        self.client = client or RegistryRest(rest_config(
             self.url, timeout_s, http_retries,
             username=_env("HERALD_SCHEMA_REGISTRY_USERNAME") if username is None else username,
             password=_env("HERALD_SCHEMA_REGISTRY_PASSWORD") if password is None else password,
@@ -342,15 +329,3 @@ class Registry:
 
 def _env(name: str) -> str:
     return os.environ.get(name, "")
-
-
-def client_config(url: str, timeout_s: float = 2.0, http_retries: int = 1, *, username: str = "", password: str = "",
-                  cafile: str = "") -> RestConfig:
-    """The client configuration bounding one request: ``timeout_s`` per connect/read, ``http_retries``
-    further attempts on a 408/429/5xx answer or no answer, after a pause of at most 100 ms then 200 ms
-    (full jitter).
-
-    ``username``/``password`` add basic auth (refused beside ``user:password@`` in the URL, and a password
-    without a user name); ``cafile`` is the PEM CA that verifies an https registry (it must be a readable
-    file). Raises ``ValueError`` naming the variable to fix."""
-    return rest_config(url, timeout_s, http_retries, username=username, password=password, cafile=cafile)

@@ -102,12 +102,18 @@ def rest_config(url: str, timeout_s: float = 2.0, retries: int = 1, *, username:
     return RestConfig(tuple(bases), auth, cafile, timeout_s, retries, context)
 
 
-def _without_credentials(url: str) -> str:
+def safe_url(url: str) -> str:
+    """``url`` (one or more comma-separated URLs) without any ``user:password@`` part or query, for messages
+    and logs."""
+    return ",".join(_without_credentials(one.strip(), query=False) for one in url.split(","))
+
+
+def _without_credentials(url: str, query: bool = True) -> str:
     split = urlsplit(url)
     host = split.hostname or ""
     if split.port:
         host = f"{host}:{split.port}"
-    return urlunsplit((split.scheme, host, split.path, split.query, ""))
+    return urlunsplit((split.scheme, host, split.path, split.query if query else "", ""))
 
 
 def _jitter_s(attempt: int) -> float:

@@ -19,7 +19,7 @@ from herald.kafka import (
 from herald.settings import Settings
 from herald.topics import check_replication, topic_configs, weak_topics
 from schemas.registry import Registry
-from schemas.registry import client_config as registry_config
+from schemas.rest import rest_config as registry_config
 from streams.app import create_app
 
 SASL = {"kafka_sasl_username": "svc", "kafka_sasl_password": "pw"}

@@ -6,9 +6,9 @@ import pytest
 
 from schemas.codec import Codec, DecodeError
 from schemas.loader import parsed
-from schemas.registry import Registry, RegistryUnavailable, SchemaNotFound, classify, client_config, safe_url
+from schemas.registry import Registry, RegistryUnavailable, SchemaNotFound, classify
 from schemas.rest import RegistryHTTPError as SchemaRegistryError
-from schemas.rest import RegistryTransportError
+from schemas.rest import RegistryTransportError, rest_config, safe_url
 
 URL = "http://127.0.0.1:28081/apis/ccompat/v7"
 
@@ -63,7 +63,7 @@ def test_messages_never_carry_the_urls_credentials():
 def test_the_client_is_configured_to_give_up_quickly():
     registry = Registry(URL, timeout_s=1.5, http_retries=2)
     assert (registry.client.config.timeout_s, registry.client.config.retries) == (1.5, 2)
-    assert client_config(URL).retries == 1
+    assert rest_config(URL).retries == 1
 
 
 class Clock:

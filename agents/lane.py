@@ -49,6 +49,7 @@ class Lane:
         self._pending: dict[int, dict[str, deque]] = {}  # partition -> user -> offsets of its records not decided
         self._unreadable: dict[int, deque] = {}  # partition -> offsets of records whose user is not known
         self.waiting: dict[tuple[int, int], tuple[str, Any]] = {}  # (partition, offset) -> (user, payload)
+        self._critical: dict[tuple[int, int], list] = {}  # (partition, offset) -> its ``_fifo`` entry, for ``decided``
 
     def seen(self, partition: int, offset: int, user_id: str | None, payload: Any = None, after_gap: bool = False) -> None:
         """A record past the pipeline's position, in offset order on its partition: its user (None: not
@@ -61,13 +62,15 @@ class Lane:
             self._restart(partition)
             fifo = self._fifo.setdefault(partition, deque())
         self._start.setdefault(partition, offset)
-        fifo.append([offset, user_id, True])
+        entry = [offset, user_id, True]
+        fifo.append(entry)
         if user_id is None:
             self._unreadable.setdefault(partition, deque()).append(offset)
             return
         self._pending.setdefault(partition, {}).setdefault(user_id, deque()).append(offset)
         if payload is not None:
             self.waiting[partition, offset] = (user_id, payload)
+            self._critical[partition, offset] = entry
 
     def taken(self, partition: int, offset: int) -> None:
         """The pipeline has decided the partition's records up to ``offset`` (in its batch in flight)."""
@@ -78,6 +81,7 @@ class Lane:
         while fifo and fifo[0][0] <= offset:
             entry_offset, user_id, pending = fifo.popleft()
             self.waiting.pop((partition, entry_offset), None)
+            self._critical.pop((partition, entry_offset), None)
             if not pending:
                 continue
             if user_id is None:
@@ -131,13 +135,11 @@ class Lane:
         offsets.remove(offset)
         if not offsets:
             del self._pending[partition][user_id]
-        for entry in self._fifo[partition]:
-            if entry[0] == offset:
-                entry[2] = False
-                break
+        self._critical.pop((partition, offset))[2] = False
 
     def _restart(self, partition: int) -> None:
         for table in (self._start, self._fifo, self._pending, self._unreadable):
             table.pop(partition, None)
-        for key in [k for k in self.waiting if k[0] == partition]:
-            del self.waiting[key]
+        for by_offset in (self.waiting, self._critical):
+            for key in [k for k in by_offset if k[0] == partition]:
+                del by_offset[key]

@@ -81,6 +81,18 @@ def test_a_users_second_critical_event_goes_once_the_first_was_decided():
     assert offsets(lane.ready({})) == [11]
 
 
+def test_the_pipeline_taking_events_decided_ahead_leaves_their_users_later_events_free():
+    lane = lane_at(0, 9, [(10, "a", True), (11, "b", False), (12, "a", False), (13, "a", True)])
+    assert offsets(lane.ready({})) == [10]
+    lane.decided(0, 10, "a")
+    lane.taken(0, 12)  # the decided one is not counted against its user a second time
+    assert offsets(lane.ready({})) == [13]
+    lane.decided(0, 13, "a")
+    lane.taken(0, 13)
+    lane.seen(0, 14, "a", 14)
+    assert offsets(lane.ready({})) == [14]
+
+
 def test_one_not_decided_after_all_keeps_holding_its_users_later_events():
     lane = lane_at(0, 9, [(10, "a", True), (11, "a", True)])
     assert offsets(lane.ready({})) == [10]  # then it failed to validate: no ``decided``

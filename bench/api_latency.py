@@ -345,7 +345,8 @@ def _postgres_cpu_s() -> float:
     return total
 
 
-def _machine_busy() -> tuple[float, float]:
+def machine_ticks() -> tuple[int, int]:
+    """The machine's CPU ticks since boot: (busy, total); two readings give the share of all cores busy."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = values[3] + values[4]
     return sum(values) - idle, sum(values)
@@ -438,11 +439,11 @@ def run(rate: float = 5000, duration: float = 20, warmup: float = 5, users: int 
                      f"{connections} connections, API on :{port}")
             while time.monotonic() < start_at + warmup:
                 time.sleep(0.05)
-            busy0, api0, pg0 = _machine_busy(), _tree_cpu_s(api.pid), _postgres_cpu_s()
+            busy0, api0, pg0 = machine_ticks(), _tree_cpu_s(api.pid), _postgres_cpu_s()
             load = os.getloadavg()[0]
             while time.monotonic() < start_at + warmup + duration:
                 time.sleep(0.05)
-            busy1, api1, pg1 = _machine_busy(), _tree_cpu_s(api.pid), _postgres_cpu_s()
+            busy1, api1, pg1 = machine_ticks(), _tree_cpu_s(api.pid), _postgres_cpu_s()
             results = []
             for pipe, p in zip(pipes, procs):
                 results.append(pipe.recv() if pipe.poll(drain_s + 30) else {"exception": "client did not report"})

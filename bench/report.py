@@ -139,6 +139,8 @@ ROWS: tuple[Row, ...] = (
     Row("critical_p50_ms", "CRITICAL produce → delivery topic, p50 (at half Herald's rate)", "ms"),
     Row("critical_p95_ms", "CRITICAL produce → delivery topic, p95", "ms"),
     Row("critical_p99_ms", "CRITICAL produce → delivery topic, p99", "ms", _target("critical_p99_ms")),
+    Row("critical_floor_p99_ms", "The floor: the same events produce → read by a bare consumer, p99", "ms"),
+    Row("critical_machine_busy_pct", "The machine's cores busy during the timed stream", "%"),
     Row("digest_users", "Users with a digest due at the period's end", "users", _digest_users_met),
     Row("digest_s", "Digests: period end → last DIGEST request emitted", "s", _digest_s_met),
     Row("digests_per_s", "Digests emitted per second (users / digest_s)", "digests/s", _target("digests_per_s")),
@@ -255,7 +257,15 @@ def render_markdown(results: dict, chart_path: str | None = None) -> str:
             f"- CRITICAL latency: {fmt(f.get('critical_samples'))} CRITICAL events in a mixed stream at "
             f"{fmt(f.get('critical_stream_events_per_s'), 'events/s')} ({load}), first delivery "
             "record per event on any delivery topic, timed when a consumer of that topic read it"
+            + (f", after {fmt(f.get('critical_warmup_s'), 's')} of warm-up not timed" if f.get("critical_warmup_s") else "")
             + (f"; median by quarter of the stream: {', '.join(fmt(x) for x in trend)} ms" if trend else "") + ".")
+        if f.get("critical_floor_p99_ms") is not None:
+            lines.append(
+                f"- The floor under it: a bare consumer in a process of its own (`bench/broker_lag.py`) read the same "
+                f"stream's events {fmt(f.get('critical_floor_p50_ms'), 'ms')} (p50) and "
+                f"{fmt(f.get('critical_floor_p99_ms'), 'ms')} (p99) after they were produced, while "
+                f"{fmt(f.get('critical_machine_busy_pct'), '%')} of the machine's cores were busy: "
+                "what no consumer on this machine could go under at that load.")
     if f.get("digest_users") is not None:
         lines.append(
             f"- Digests: one LOW event for each of {fmt(f.get('digest_users'))} users"

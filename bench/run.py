@@ -19,10 +19,14 @@ What it measures, in this order (each phase prints its time; the whole default r
                   share one machine) started on the workload's topics once they are full; the rate at which events
                   get their first decision, between 10% and 90% of them (start-up is not counted), overall,
                   and per worker.
-  6. critical     critical_p50/p95/p99_ms: a mixed stream at half Herald's measured rate; each CRITICAL
-                  event carries its send time, and the first delivery record of it on any delivery topic
-                  is timed when a consumer reads it (fresh workers if the pipeline's still have work,
-                  the stream started once their group has shared the partitions out).
+  6. critical     critical_p50/p95/p99_ms: a mixed stream at half Herald's measured rate; after 5 s of
+                  warm-up (not timed: on a broker started minutes before, a stream's first seconds reach
+                  every consumer late, a bare one included), each CRITICAL event carries its send time,
+                  and its first delivery record on any delivery topic is timed when a consumer reads it
+                  (fresh workers if the pipeline's still have work, the stream started once their group
+                  has shared the partitions out). The floor under it,
+                  critical_floor_p50/p99_ms: how late a bare consumer in a process of its own reads the same
+                  events (bench/broker_lag.py), with the share of the machine's cores busy meanwhile.
   7. digest       digest_s, digests_per_s: --digest-users users' states, each holding one LOW event in one
                   fixed digest period, are computed by the policy's own code and written to the workers'
                   changelog (bench/digest_seed.py: taking a million events in would not fit the budget);
@@ -106,6 +110,7 @@ class Options:
     markdown: Path | None = None
     budget_min: float = 15.0
     latency_s: float = 30.0
+    latency_warmup_s: float = 5.0  # the stream's first seconds, not timed (see phase 6 above)
     latency_rate: float | None = None  # events/s of the CRITICAL latency stream; None: half the measured rate
     api_rate: float = 5000.0
     api_duration_s: float = 20.0
@@ -126,7 +131,8 @@ class Options:
         return MARKDOWN if self.out.resolve() == RESULTS_DIR.resolve() else self.out / "BENCHMARKS.md"
 
 
-QUICK = {"events": 5_000, "users": 1_000, "digest_users": 2_000, "latency_s": 4.0, "api_duration_s": 5.0,
+QUICK = {"events": 5_000, "users": 1_000, "digest_users": 2_000, "latency_s": 4.0, "latency_warmup_s": 1.0,
+         "api_duration_s": 5.0,
          "api_warmup_s": 2.0, "api_users": 1_000, "all_final_wait_s": 3.0, "budget_min": 0.0}
 
 
@@ -469,6 +475,53 @@ class Tap(threading.Thread):
         self.join(15)
 
 
+class BrokerLag:
+    """``bench.broker_lag`` in a process of its own on ``topic``: how late a bare consumer sees its records
+    (the floor under the CRITICAL figure). ``stop`` returns its summary ({} when it gave none)."""
+
+    def __init__(self, bootstrap: str, topic: str, out: Path, committed: bool, warmup_s: float = 0.0) -> None:
+        self.argv = [sys.executable, "-m", "bench.broker_lag", "--bootstrap", bootstrap, "--topic", topic,
+                     "--out", str(out), "--warmup-s", str(warmup_s), *(() if committed else ("--read-uncommitted",))]
+        self.out = out
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> "BrokerLag":
+        from bench.broker_lag import READY
+
+        self.out.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(self.argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+        ready = threading.Thread(target=self.proc.stdout.readline, daemon=True)  # type: ignore[union-attr]
+        ready.start()
+        ready.join(timeout)
+        if ready.is_alive() or self.proc.poll() is not None:
+            self.stop()
+            raise RuntimeError(f"the bare consumer ({' '.join(self.argv[1:3])}) did not print {READY!r} within {timeout:g} s")
+        return self
+
+    def is_alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> dict:
+        if self.is_alive():
+            self.proc.terminate()  # type: ignore[union-attr]
+            try:
+                self.proc.wait(15)  # type: ignore[union-attr]
+            except subprocess.TimeoutExpired:
+                self.proc.kill()  # type: ignore[union-attr]
+        try:
+            return json.loads(self.out.read_text())
+        except (OSError, ValueError):
+            return {}
+
+
+def machine_busy(since: tuple[int, int]) -> float:
+    """The share of all the machine's cores busy since ``since`` (``api_latency.machine_ticks()``)."""
+    from bench.api_latency import machine_ticks
+
+    now = machine_ticks()
+    return round((now[0] - since[0]) / max(1, now[1] - since[1]), 3)
+
+
 class Decided:
     """Counts the input records Herald has decided, from its decisions topic: each record's first
     decision is the first one for its event_id, or a DEDUPLICATED one for an event_id seen before (a
@@ -658,14 +711,16 @@ class Crew:
 
 class Stream(threading.Thread):
     """An open-loop stream of the workload's mix at ``rate`` events/s to ``topic`` (event k is sent at
-    start + k/rate, late or not), for ``duration`` s or until stopped. Each CRITICAL event carries its
-    send time, ``data["bench_sent_ns"]``; each event has a new event_id and no dedup_key."""
+    start + k/rate, late or not), for ``duration`` s or until stopped. Each CRITICAL event sent after the
+    first ``warmup_s`` carries its send time, ``data["bench_sent_ns"]`` (``critical`` counts those); each
+    event has a new event_id and no dedup_key."""
 
     def __init__(self, bootstrap: str, codec: Any, topic: str, users: int, user_prefix: str, rate: float,
-                 duration: float = 3600, seed: int = 7, tag: str = "s") -> None:
+                 duration: float = 3600, seed: int = 7, tag: str = "s", warmup_s: float = 0.0) -> None:
         super().__init__(daemon=True, name=f"stream-{tag}")
         self.bootstrap, self.codec, self.topic = bootstrap, codec, topic
         self.users, self.user_prefix, self.rate, self.duration = users, user_prefix, rate, duration
+        self.warmup_s = warmup_s
         self.rng = random.Random(seed)
         self.tag = f"{tag}{uuid.uuid4().hex[:6]}"
         self.sent = self.critical = 0
@@ -700,7 +755,7 @@ class Stream(threading.Thread):
                 priority, type_ = _pick(priorities, rand()), _pick(types, rand())
                 user = f"{self.user_prefix}{randrange(self.users)}"
                 data = {"entity_id": str(k)}
-                if priority == "CRITICAL":
+                if priority == "CRITICAL" and now - start >= self.warmup_s:
                     data[SENT_KEY] = str(time.time_ns())
                     self.critical += 1
                 event = {"event_id": f"{self.tag}-{k}", "user_id": user, "type": type_, "priority": priority,
@@ -1086,7 +1141,7 @@ class Run:
     def after_pipeline_s(self) -> float:
         """About how long the phases after the pipeline take at full scale (from the rates measured on a 2-core
         machine): what the pipeline phase must leave of the budget."""
-        latency = self.opts.latency_s + 30  # fresh workers' start, the stream, the late deliveries
+        latency = self.opts.latency_warmup_s + self.opts.latency_s + 30  # fresh workers' start, the stream, the late deliveries
         return latency + self.digest_need_s(self.opts.digest_users) + self.after_digests_s()
 
     def after_digests_s(self) -> float:
@@ -1145,22 +1200,34 @@ class Run:
             worker.stop()
 
     def _critical(self, worker: Crew, settings: Any, rate: float, measured: float | None) -> None:
+        from bench.api_latency import machine_ticks
+
         latencies = Latencies(self.codec())
         topics = [settings.topic(f"delivery.{c}") for c in DELIVERY_CHANNELS]
         tap = Tap(settings.kafka_bootstrap, topics, latencies.handle, from_end=True, wait_s=0.002).start_ready()
         self.threads.append(tap)
         stream = Stream(settings.kafka_bootstrap, self.codec(), settings.topic("events"), self.opts.users,
-                        "bench-user-", rate, self.opts.latency_s, seed=self.opts.seed + 11, tag="crit")
+                        "bench-user-", rate, self.opts.latency_warmup_s + self.opts.latency_s, seed=self.opts.seed + 11,
+                        tag="crit", warmup_s=self.opts.latency_warmup_s)
         self.threads.append(stream)
         load = "fixed by --latency-rate" if self.opts.latency_rate else f"half of {measured or 0:,.0f}"
-        self.console.say(f"  a mixed stream at {rate:,.0f} events/s for {self.opts.latency_s:g} s "
-                         f"({load}); CRITICAL events timed to their first delivery record")
+        warmup = self.opts.latency_warmup_s
+        self.console.say(f"  a mixed stream at {rate:,.0f} events/s ({load}): {warmup:g} s of warm-up, not timed, then "
+                         f"{self.opts.latency_s:g} s whose CRITICAL events are timed to their first delivery record")
+        floor = BrokerLag(settings.kafka_bootstrap, settings.topic("events"), self.logs() / "broker-lag.json",
+                          settings.exactly_once, warmup).start()
+        self.threads.append(floor)
         stream.start()
+        started, busy_before = time.monotonic(), None
         with self.console.meter("CRITICAL delivered", max(1, int(rate * self.opts.latency_s * 0.05)), "events") as update:
             while stream.is_alive():
                 worker.check()
+                if busy_before is None and time.monotonic() - started >= warmup:
+                    busy_before = machine_ticks()
                 update(len(latencies.read_ms), f"of {stream.critical:,} sent")
                 time.sleep(0.5)
+        busy = machine_busy(busy_before or machine_ticks())
+        lag = floor.stop()
         if stream.error:
             raise stream.error
         grace = max(15.0, self.opts.latency_s)  # late deliveries are latencies too: wait for them a while
@@ -1179,7 +1246,8 @@ class Run:
             self.notes.append(f"{stream.critical - len(read)} of {stream.critical} CRITICAL events had not reached a "
                               f"delivery topic {grace:.0f} s after the stream ended; the percentiles are over the others.")
         self.figures.update({
-            "critical_stream_events_per_s": round(stream.sent / self.opts.latency_s, 1),
+            "critical_stream_events_per_s": round(stream.sent / (self.opts.latency_warmup_s + self.opts.latency_s), 1),
+            "critical_warmup_s": self.opts.latency_warmup_s,
             "critical_stream_rate_fixed": bool(self.opts.latency_rate),
             "critical_sent": stream.critical, "critical_samples": len(read),
             "critical_missing": stream.critical - len(read),
@@ -1188,6 +1256,8 @@ class Run:
             "critical_p99_to_record_timestamp_ms": round(percentile(stamped, 99), 2),
             "critical_first_channels": dict(latencies.channels),
             "critical_p50_by_quarter_ms": trend,
+            "critical_floor_p50_ms": lag.get("p50_ms"), "critical_floor_p99_ms": lag.get("p99_ms"),
+            "critical_floor_records": lag.get("records"), "critical_machine_busy_pct": round(100 * busy, 1),
         })
         if len(trend) == 4 and trend[3] > 2 * trend[0] and trend[3] > 100:
             self.notes.append(f"CRITICAL latency rose during the stream (median by quarter {', '.join(f'{x:,.0f}' for x in trend)} "
@@ -1196,6 +1266,10 @@ class Run:
                               + ", so its p99 includes a growing queue.")
         self.console.say(f"  CRITICAL p50 {self.figures['critical_p50_ms']:.1f} ms, p95 {self.figures['critical_p95_ms']:.1f} ms, "
                          f"p99 {self.figures['critical_p99_ms']:.1f} ms over {len(read):,} events")
+        if lag.get("records"):
+            self.console.say(f"  the floor: a bare consumer in its own process read the stream's events p50 {lag['p50_ms']:.1f} ms, "
+                             f"p99 {lag['p99_ms']:.1f} ms after they were produced, with the machine's cores "
+                             f"{busy:.0%} busy in the timed part")
 
     def digest(self) -> None:
         """A worker holding --digest-users users' states, each with one LOW event in one digest period; the

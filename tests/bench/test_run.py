@@ -168,6 +168,8 @@ def test_quick_run_end_to_end_writes_every_figure(stack, tmp_path):
     assert results["skipped"]["quix_events_per_s"] == "--skip-peer"
     assert figures["pipeline_events_decided"] == figures["workload_events"] == 5_000
     assert figures["critical_samples"] == figures["critical_sent"] > 0
+    assert figures["critical_warmup_s"] == 1.0 and figures["critical_floor_records"] > 0
+    assert 0 < figures["critical_floor_p50_ms"] <= figures["critical_floor_p99_ms"]
     assert figures["digest_users"] == figures["worker_state_users"] == figures["digests_emitted"] == 2_000
     assert [p.name for p in tmp_path.glob("bench-*.json")] == [f"bench-{results['run_id']}.json"]
     assert results["machine"]["nproc"] >= 1 and len(results["machine"]["load_after"]) == 3

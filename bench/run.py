@@ -156,7 +156,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", type=Path, default=None, help="where to write BENCHMARKS.md instead")
     p.add_argument("--budget-min", type=float, default=None,
                    help="minutes the whole run may take (default 15; 0: no limit); see 'How long' above")
-    p.add_argument("--latency-s", type=float, default=None, help="seconds of the CRITICAL latency stream (default 30)")
+    p.add_argument("--latency-s", type=float, default=None,
+                   help="seconds of the CRITICAL latency stream that are timed, after its 5 s of warm-up (default 30)")
     p.add_argument("--latency-rate", type=float, default=None,
                    help="events/s of the CRITICAL latency stream (default: half the rate the pipeline phase measured); "
                         "fix it to compare two builds at the same load")

@@ -82,9 +82,16 @@ class Settings:
                                   "Users released (batches, digests, held events) in one batch of records at most; "
                                   "more due ones follow after the events already waiting, so those are not held up.")
     fetch_max_wait_ms: int = _setting(10, "HERALD_FETCH_MAX_WAIT_MS",
-                                      "Longest time the broker may hold the worker's fetch for records to arrive "
-                                      "(Faust hard-codes a much longer wait, which CRITICAL events then wait for). A "
-                                      "quiet worker sends about 1000/this many small fetches a second.")
+                                      "Longest time the broker may hold the pipeline's fetch of events and ticks for "
+                                      "records to arrive. A quiet worker sends about 1000/this many small fetches a "
+                                      "second.")
+    faust_fetch_max_wait_ms: int = _setting(100, "HERALD_FAUST_FETCH_MAX_WAIT_MS",
+                                            "The same for Faust's own consumer, which reads the preferences and "
+                                            "presence topics and, while tables restore, their changelogs. A record "
+                                            "arriving ends the wait at once, so this bounds only how soon a partition "
+                                            "newly assigned or resumed is fetched; a short wait spends the worker's and "
+                                            "the broker's CPU on fetches of quiet topics (Faust's own default is "
+                                            "1,500 ms).")
     producer_linger_ms: int = _setting(20, "HERALD_PRODUCER_LINGER_MS",
                                        "How long the pipeline's outputs gather in its producer before a request goes "
                                        "to the broker. A batch of records flushes its outputs when it ends, so this "

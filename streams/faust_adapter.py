@@ -10,8 +10,8 @@ worker at run time.
 Four corrections of Faust's behaviour are installed explicitly (``streams.app.create_app`` calls them),
 each idempotent:
 
-- ``install_fetch_max_wait`` replaces Faust's consumer factory to use ``HERALD_FETCH_MAX_WAIT_MS`` instead
-  of the wait Faust hard-codes: aiokafka keeps one fetch in flight per broker and leaves out of it the
+- ``install_fetch_max_wait`` replaces Faust's consumer factory to use ``HERALD_FAUST_FETCH_MAX_WAIT_MS``
+  instead of the wait Faust hard-codes: aiokafka keeps one fetch in flight per broker and leaves out of it the
   partitions that still have records buffered, so a fetch that holds only quiet partitions is parked at
   the broker for the whole wait while records pile up elsewhere (the events and ticks are read by the
   feed, ``streams.feed``, not by this consumer). With ``HERALD_EXACTLY_ONCE`` the same consumer reads
@@ -50,7 +50,7 @@ log = logging.getLogger("herald.faust_adapter")
 
 
 def install_fetch_max_wait() -> None:
-    """Make Faust's aiokafka consumers use ``app.conf.herald.fetch_max_wait_ms`` (idempotent)."""
+    """Make Faust's aiokafka consumers use ``app.conf.herald.faust_fetch_max_wait_ms`` (idempotent)."""
     original = AIOKafkaConsumerThread._create_worker_consumer
     if getattr(original, _PATCHED, False):
         return
@@ -59,7 +59,7 @@ def install_fetch_max_wait() -> None:
         consumer = original(self, transport)
         herald = getattr(self.app.conf, "herald", None)
         if herald is not None:
-            consumer._fetch_max_wait_ms = herald.fetch_max_wait_ms  # read when its fetcher starts
+            consumer._fetch_max_wait_ms = herald.faust_fetch_max_wait_ms  # read when its fetcher starts
             if herald.exactly_once:  # read when its fetcher starts: aborted outputs and changelog stay unseen
                 consumer._isolation_level = "read_committed"
         return consumer

@@ -9,15 +9,17 @@ from streams.app import create_app
 
 def test_the_worker_consumer_fetches_with_herald_s_wait_and_the_standby_replicas_set(tmp_path):
     async def made() -> tuple[int, int]:
-        app = create_app(Settings(app_id="test-app-settings", fetch_max_wait_ms=7, standby_replicas=0, data_dir=str(tmp_path)))
+        app = create_app(Settings(app_id="test-app-settings", faust_fetch_max_wait_ms=70, standby_replicas=0,
+                                  data_dir=str(tmp_path)))
         thread = app.consumer._thread  # the thread that owns Faust's aiokafka consumer
         consumer = thread._create_worker_consumer(app.transport)
         return consumer._fetch_max_wait_ms, app.conf.table_standby_replicas
 
     wait_ms, standbys = asyncio.run(made())
-    assert wait_ms == 7  # not the 1,500 ms Faust hard-codes, which CRITICAL events waited for
+    assert wait_ms == 70  # not the 1,500 ms Faust hard-codes
     assert standbys == 0  # set, not Faust's default
-    assert Settings().fetch_max_wait_ms == 10 and Settings().standby_replicas == 1
+    assert Settings().fetch_max_wait_ms == 10 and Settings().faust_fetch_max_wait_ms == 100
+    assert Settings().standby_replicas == 1
     assert Settings().producer_linger_ms == 20  # 2 ms cost a third of the throughput on two cores
 
 

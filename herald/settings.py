@@ -88,8 +88,9 @@ class Settings:
     faust_fetch_max_wait_ms: int = _setting(100, "HERALD_FAUST_FETCH_MAX_WAIT_MS",
                                             "The same for Faust's own consumer, which reads the preferences and "
                                             "presence topics and, while tables restore, their changelogs. A record "
-                                            "arriving ends the wait at once, so this bounds only how soon a partition "
-                                            "newly assigned or resumed is fetched; a short wait spends the worker's and "
+                                            "arriving for a partition in the fetch ends the wait at once; one left out "
+                                            "of the fetch in flight (newly assigned, resumed, or with records still "
+                                            "buffered) waits at most this long. A short wait spends the worker's and "
                                             "the broker's CPU on fetches of quiet topics (Faust's own default is "
                                             "1,500 ms).")
     producer_linger_ms: int = _setting(20, "HERALD_PRODUCER_LINGER_MS",

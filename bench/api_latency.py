@@ -352,6 +352,12 @@ def machine_ticks() -> tuple[int, int]:
     return sum(values) - idle, sum(values)
 
 
+def machine_busy(since: tuple[int, int]) -> float:
+    """The share of all the machine's cores busy since ``since``, a ``machine_ticks()`` reading."""
+    now = machine_ticks()
+    return round((now[0] - since[0]) / max(1, now[1] - since[1]), 3)
+
+
 def start_api(port: int, secret: str, env: dict[str, str] | None = None, cwd: Path = REPO_ROOT,
               log: Path | None = None) -> subprocess.Popen:
     """``herald api`` on ``port``, signing with ``secret``; returns once /readyz answers 200."""
@@ -443,7 +449,7 @@ def run(rate: float = 5000, duration: float = 20, warmup: float = 5, users: int 
             load = os.getloadavg()[0]
             while time.monotonic() < start_at + warmup + duration:
                 time.sleep(0.05)
-            busy1, api1, pg1 = machine_ticks(), _tree_cpu_s(api.pid), _postgres_cpu_s()
+            busy, api1, pg1 = machine_busy(busy0), _tree_cpu_s(api.pid), _postgres_cpu_s()
             results = []
             for pipe, p in zip(pipes, procs):
                 results.append(pipe.recv() if pipe.poll(drain_s + 30) else {"exception": "client did not report"})
@@ -474,7 +480,6 @@ def run(rate: float = 5000, duration: float = 20, warmup: float = 5, users: int 
     ok = statuses.get("200", 0)
     unanswered = sum(r["unanswered"] for r in results)
     due = sum(r["measured_due"] for r in results)
-    busy = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
     figures = {
         "target_requests_per_s": rate, "duration_s": duration, "warmup_s": warmup,
         "users": len(expected), "clients": clients, "connections": clients * connections,

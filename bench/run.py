@@ -19,9 +19,9 @@ What it measures, in this order (each phase prints its time; the whole default r
                   share one machine) started on the workload's topics once they are full; the rate at which events
                   get their first decision, between 10% and 90% of them (start-up is not counted), overall,
                   and per worker.
-  6. critical     critical_p50/p95/p99_ms: a mixed stream at half Herald's measured rate; after 5 s of
-                  warm-up (not timed: on a broker started minutes before, a stream's first seconds reach
-                  every consumer late, a bare one included), each CRITICAL event carries its send time,
+  6. critical     critical_p50/p95/p99_ms: a mixed stream at half Herald's measured rate; after a
+                  warm-up (5 s, 1 s with --quick; not timed: on a broker started minutes before, a stream's
+                  first seconds reach every consumer late, a bare one included), each CRITICAL event carries its send time,
                   and its first delivery record on any delivery topic is timed when a consumer reads it
                   (fresh workers if the pipeline's still have work, the stream started once their group
                   has shared the partitions out). The floor under it,
@@ -157,7 +157,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-min", type=float, default=None,
                    help="minutes the whole run may take (default 15; 0: no limit); see 'How long' above")
     p.add_argument("--latency-s", type=float, default=None,
-                   help="seconds of the CRITICAL latency stream that are timed, after its 5 s of warm-up (default 30)")
+                   help="seconds of the CRITICAL latency stream that are timed, after a warm-up of 5 s (1 s with --quick) (default 30)")
     p.add_argument("--latency-rate", type=float, default=None,
                    help="events/s of the CRITICAL latency stream (default: half the rate the pipeline phase measured); "
                         "fix it to compare two builds at the same load")
@@ -491,10 +491,11 @@ class BrokerLag:
 
         self.out.unlink(missing_ok=True)
         self.proc = subprocess.Popen(self.argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
-        ready = threading.Thread(target=self.proc.stdout.readline, daemon=True)  # type: ignore[union-attr]
+        line: list[str] = []
+        ready = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
         ready.start()
         ready.join(timeout)
-        if ready.is_alive() or self.proc.poll() is not None:
+        if ready.is_alive() or self.proc.poll() is not None or line[0].strip() != READY:
             self.stop()
             raise RuntimeError(f"the bare consumer ({' '.join(self.argv[1:3])}) did not print {READY!r} within {timeout:g} s")
         return self
@@ -513,14 +514,6 @@ class BrokerLag:
             return json.loads(self.out.read_text())
         except (OSError, ValueError):
             return {}
-
-
-def machine_busy(since: tuple[int, int]) -> float:
-    """The share of all the machine's cores busy since ``since`` (``api_latency.machine_ticks()``)."""
-    from bench.api_latency import machine_ticks
-
-    now = machine_ticks()
-    return round((now[0] - since[0]) / max(1, now[1] - since[1]), 3)
 
 
 class Decided:
@@ -1201,7 +1194,7 @@ class Run:
             worker.stop()
 
     def _critical(self, worker: Crew, settings: Any, rate: float, measured: float | None) -> None:
-        from bench.api_latency import machine_ticks
+        from bench.api_latency import machine_busy, machine_ticks
 
         latencies = Latencies(self.codec())
         topics = [settings.topic(f"delivery.{c}") for c in DELIVERY_CHANNELS]
@@ -1227,7 +1220,7 @@ class Run:
                     busy_before = machine_ticks()
                 update(len(latencies.read_ms), f"of {stream.critical:,} sent")
                 time.sleep(0.5)
-        busy = machine_busy(busy_before or machine_ticks())
+        busy = None if busy_before is None else machine_busy(busy_before)  # None: the stream ended within its warm-up
         lag = floor.stop()
         if stream.error:
             raise stream.error
@@ -1258,7 +1251,8 @@ class Run:
             "critical_first_channels": dict(latencies.channels),
             "critical_p50_by_quarter_ms": trend,
             "critical_floor_p50_ms": lag.get("p50_ms"), "critical_floor_p99_ms": lag.get("p99_ms"),
-            "critical_floor_records": lag.get("records"), "critical_machine_busy_pct": round(100 * busy, 1),
+            "critical_floor_records": lag.get("records"),
+            "critical_machine_busy_pct": None if busy is None else round(100 * busy, 1),
         })
         if len(trend) == 4 and trend[3] > 2 * trend[0] and trend[3] > 100:
             self.notes.append(f"CRITICAL latency rose during the stream (median by quarter {', '.join(f'{x:,.0f}' for x in trend)} "
@@ -1268,9 +1262,10 @@ class Run:
         self.console.say(f"  CRITICAL p50 {self.figures['critical_p50_ms']:.1f} ms, p95 {self.figures['critical_p95_ms']:.1f} ms, "
                          f"p99 {self.figures['critical_p99_ms']:.1f} ms over {len(read):,} events")
         if lag.get("records"):
+            share = "(not measured)" if busy is None else f"{busy:.0%}"
             self.console.say(f"  the floor: a bare consumer in its own process read the stream's events p50 {lag['p50_ms']:.1f} ms, "
                              f"p99 {lag['p99_ms']:.1f} ms after they were produced, with the machine's cores "
-                             f"{busy:.0%} busy in the timed part")
+                             f"{share} busy in the timed part")
 
     def digest(self) -> None:
         """A worker holding --digest-users users' states, each with one LOW event in one digest period; the

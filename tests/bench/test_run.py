@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import sys
+import time
 
 import pytest
 
@@ -203,3 +206,26 @@ def test_a_crew_is_settled_once_its_members_last_assignments_share_out_every_par
     assert crew.wait_settled(4, timeout=5) < 5
     members[1].log.write_text(line.format("[]"))
     assert members[1].reading() == []
+
+
+def test_the_bare_consumer_counts_as_ready_only_when_it_says_so(tmp_path):
+    lag = run.BrokerLag("127.0.0.1:1", "t.events", tmp_path / "lag.json", committed=True)
+    lag.argv = [sys.executable, "-c", "import time; print('starting', flush=True); time.sleep(30)"]
+    with pytest.raises(RuntimeError, match="did not print 'assigned'"):
+        lag.start(timeout=10)
+    assert not lag.is_alive()  # the process was stopped, not left behind
+    lag.argv = [sys.executable, "-c", "import time; print('assigned', flush=True); time.sleep(30)"]
+    assert lag.start(timeout=10).is_alive()
+    assert lag.stop() == {}  # it wrote no summary: the bench reports the floor as not measured
+    assert not lag.is_alive()
+
+
+def test_the_machine_busy_share_counts_cpu_spent_since_a_reading():
+    from bench.api_latency import machine_busy, machine_ticks
+
+    before = machine_ticks()
+    end = time.monotonic() + 0.5
+    while time.monotonic() < end:
+        pass  # one core kept busy: at least 1/cores of the machine, whatever else runs
+    share = machine_busy(before)
+    assert 0.8 / os.cpu_count() <= share <= 1.0

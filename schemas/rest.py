@@ -142,7 +142,16 @@ class RegistryRest:
                                 {"schema": text})["id"])
 
     def set_compatibility(self, subject: str, level: str) -> None:
-        self.request("PUT", f"config/{quote(subject, safe='')}", {"compatibility": level.upper()})
+        """Set ``subject``'s compatibility level. Apicurio creates a subject's rule on the first PUT and
+        answers 409 to a PUT that races it ("A rule named 'COMPATIBILITY' already exists"), as when two
+        workers start at once on new topics: the rule exists then, and the same PUT again updates it."""
+        path, body = f"config/{quote(subject, safe='')}", {"compatibility": level.upper()}
+        try:
+            self.request("PUT", path, body)
+        except RegistryHTTPError as exc:
+            if exc.http_status_code != 409:
+                raise
+            self.request("PUT", path, body)
 
     def request(self, method: str, path: str, body: dict | None = None):
         """The decoded JSON answer to ``method path`` (None for an empty answer), trying each base URL in

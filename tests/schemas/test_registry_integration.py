@@ -8,6 +8,7 @@ import os
 import random
 import socket
 import struct
+import threading
 from collections import Counter
 
 import pytest
@@ -30,6 +31,28 @@ def framed(codec: Codec, schema_id: int) -> bytes:
 
 
 # -- (a) the real Apicurio test registry ---------------------------------------------------------------
+
+
+def test_processes_registering_the_same_new_subjects_at_once_all_succeed(stack, unique):
+    # Workers started together on new topics register the same output subjects at the same moment;
+    # Apicurio answers 409 to all but one of the racing compatibility PUTs.
+    url = os.environ["HERALD_SCHEMA_REGISTRY_URL"]
+    subjects = [(f"{unique}.race{n}-value", "DeliveryRequest") for n in range(3)]
+    results: list = []
+
+    def register() -> None:
+        try:
+            results.append(Registry(url).register_all(subjects))
+        except Exception as exc:  # noqa: BLE001 - the assertion below names it
+            results.append(exc)
+
+    threads = [threading.Thread(target=register) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [r for r in results if isinstance(r, Exception)] == []
+    assert len(results) == 8 and all(r == results[0] for r in results)  # one id per subject, the same for all
 
 
 async def test_a_registered_id_is_found_and_an_unknown_one_is_schema_not_found(stack, unique):

@@ -351,7 +351,7 @@ class Hub:
             "group.id": f"{self.settings.topic_prefix}api-websocket",
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "session.timeout.ms": 10000, "heartbeat.interval.ms": 2000,
-            "fetch.wait.max.ms": 10,
+            "fetch.wait.max.ms": self.settings.fetch_max_wait_ms,  # a record arriving ends the wait at once
         })
 
         def fetch() -> list:

@@ -4,10 +4,10 @@
 time is not Herald's: the producer's send, the broker's append and the fetch that hands the record to
 any consumer, all on the same cores as the workers. This process measures that part on its own while
 the latency stream runs: it reads every partition of the events topic from its end (assigned, no group),
-as the lane's reader does (``read_committed`` under exactly-once, ``fetch.wait.max.ms`` 5), and keeps
-each record's lag from its create timestamp to the moment ``poll`` returned it, but for the records created
-in the first ``--warmup-s`` after the first one it reads (the stream's warm-up, which the bench does not time). It runs in a process of
-its own so that the bench's stream and tap threads do not hold it back, and does no other work per
+as the lane's reader does (``read_committed`` under exactly-once, ``fetch.wait.max.ms`` from ``--fetch-wait-ms``),
+and keeps each record's lag from its create timestamp to the moment ``poll`` returned it, but for the records
+created in the first ``--warmup-s`` after the first one it reads (the stream's warm-up, which the bench does
+not time). It runs in a process of its own so that the bench's stream and tap threads do not hold it back, and does no other work per
 record. On SIGTERM (or SIGINT) it writes ``{"records", "p50_ms", "p95_ms", "p99_ms", "max_ms"}`` as JSON
 to ``--out`` and exits.
 
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--topic", required=True, help="the events topic the latency stream writes")
     p.add_argument("--out", required=True, type=Path, help="where the JSON summary goes at SIGTERM")
     p.add_argument("--warmup-s", type=float, default=0.0, help="seconds of records not timed, from the first one read")
+    p.add_argument("--fetch-wait-ms", type=int, default=100, help="fetch.wait.max.ms, as the workers' HERALD_FETCH_MAX_WAIT_MS")
     p.add_argument("--read-uncommitted", action="store_true", help="as a worker with HERALD_EXACTLY_ONCE=false reads")
     args = p.parse_args(argv)
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.append(True))
     consumer = Consumer({"bootstrap.servers": args.bootstrap, "group.id": "herald-bench-broker-lag",
-                         "enable.auto.commit": False, "fetch.wait.max.ms": 5,
+                         "enable.auto.commit": False, "fetch.wait.max.ms": args.fetch_wait_ms,
                          "isolation.level": "read_uncommitted" if args.read_uncommitted else "read_committed"})
     lags: list[float] = []
     timed_from_ms: float | None = None  # create time from which records are timed

@@ -443,7 +443,7 @@ class Tap(threading.Thread):
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"bench-tap-{uuid.uuid4().hex[:10]}",
-                             "enable.auto.commit": False, "fetch.wait.max.ms": 10, "queued.min.messages": 200_000,
+                             "enable.auto.commit": False, "fetch.wait.max.ms": 100, "queued.min.messages": 200_000,
                              "enable.partition.eof": False})
         try:
             parts = []
@@ -480,9 +480,11 @@ class BrokerLag:
     """``bench.broker_lag`` in a process of its own on ``topic``: how late a bare consumer sees its records
     (the floor under the CRITICAL figure). ``stop`` returns its summary ({} when it gave none)."""
 
-    def __init__(self, bootstrap: str, topic: str, out: Path, committed: bool, warmup_s: float = 0.0) -> None:
+    def __init__(self, bootstrap: str, topic: str, out: Path, committed: bool, warmup_s: float = 0.0,
+                 fetch_wait_ms: int = 100) -> None:
         self.argv = [sys.executable, "-m", "bench.broker_lag", "--bootstrap", bootstrap, "--topic", topic,
-                     "--out", str(out), "--warmup-s", str(warmup_s), *(() if committed else ("--read-uncommitted",))]
+                     "--out", str(out), "--warmup-s", str(warmup_s), "--fetch-wait-ms", str(fetch_wait_ms),
+                     *(() if committed else ("--read-uncommitted",))]
         self.out = out
         self.proc: subprocess.Popen | None = None
 
@@ -1209,7 +1211,7 @@ class Run:
         self.console.say(f"  a mixed stream at {rate:,.0f} events/s ({load}): {warmup:g} s of warm-up, not timed, then "
                          f"{self.opts.latency_s:g} s whose CRITICAL events are timed to their first delivery record")
         floor = BrokerLag(settings.kafka_bootstrap, settings.topic("events"), self.logs() / "broker-lag.json",
-                          settings.exactly_once, warmup).start()
+                          settings.exactly_once, warmup, settings.fetch_max_wait_ms).start()
         self.threads.append(floor)
         stream.start()
         started, busy_before = time.monotonic(), None

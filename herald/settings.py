@@ -81,10 +81,13 @@ class Settings:
     release_chunk: int = _setting(2000, "HERALD_RELEASE_CHUNK",
                                   "Users released (batches, digests, held events) in one batch of records at most; "
                                   "more due ones follow after the events already waiting, so those are not held up.")
-    fetch_max_wait_ms: int = _setting(10, "HERALD_FETCH_MAX_WAIT_MS",
-                                      "Longest time the broker may hold the pipeline's fetch of events and ticks for "
-                                      "records to arrive. A quiet worker sends about 1000/this many small fetches a "
-                                      "second.")
+    fetch_max_wait_ms: int = _setting(100, "HERALD_FETCH_MAX_WAIT_MS",
+                                      "Longest time the broker may hold the pipeline's fetch of events and ticks, "
+                                      "and the CRITICAL lane's fetch of events, for records to arrive. A record "
+                                      "arriving for a partition in the fetch ends the wait at once; one left out of "
+                                      "the fetch in flight (newly assigned, resumed, or with records still buffered) "
+                                      "waits at most this long. A quiet worker sends about 1000/this many fetches a "
+                                      "second on each, and each costs the broker's CPU too.")
     faust_fetch_max_wait_ms: int = _setting(100, "HERALD_FAUST_FETCH_MAX_WAIT_MS",
                                             "The same for Faust's own consumer, which reads the preferences and "
                                             "presence topics and, while tables restore, their changelogs. A record "

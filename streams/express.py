@@ -48,7 +48,7 @@ class Watcher:
             settings, **{"group.id": f"{settings.app_id}-express", "enable.auto.commit": False,
                          "auto.offset.reset": "latest",
                          "isolation.level": "read_committed" if settings.exactly_once else "read_uncommitted",
-                         "fetch.wait.max.ms": 5, "queued.max.messages.kbytes": 4 * 1024,
+                         "fetch.wait.max.ms": settings.fetch_max_wait_ms, "queued.max.messages.kbytes": 4 * 1024,
                          "fetch.max.bytes": 4 * 1024 * 1024}),
             "error_cb": lambda err: log.warning("express consumer: %s", err)}
         self._wanted: list[int] = []  # the partitions to read, as the last ``assign`` or ``revoke`` said

@@ -23,6 +23,7 @@ from herald.settings import Settings
 from herald.topics import delivery_topic, ensure_topics
 from schemas.codec import Codec
 from schemas.registry import Registry
+from streams.express import Watcher
 from streams.outbox import Outbox
 from tests.conftest import free_port
 from tests.integration.harness import Pipeline
@@ -137,3 +138,42 @@ def test_a_critical_event_behind_a_backlog_is_decided_ahead_of_it_once(stack, tm
         "the CRITICAL request was written after half the events ahead of it were decided: it waited for them")
     expressed = [line for line in metrics.splitlines() if line.startswith("herald_worker_expressed_requests_total ")]
     assert expressed and float(expressed[0].split()[1]) >= 1
+
+
+def test_a_quiet_lane_reads_an_event_as_it_arrives_not_when_its_fetch_wait_ends(stack):
+    # The lane's reader (and the feed) fetch with a long wait so that a quiet worker does not keep the
+    # broker busy; that is only free if a record arriving ends the wait, which this checks on the real broker.
+    unique = f"expr{uuid.uuid4().hex[:8]}"
+    settings = Settings.from_env(topic_prefix=f"{unique}.", app_id=f"{unique}-pipeline", fetch_max_wait_ms=30_000)
+    ensure_topics(settings)
+    topic = settings.topic("events")
+    codec = Codec(Registry(settings.schema_registry_url))
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 0})
+    for partition in range(settings.partitions):  # the new topic's partitions have their leader before the reader asks
+        producer.produce(topic, b"not an event", partition=partition)
+    assert producer.flush(30) == 0
+    watcher = Watcher(settings, topic, codec)
+    watcher.assign(range(settings.partitions))
+    watcher.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not watcher.inbox:  # the reader starts at the partitions' end: send until it has read one
+            assert time.monotonic() < deadline, "the lane's reader read nothing"
+            producer.produce(topic, codec.encode(f"{topic}-value", "NotificationEvent", make_event(f"{unique}-u", 0)),
+                             f"{unique}-u".encode())
+            producer.flush(10)
+            time.sleep(0.5)
+        time.sleep(2)  # the reader's fetch now waits on quiet partitions
+        watcher.inbox.clear()
+        critical = make_event(f"{unique}-c", 1, priority="CRITICAL", channels=["PUSH"])
+        producer.produce(topic, codec.encode(f"{topic}-value", "NotificationEvent", critical), critical["user_id"].encode())
+        producer.flush(10)
+        sent = time.monotonic()
+        while not watcher.inbox and time.monotonic() - sent < 30:
+            time.sleep(0.01)
+        waited = time.monotonic() - sent
+        entries = list(watcher.inbox)
+    finally:
+        watcher.stop()
+    assert [(e[3], e[4][1]["event_id"]) for e in entries] == [(critical["user_id"], critical["event_id"])]
+    assert waited < 10, f"read {waited:.1f} s after it was sent: the 30 s fetch wait held it"

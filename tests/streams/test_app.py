@@ -18,7 +18,7 @@ def test_the_worker_consumer_fetches_with_herald_s_wait_and_the_standby_replicas
     wait_ms, standbys = asyncio.run(made())
     assert wait_ms == 70  # not the 1,500 ms Faust hard-codes
     assert standbys == 0  # set, not Faust's default
-    assert Settings().fetch_max_wait_ms == 10 and Settings().faust_fetch_max_wait_ms == 100
+    assert Settings().fetch_max_wait_ms == 100 and Settings().faust_fetch_max_wait_ms == 100
     assert Settings().standby_replicas == 1
     assert Settings().producer_linger_ms == 20  # 2 ms cost a third of the throughput on two cores
 

@@ -736,7 +736,7 @@ class Stream(threading.Thread):
         from bench.workload import PRIORITIES, TEXTS, TYPES, _cumulative, _pick
 
         priorities, types = _cumulative(PRIORITIES), _cumulative(TYPES)
-        producer = Producer({"bootstrap.servers": self.bootstrap, "partitioner": "murmur2_random", "linger.ms": 1,
+        producer = Producer({"bootstrap.servers": self.bootstrap, "partitioner": "murmur2_random", "linger.ms": 5,
                              "on_delivery": lambda err, msg: self.errors.append(str(err)) if err else None})
         subject = f"{self.topic}-value"
         rand, randrange = self.rng.random, self.rng.randrange

@@ -736,6 +736,8 @@ class Stream(threading.Thread):
         from bench.workload import PRIORITIES, TEXTS, TYPES, _cumulative, _pick
 
         priorities, types = _cumulative(PRIORITIES), _cumulative(TYPES)
+        # linger 5 ms: librdkafka's default (and the Java client's since Kafka 4.0), what producers send with
+        # unless tuned; each CRITICAL event's send time is stamped before it, so the figure includes it
         producer = Producer({"bootstrap.servers": self.bootstrap, "partitioner": "murmur2_random", "linger.ms": 5,
                              "on_delivery": lambda err, msg: self.errors.append(str(err)) if err else None})
         subject = f"{self.topic}-value"

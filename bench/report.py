@@ -141,6 +141,9 @@ ROWS: tuple[Row, ...] = (
     Row("critical_p99_ms", "CRITICAL produce → delivery topic, p99", "ms", _target("critical_p99_ms")),
     Row("critical_floor_p99_ms", "The floor: the same events produce → read by a bare consumer, p99", "ms"),
     Row("critical_machine_busy_pct", "The machine's cores busy during the timed stream", "%"),
+    Row("critical_workers_cores", "... of which Herald's workers", "cores"),
+    Row("critical_broker_cores", "... the broker", "cores"),
+    Row("critical_bench_cores", "... the bench's own stream, tap and bare consumer", "cores"),
     Row("digest_users", "Users with a digest due at the period's end", "users", _digest_users_met),
     Row("digest_s", "Digests: period end → last DIGEST request emitted", "s", _digest_s_met),
     Row("digests_per_s", "Digests emitted per second (users / digest_s)", "digests/s", _target("digests_per_s")),
@@ -265,7 +268,10 @@ def render_markdown(results: dict, chart_path: str | None = None) -> str:
                 f"stream's events {fmt(f.get('critical_floor_p50_ms'), 'ms')} (p50) and "
                 f"{fmt(f.get('critical_floor_p99_ms'), 'ms')} (p99) after they were produced, while "
                 f"{fmt(f.get('critical_machine_busy_pct'), '%')} of the machine's cores were busy: "
-                "what no consumer on this machine could go under at that load.")
+                "what no consumer on this machine could go under at that load."
+                + (f" Those cores went to Herald's workers ({fmt(f.get('critical_workers_cores'), 'cores')}), the broker "
+                   f"({fmt(f.get('critical_broker_cores'), 'cores')}) and the bench's own stream, tap and bare consumer "
+                   f"({fmt(f.get('critical_bench_cores'), 'cores')})." if f.get("critical_workers_cores") is not None else ""))
     if f.get("digest_users") is not None:
         lines.append(
             f"- Digests: one LOW event for each of {fmt(f.get('digest_users'))} users"

@@ -283,17 +283,56 @@ def rss_of(pid: int) -> dict:
     return out
 
 
+def process_cpu_s(pid: int) -> float:
+    """The CPU seconds (user + system, every thread, not its children) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_share(pid: int, seconds: float) -> float | None:
     """The share of one core a process used over the next ``seconds`` (from /proc/<pid>/stat), or None."""
-    def used() -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     try:
-        before = used()
+        before = process_cpu_s(pid)
         time.sleep(seconds)
-        return round((used() - before) / seconds, 2)
+        return round((process_cpu_s(pid) - before) / seconds, 2)
     except (OSError, IndexError, ValueError):
         return None
+
+
+def _broker_pids() -> list[int]:
+    """The local broker's process, as ``infra.kafka`` recorded it ([] for a broker started some other way)."""
+    from infra import kafka
+    from infra.common import read_pid
+
+    pid = read_pid(kafka.NAME)
+    return [] if pid is None else [pid]
+
+
+class CoresBy:
+    """The cores each group of processes used between ``start`` and ``stop`` (``{group: [pid, ...]}``); a
+    group with a process gone or unreadable is left out of ``stop``'s answer rather than undercounted."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = {name: pids for name, pids in groups.items() if pids}
+        self.before: dict[str, float | None] = {}
+        self.started = 0.0
+
+    def _read(self) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for name, pids in self.groups.items():
+            try:
+                out[name] = sum(process_cpu_s(pid) for pid in pids)
+            except (OSError, IndexError, ValueError):
+                out[name] = None
+        return out
+
+    def start(self) -> None:
+        self.before, self.started = self._read(), time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        after, elapsed = self._read(), time.monotonic() - self.started
+        return {name: round((after[name] - was) / elapsed, 2) for name, was in self.before.items()
+                if was is not None and after.get(name) is not None and elapsed > 0}
 
 
 # -- console -------------------------------------------------------------------------------------------------
@@ -1215,6 +1254,8 @@ class Run:
         floor = BrokerLag(settings.kafka_bootstrap, settings.topic("events"), self.logs() / "broker-lag.json",
                           settings.exactly_once, warmup, settings.fetch_max_wait_ms).start()
         self.threads.append(floor)
+        cores = CoresBy({"workers": [m.proc.pid for m in worker.members if m.proc], "broker": _broker_pids(),
+                         "bench": [os.getpid(), *([floor.proc.pid] if floor.proc else [])]})
         stream.start()
         started, busy_before = time.monotonic(), None
         with self.console.meter("CRITICAL delivered", max(1, int(rate * self.opts.latency_s * 0.05)), "events") as update:
@@ -1222,9 +1263,11 @@ class Run:
                 worker.check()
                 if busy_before is None and time.monotonic() - started >= warmup:
                     busy_before = machine_ticks()
+                    cores.start()
                 update(len(latencies.read_ms), f"of {stream.critical:,} sent")
                 time.sleep(0.5)
         busy = None if busy_before is None else machine_busy(busy_before)  # None: the stream ended within its warm-up
+        used = {} if busy_before is None else cores.stop()
         lag = floor.stop()
         if stream.error:
             raise stream.error
@@ -1257,6 +1300,9 @@ class Run:
             "critical_floor_p50_ms": lag.get("p50_ms"), "critical_floor_p99_ms": lag.get("p99_ms"),
             "critical_floor_records": lag.get("records"),
             "critical_machine_busy_pct": None if busy is None else round(100 * busy, 1),
+            # where those cores went: the workers, the broker, and the bench's own stream, tap and bare consumer
+            "critical_workers_cores": used.get("workers"), "critical_broker_cores": used.get("broker"),
+            "critical_bench_cores": used.get("bench"),
         })
         if len(trend) == 4 and trend[3] > 2 * trend[0] and trend[3] > 100:
             self.notes.append(f"CRITICAL latency rose during the stream (median by quarter {', '.join(f'{x:,.0f}' for x in trend)} "
@@ -1270,6 +1316,8 @@ class Run:
             self.console.say(f"  the floor: a bare consumer in its own process read the stream's events p50 {lag['p50_ms']:.1f} ms, "
                              f"p99 {lag['p99_ms']:.1f} ms after they were produced, with the machine's cores "
                              f"{share} busy in the timed part")
+        if used:
+            self.console.say("  cores used in the timed part: " + ", ".join(f"{name} {value:.2f}" for name, value in used.items()))
 
     def digest(self) -> None:
         """A worker holding --digest-users users' states, each with one LOW event in one digest period; the

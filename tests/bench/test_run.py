@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
 import sys
 import time
 
@@ -173,6 +174,8 @@ def test_quick_run_end_to_end_writes_every_figure(stack, tmp_path):
     assert figures["critical_samples"] == figures["critical_sent"] > 0
     assert figures["critical_warmup_s"] == 1.0 and figures["critical_floor_records"] > 0
     assert 0 < figures["critical_floor_p50_ms"] <= figures["critical_floor_p99_ms"]
+    assert figures["critical_workers_cores"] > 0 and figures["critical_bench_cores"] > 0  # they decided and sent
+    assert figures["critical_broker_cores"] > 0  # the bench started the broker, so it knows its process
     assert figures["digest_users"] == figures["worker_state_users"] == figures["digests_emitted"] == 2_000
     assert [p.name for p in tmp_path.glob("bench-*.json")] == [f"bench-{results['run_id']}.json"]
     assert results["machine"]["nproc"] >= 1 and len(results["machine"]["load_after"]) == 3
@@ -229,3 +232,23 @@ def test_the_machine_busy_share_counts_cpu_spent_since_a_reading():
         pass  # one core kept busy: at least 1/cores of the machine, whatever else runs
     share = machine_busy(before)
     assert 0.8 / os.cpu_count() <= share <= 1.0
+
+
+def test_cores_by_group_count_each_groups_processes_and_leave_out_a_group_whose_process_went():
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.3)  # past the interpreters' start-up
+        cores = run.CoresBy({"spinning": [spinner.pid], "sleeping": [sleeper.pid], "gone": [gone.pid], "none": []})
+        cores.start()
+        gone.kill()
+        gone.wait()
+        time.sleep(1.0)
+        used = cores.stop()
+    finally:
+        for proc in (spinner, sleeper):
+            proc.kill()
+            proc.wait()
+    assert set(used) == {"spinning", "sleeping"}
+    assert used["spinning"] >= 0.3 and used["sleeping"] <= 0.05

@@ -88,6 +88,13 @@ class Settings:
                                       "the fetch in flight (newly assigned, resumed, or with records still buffered) "
                                       "waits at most this long. A quiet worker sends about 1000/this many fetches a "
                                       "second on each, and each costs the broker's CPU too.")
+    fetch_min_bytes: int = _setting(1, "HERALD_FETCH_MIN_BYTES",
+                                    "Bytes of events and ticks the broker gathers for the pipeline's fetch before "
+                                    "answering it, waiting at most HERALD_FETCH_MAX_WAIT_MS. Raised (65536, say), a "
+                                    "worker whose events trickle in decides fewer, larger batches: fewer transactions "
+                                    "and broker requests per event, each non-CRITICAL event waiting up to that long, "
+                                    "while the CRITICAL lane still decides CRITICAL events as they arrive, between "
+                                    "batches too. Used only with HERALD_CRITICAL_EXPRESS on (1 otherwise).")
     faust_fetch_max_wait_ms: int = _setting(100, "HERALD_FAUST_FETCH_MAX_WAIT_MS",
                                             "The same for Faust's own consumer, which reads the preferences and "
                                             "presence topics and, while tables restore, their changelogs. A record "

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
@@ -56,6 +56,8 @@ class Watcher:
         # the partition were dropped just before): appended by the reader's thread, taken on the loop; entries of an
         # earlier epoch (assignment) are stale
         self.inbox: deque = deque()
+        # called from the reader's thread after it queues a CRITICAL event (``Pipeline.lane_when_idle`` sets it)
+        self.on_critical: Callable[[], object] | None = None
         self.epoch = 0
         self._registry_down_until = 0.0  # monotonic time: until then, no schema is asked of the registry
         self._stopping = threading.Event()
@@ -109,8 +111,11 @@ class Watcher:
                     if len(self.inbox) >= INBOX_MAX:
                         dropped.add(partition)
                         continue
-                    self.inbox.append((applied, partition, msg.offset(), *self.peek(msg), partition in dropped))
+                    entry = (applied, partition, msg.offset(), *self.peek(msg), partition in dropped)
+                    self.inbox.append(entry)
                     dropped.discard(partition)
+                    if entry[4] is not None and self.on_critical is not None:
+                        self.on_critical()
         except Exception:  # noqa: BLE001 - a broken reader leaves the lane idle; the pipeline goes on without it
             log.exception("the express reader stopped")
         finally:

@@ -85,6 +85,8 @@ class Feed:
                          "auto.offset.reset": "earliest",
                          "isolation.level": "read_committed" if settings.exactly_once else "read_uncommitted",
                          "fetch.wait.max.ms": settings.fetch_max_wait_ms,
+                         # with the CRITICAL lane on, the lane answers CRITICAL events at once: the feed can gather
+                         "fetch.min.bytes": settings.fetch_min_bytes if settings.critical_express else 1,
                          "queued.max.messages.kbytes": 16 * 1024, "fetch.max.bytes": 16 * 1024 * 1024}),
             "error_cb": lambda err: log.warning("pipeline consumer: %s", err)})
         self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="herald-feed")
@@ -117,6 +119,11 @@ class Feed:
 
     def ready(self) -> bool:
         return bool(self._held) and not self._rebalancing()
+
+    def between_batches(self) -> asyncio.Lock:
+        """Held while a batch is processed and committed (and by ``revoke``): ``async with`` it to run with no
+        batch in flight."""
+        return self._busy
 
     async def run(self, handle: Callable[[list[Record]], Awaitable[None]]) -> None:
         """Hand every batch read to ``handle``, then commit its offsets; until cancelled."""

@@ -211,6 +211,38 @@ class Pipeline:
             raise
         await committing
 
+    async def lane_when_idle(self) -> None:
+        """Decide the CRITICAL events the lane's reader reads while no batch is in flight, as they arrive. A batch
+        takes the lane in between its records and while it commits; between batches nothing else would until the
+        pipeline's next fetch returns, which waits for ``HERALD_FETCH_MIN_BYTES`` to gather. They go into the next
+        batch's step (begun now, holding its records, as while a batch commits); their delivery requests are sent
+        at once. Nothing is decided while the tables restore or the group rebalances (``Feed.ready``). With the
+        default ``HERALD_FETCH_MIN_BYTES`` (1) the next fetch returns with the event itself, and this only races it."""
+        watcher = self.watcher
+        if watcher is None:
+            return
+        wake = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        watcher.on_critical = lambda: loop.call_soon_threadsafe(wake.set)
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                async with self.feed.between_batches():  # a batch in flight takes them itself; this waits it out
+                    if not self.feed.ready() or not (watcher.inbox or self.lane.waiting):
+                        continue
+                    if self._early is None:
+                        self._early = Step(self.states, self.outputs, self.outbox, self.clock.reindex, holding=True)
+                    try:
+                        self.express(self._early)
+                    except BaseException:  # noqa: BLE001 - as a batch that fails: stop, the records are read again
+                        log.critical("the CRITICAL lane failed between batches; stopping so that its records are read "
+                                     "again", exc_info=True)
+                        self.fatal(EXIT_UNWRITTEN)
+                        raise
+        finally:
+            watcher.on_critical = None
+
     def express(self, step: Step, busy: Container[str] = frozenset()) -> None:
         """Take in what the CRITICAL lane's reader has read since, and decide the CRITICAL events that may go
         ahead now (``agents.lane``), their delivery requests sent at once. One that does not validate, is not
@@ -407,11 +439,13 @@ def _agents(app: faust.App, settings: Settings, pipeline: Pipeline) -> None:
     async def decide() -> None:
         for topic in (events, ticks):
             await topic.maybe_declare()  # the feed reads them: Faust declares only the topics its agents read
+        idle_lane = asyncio.ensure_future(pipeline.lane_when_idle())
         if pipeline.watcher is not None:
             pipeline.watcher.start()
         try:
             await pipeline.feed.run(lambda batch: pipeline.guarded("a batch of events", pipeline.batch(batch)))
         finally:
+            idle_lane.cancel()
             if pipeline.watcher is not None:
                 pipeline.watcher.stop()
 

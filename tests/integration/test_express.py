@@ -177,3 +177,57 @@ def test_a_quiet_lane_reads_an_event_as_it_arrives_not_when_its_fetch_wait_ends(
         watcher.stop()
     assert [(e[3], e[4][1]["event_id"]) for e in entries] == [(critical["user_id"], critical["event_id"])]
     assert waited < 10, f"read {waited:.1f} s after it was sent: the 30 s fetch wait held it"
+
+
+def test_a_critical_event_reaching_an_idle_worker_is_decided_before_its_pipeline_fetch_returns(stack, tmp_path):
+    # The feed gathers (HERALD_FETCH_MIN_BYTES) for up to HERALD_FETCH_MAX_WAIT_MS: here far longer than the
+    # test waits, so the only way the CRITICAL request goes out in time is the lane deciding it between batches.
+    unique = f"expr{uuid.uuid4().hex[:8]}"
+    p = Pipeline(unique, tmp_path, free_port())
+    p.env.update({"HERALD_FETCH_MAX_WAIT_MS": "50000", "HERALD_FETCH_MIN_BYTES": "200000"})
+    p.prepare()
+    settings = p.settings
+    topic, subject = settings.topic("events"), f"{settings.topic('events')}-value"
+    codec = Codec(Registry(settings.schema_registry_url))
+    users = [u for u in (f"{unique}-u{i}" for i in range(20_000)) if home_partition(u.encode(), settings.partitions) == 0]
+    critical_user = next(u for u in (f"{unique}-c{i}" for i in range(100))
+                         if home_partition(u.encode(), settings.partitions) == 0)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20})
+    decisions_topic, push = settings.topic("decisions"), delivery_topic(settings, "PUSH")
+
+    def burst(n: int, tag: int) -> None:  # more bytes than the feed gathers for: its fetch returns
+        for i in range(n):
+            event = make_event(users[i % len(users)], tag * 100_000 + i, channels=["INAPP"], batchable=False)
+            producer.produce(topic, codec.encode(subject, "NotificationEvent", event), event["user_id"].encode(), partition=0)
+            producer.poll(0)
+        assert producer.flush(30) == 0
+
+    try:
+        p.start("worker")
+        deadline = time.monotonic() + 60
+        while "the CRITICAL lane reads partitions" not in p.log("worker").read_text(errors="replace"):
+            assert time.monotonic() < deadline, "the worker's CRITICAL lane did not start"
+            time.sleep(0.1)
+        burst(3000, 1)  # decided, so the lane knows the pipeline stands at the partition's end
+        _all(settings.kafka_bootstrap, [decisions_topic], lambda out: len(out) >= 3000)
+        time.sleep(1)
+        critical = make_event(critical_user, 0, priority="CRITICAL", channels=["PUSH"])
+        producer.produce(topic, codec.encode(subject, "NotificationEvent", critical), critical_user.encode(), partition=0)
+        assert producer.flush(30) == 0
+        sent = time.monotonic()
+        ahead = _all(settings.kafka_bootstrap, [push],
+                     lambda out: any(critical["event_id"] in codec.decode(m.value(), "DeliveryRequest")["event_ids"]
+                                     for m in out), timeout=30)
+        waited = time.monotonic() - sent
+        burst(3000, 2)  # the feed's fetch returns: the batch reads the CRITICAL event and commits its decision
+        records = _all(settings.kafka_bootstrap, [decisions_topic, push],
+                       lambda out: sum(m.topic() == decisions_topic for m in out) >= 6001)
+    finally:
+        p.stop()
+    assert any(critical["event_id"] in codec.decode(m.value(), "DeliveryRequest")["event_ids"] for m in ahead), (
+        "no CRITICAL request within 30 s: it waited for the pipeline's fetch")
+    assert waited < 15, f"the CRITICAL request took {waited:.1f} s"
+    decisions = [codec.decode(m.value(), "Decision") for m in records if m.topic() == decisions_topic]
+    assert [d["outcome"] for d in decisions if d["event_id"] == critical["event_id"]] == ["ROUTED"]
+    requests = [codec.decode(m.value(), "DeliveryRequest") for m in records if m.topic() == push]
+    assert sum(critical["event_id"] in r["event_ids"] for r in requests) == 1

@@ -85,6 +85,16 @@ def _all(bootstrap: str, topics: list[str], until, timeout: float = 90) -> list:
     return out
 
 
+def _start_with_lane(p: Pipeline) -> None:
+    """Start the worker and wait for its CRITICAL lane's reader. "Ready" comes before the group assigns the
+    partitions: events produced before the reader starts (at the partitions' end) are not in the lane."""
+    p.start("worker")
+    deadline = time.monotonic() + 60
+    while "the CRITICAL lane reads partitions" not in p.log("worker").read_text(errors="replace"):
+        assert time.monotonic() < deadline, "the worker's CRITICAL lane did not start"
+        time.sleep(0.1)
+
+
 def test_a_critical_event_behind_a_backlog_is_decided_ahead_of_it_once(stack, tmp_path):
     unique = f"expr{uuid.uuid4().hex[:8]}"
     p = Pipeline(unique, tmp_path, free_port()).prepare()
@@ -100,13 +110,7 @@ def test_a_critical_event_behind_a_backlog_is_decided_ahead_of_it_once(stack, tm
     values = [codec.encode(subject, "NotificationEvent", e) for e in backlog]
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20})
     try:
-        p.start("worker")
-        # "Ready" comes before the group assigns the partitions: events produced before the lane's reader
-        # starts (at the partitions' end) are not in the lane, and would leave nothing to test
-        deadline = time.monotonic() + 60
-        while "the CRITICAL lane reads partitions" not in p.log("worker").read_text(errors="replace"):
-            assert time.monotonic() < deadline, "the worker's CRITICAL lane did not start"
-            time.sleep(0.1)
+        _start_with_lane(p)
         for event, value in zip(backlog, values):
             producer.produce(topic, value, event["user_id"].encode(), partition=0)
             producer.poll(0)
@@ -203,11 +207,7 @@ def test_a_critical_event_reaching_an_idle_worker_is_decided_before_its_pipeline
         assert producer.flush(30) == 0
 
     try:
-        p.start("worker")
-        deadline = time.monotonic() + 60
-        while "the CRITICAL lane reads partitions" not in p.log("worker").read_text(errors="replace"):
-            assert time.monotonic() < deadline, "the worker's CRITICAL lane did not start"
-            time.sleep(0.1)
+        _start_with_lane(p)
         burst(3000, 1)  # decided, so the lane knows the pipeline stands at the partition's end
         _all(settings.kafka_bootstrap, [decisions_topic], lambda out: len(out) >= 3000)
         time.sleep(1)

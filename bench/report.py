@@ -140,6 +140,8 @@ ROWS: tuple[Row, ...] = (
     Row("critical_p95_ms", "CRITICAL produce → delivery topic, p95", "ms"),
     Row("critical_p99_ms", "CRITICAL produce → delivery topic, p99", "ms", _target("critical_p99_ms")),
     Row("critical_floor_p99_ms", "The floor: the same events produce → read by a bare consumer, p99", "ms"),
+    Row("critical_worker_wait_p99_at_most_ms", "... of which in Herald's workers (the lane's reader reading the event → "
+        "its requests queued), p99 at most (a histogram bucket's bound)", "ms"),
     Row("critical_machine_busy_pct", "The machine's cores busy during the timed stream", "%"),
     Row("critical_workers_cores", "... of which Herald's workers", "cores"),
     Row("critical_broker_cores", "... the broker", "cores"),
@@ -272,6 +274,14 @@ def render_markdown(results: dict, chart_path: str | None = None) -> str:
                 + (f" Those cores went to Herald's workers ({fmt(f.get('critical_workers_cores'), 'cores')}), the broker "
                    f"({fmt(f.get('critical_broker_cores'), 'cores')}) and the bench's own stream, tap and bare consumer "
                    f"({fmt(f.get('critical_bench_cores'), 'cores')})." if f.get("critical_workers_cores") is not None else ""))
+        if f.get("critical_worker_wait_events"):
+            bounds = [f.get(f"critical_worker_wait_p{q}_at_most_ms") for q in (50, 99)]
+            lines.append(
+                f"- Herald's workers' own share, timed by them (`herald_worker_critical_wait_seconds`) for the "
+                f"{fmt(f.get('critical_worker_wait_events'))} events the lane decided ahead, from its reader reading "
+                "the event to its delivery requests being queued to the broker: p50 "
+                + " and p99 ".join("past the last bucket" if b is None else f"at most {fmt(b, 'ms')}" for b in bounds)
+                + ". The rest is the broker and the two hops through it (event in, request out).")
     if f.get("digest_users") is not None:
         lines.append(
             f"- Digests: one LOW event for each of {fmt(f.get('digest_users'))} users"

@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
@@ -88,6 +89,7 @@ RESULTS_DIR = REPO_ROOT / "bench" / "results"
 MARKDOWN = REPO_ROOT / "BENCHMARKS.md"
 SENT_KEY = "bench_sent_ns"
 DELIVERY_CHANNELS = ("push", "sms", "email", "inapp", "websocket")
+WAIT_METRIC = "herald_worker_critical_wait_seconds"  # the workers' own share of a CRITICAL event's latency
 # rough rates on a 2-core machine, to fit the digest phase in the budget (the results hold the real ones)
 # (measured with two workers: 42,000-58,000 states/s seeded, 21,600-24,300 restored, 13,700-14,100 digests/s)
 SEED_PER_S, RESTORE_PER_S, INDEX_PER_S, DIGEST_PER_S = 40_000, 20_000, 100_000, 11_000
@@ -1237,6 +1239,7 @@ class Run:
             worker.stop()
 
     def _critical(self, worker: Crew, settings: Any, rate: float, measured: float | None) -> None:
+        from bench import worker_metrics
         from bench.api_latency import machine_busy, machine_ticks
 
         latencies = Latencies(self.codec())
@@ -1258,12 +1261,15 @@ class Run:
                          "bench": [os.getpid(), *([floor.proc.pid] if floor.proc else [])]})
         stream.start()
         started, busy_before = time.monotonic(), None
+        pids = [m.proc.pid for m in worker.members if m.proc]
+        waits_before: dict[float, float] | None = None  # the workers' own share, as they time it (``streams.metrics``)
         with self.console.meter("CRITICAL delivered", max(1, int(rate * self.opts.latency_s * 0.05)), "events") as update:
             while stream.is_alive():
                 worker.check()
                 if busy_before is None and time.monotonic() - started >= warmup:
                     busy_before = machine_ticks()
                     cores.start()
+                    waits_before = worker_metrics.read_buckets(pids, WAIT_METRIC)
                 update(len(latencies.read_ms), f"of {stream.critical:,} sent")
                 time.sleep(0.5)
         busy = None if busy_before is None else machine_busy(busy_before)  # None: the stream ended within its warm-up
@@ -1276,6 +1282,8 @@ class Run:
         while len(latencies.read_ms) < stream.critical and time.monotonic() < deadline:
             worker.check()
             time.sleep(0.2)
+        waits = ({} if waits_before is None
+                 else worker_metrics.difference(waits_before, worker_metrics.read_buckets(pids, WAIT_METRIC)))
         tap.stop()
         read = sorted(latencies.read_ms.values())
         stamped = sorted(latencies.stamp_ms.values())
@@ -1303,6 +1311,9 @@ class Run:
             # where those cores went: the workers, the broker, and the bench's own stream, tap and bare consumer
             "critical_workers_cores": used.get("workers"), "critical_broker_cores": used.get("broker"),
             "critical_bench_cores": used.get("bench"),
+            # from the lane's reader reading an event to its requests queued: a histogram's bounds, not exact figures
+            "critical_worker_wait_events": int(waits.get(math.inf, 0)),
+            **{f"critical_worker_wait_p{q}_at_most_ms": _ms(worker_metrics.percentile_at_most(waits, q)) for q in (50, 99)},
         })
         if len(trend) == 4 and trend[3] > 2 * trend[0] and trend[3] > 100:
             self.notes.append(f"CRITICAL latency rose during the stream (median by quarter {', '.join(f'{x:,.0f}' for x in trend)} "
@@ -1316,6 +1327,11 @@ class Run:
             self.console.say(f"  the floor: a bare consumer in its own process read the stream's events p50 {lag['p50_ms']:.1f} ms, "
                              f"p99 {lag['p99_ms']:.1f} ms after they were produced, with the machine's cores "
                              f"{share} busy in the timed part")
+        if self.figures["critical_worker_wait_events"]:
+            self.console.say(f"  in the workers, from the lane's reader reading an event to its requests queued, for "
+                             f"{self.figures['critical_worker_wait_events']:,} events decided ahead: p50 "
+                             f"{_at_most(self.figures['critical_worker_wait_p50_at_most_ms'])}, p99 "
+                             f"{_at_most(self.figures['critical_worker_wait_p99_at_most_ms'])}")
         if used:
             self.console.say("  cores used in the timed part: " + ", ".join(f"{name} {value:.2f}" for name, value in used.items()))
 
@@ -1544,6 +1560,15 @@ def requests_by_channel(settings: Any) -> dict[str, int]:
     from herald.topics import delivery_topic
 
     return {c: read_topic(settings.kafka_bootstrap, delivery_topic(settings, c), lambda msg: None) for c in CHANNELS}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _at_most(ms: float | None) -> str:
+    """A percentile read from histogram buckets: under which bound it is."""
+    return "past the last bucket" if ms is None else f"≤ {ms:g} ms"
 
 
 def _minutes(seconds: float) -> str:

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
@@ -40,6 +40,14 @@ INBOX_MAX = 100_000  # records read and not yet taken in on the loop (which take
 # not at all while the tables restore): past this they are dropped, and their partitions start over in the lane
 
 
+class Candidate(NamedTuple):
+    """A CRITICAL event the reader read: the record, the event, and when the reader read it (monotonic seconds)."""
+
+    record: Record
+    event: dict
+    read_at: float
+
+
 class Watcher:
     def __init__(self, settings: Settings, topic: str, codec: Codec) -> None:
         self.topic = topic
@@ -52,7 +60,7 @@ class Watcher:
                          "fetch.max.bytes": 4 * 1024 * 1024}),
             "error_cb": lambda err: log.warning("express consumer: %s", err)}
         self._wanted: list[int] = []  # the partitions to read, as the last ``assign`` or ``revoke`` said
-        # (epoch, partition, offset, user or None, (record, event) for a CRITICAL event or None, whether records of
+        # (epoch, partition, offset, user or None, a ``Candidate`` for a CRITICAL event or None, whether records of
         # the partition were dropped just before): appended by the reader's thread, taken on the loop; entries of an
         # earlier epoch (assignment) are stale
         self.inbox: deque = deque()
@@ -104,6 +112,7 @@ class Watcher:
                 first = consumer.poll(WAIT_S)
                 if first is None:
                     continue
+                read_at = time.monotonic()
                 for msg in [first, *consumer.consume(500, 0)]:
                     if msg.error() is not None:
                         continue
@@ -111,7 +120,7 @@ class Watcher:
                     if len(self.inbox) >= INBOX_MAX:
                         dropped.add(partition)
                         continue
-                    entry = (applied, partition, msg.offset(), *self.peek(msg), partition in dropped)
+                    entry = (applied, partition, msg.offset(), *self.peek(msg, read_at), partition in dropped)
                     self.inbox.append(entry)
                     dropped.discard(partition)
                     if entry[4] is not None and self.on_critical is not None:
@@ -137,8 +146,9 @@ class Watcher:
                      [tp.offset for tp in starts])
         return starts
 
-    def peek(self, msg: Any) -> tuple[str | None, tuple[Record, dict] | None]:
-        """The record's user (None: it cannot be read here), and for a CRITICAL event the record and event.
+    def peek(self, msg: Any, read_at: float = 0.0) -> tuple[str | None, Candidate | None]:
+        """The record's user (None: it cannot be read here), and for a CRITICAL event a ``Candidate`` (read at
+        ``read_at``).
         A writer schema not cached yet is asked of the registry here, in this thread (``Codec.head``); while
         the registry cannot answer, records of such a schema are unreadable here for ``REGISTRY_PAUSE_S``.
         A record is decoded whole only when it is CRITICAL."""
@@ -161,4 +171,4 @@ class Watcher:
             return user_id, None
         if event.get("user_id") != user_id:
             return None, None
-        return user_id, (Record(msg), event)
+        return user_id, Candidate(Record(msg), event, read_at)

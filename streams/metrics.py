@@ -22,6 +22,7 @@ from herald.metrics import serve
 
 BATCH_SIZES = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
 BATCH_SECONDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+WAIT_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class WorkerMetrics:
@@ -39,6 +40,12 @@ class WorkerMetrics:
         self.expressed = Counter("herald_worker_expressed_requests",
                                  "CRITICAL delivery requests sent at once, outside their batch's transaction",
                                  registry=r)
+        # one observation per CRITICAL event decided ahead (a few in a hundred events), not per record
+        self.critical_wait = Histogram(
+            "herald_worker_critical_wait_seconds",
+            "Seconds from the CRITICAL lane's reader reading a CRITICAL event to its delivery requests being queued "
+            "to the broker, for the events the lane decided ahead (the worker's own share of their latency)",
+            buckets=WAIT_SECONDS, registry=r)
         self.rebalances = Counter("herald_worker_rebalances", "Partition assignments and revocations seen", registry=r)
         self.batch_records = Histogram("herald_worker_batch_records", "Records per batch", buckets=BATCH_SIZES, registry=r)
         self.batch_seconds = Histogram("herald_worker_batch_seconds", "Seconds to decide and commit a batch",

@@ -259,7 +259,7 @@ class Pipeline:
             if seen_in == epoch:
                 lane.seen(partition, offset, user_id, candidate, after_gap)
         ticking = {p: self._tick_until[p] for p, n in self._ticking.items() if n > 0}
-        for partition, offset, user_id, (msg, event), until in lane.ready(ticking, self.clock.due_of, busy):
+        for partition, offset, user_id, (msg, event, read_at), until in lane.ready(ticking, self.clock.due_of, busy):
             now_ms = record_time_ms(msg)
             try:
                 validate_event(event, msg.key, now_ms)
@@ -278,6 +278,7 @@ class Pipeline:
                             exc_info=True)
                 continue
             lane.decided(partition, offset, user_id)
+            self.metrics.critical_wait.observe(time.monotonic() - read_at)
 
     async def read(self, step: Step, event: Any) -> tuple[int, dict | None]:
         """A record's decision clock and its validated event (None: dead-lettered, moved home or skipped; ``TICK``:

@@ -142,6 +142,8 @@ def test_a_critical_event_behind_a_backlog_is_decided_ahead_of_it_once(stack, tm
         "the CRITICAL request was written after half the events ahead of it were decided: it waited for them")
     expressed = [line for line in metrics.splitlines() if line.startswith("herald_worker_expressed_requests_total ")]
     assert expressed and float(expressed[0].split()[1]) >= 1
+    timed = [line for line in metrics.splitlines() if line.startswith("herald_worker_critical_wait_seconds_count ")]
+    assert timed and float(timed[0].split()[1]) >= 1, "the CRITICAL event decided ahead was not timed"
 
 
 def test_a_quiet_lane_reads_an_event_as_it_arrives_not_when_its_fetch_wait_ends(stack):

@@ -15,6 +15,8 @@ from herald.kafka import home_partition
 from herald.settings import Settings
 from streams.clock import due_time
 from streams.config import policy_config
+from streams.express import Candidate
+from streams.metrics import WorkerMetrics
 from streams.worker import Pipeline, _tick_bound
 
 NOW = int(time.time() * 1000) - 1_000
@@ -129,6 +131,7 @@ def lane_pipeline() -> Pipeline:
     p.clock = SimpleNamespace(due_of=lambda user, partition: None, reindex=lambda *a: None)  # type: ignore[assignment]
     p.states, p.outputs, p.outbox = Table(), Outputs(), Outbox()  # type: ignore[assignment]
     p._ticking, p._tick_until, p._early = Counter(), {}, None
+    p.metrics = WorkerMetrics()
     return p
 
 
@@ -141,7 +144,7 @@ def test_while_a_batch_commits_the_lane_decides_into_the_next_step_but_not_for_i
                               timestamp=NOW / 1000)
         events[user] = (partition, offset, msg, critical(user_id=user, event_id=f"e{offset}"))
     for user, (partition, offset, msg, event) in events.items():
-        p.lane.seen(partition, offset, user, (msg, event))
+        p.lane.seen(partition, offset, user, Candidate(msg, event, time.monotonic() - 0.2))  # read 0.2 s ago
         p.lane.taken(partition, offset - 1)
 
     async def scenario() -> None:
@@ -158,3 +161,8 @@ def test_while_a_batch_commits_the_lane_decides_into_the_next_step_but_not_for_i
     asyncio.run(scenario())
     p._early.begin()
     assert p.outbox.sent == ["decisions"]
+    # an event decided ahead is timed from when the reader read it (u1's, 0.2 s before); u-busy's still waits
+    waits = p.metrics.registry.get_sample_value
+    assert waits("herald_worker_critical_wait_seconds_count") == 1
+    assert waits("herald_worker_critical_wait_seconds_bucket", {"le": "0.1"}) == 0
+    assert waits("herald_worker_critical_wait_seconds_sum") >= 0.2

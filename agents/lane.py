@@ -10,7 +10,9 @@ read) and which are CRITICAL. Such an event goes ahead when its decision is the 
   nothing unseen could touch its user (until the pipeline's records reach where the second reader
   started, nothing goes);
 - no record of its user is among those (the batch in flight's included: they are the pipeline's only once
-  it has decided them, ``taken``), and none that could not be read (it could be its user's);
+  it has decided them, ``taken``), and none that could not be read (it could be its user's). Records of
+  its user that the reader kept (``seen``'s ``record``) do not hold it back: they go ahead with it, first,
+  in offset order (``earlier``), so the user's decisions are still made in the read order;
 - no tick of its partition still to be decided in the batch in flight can touch its user. Such a tick
   releases the partition's users due at or before its clock, which is at most the tick's own time
   (``agents.clock.tick_time``). So the event goes ahead of it only if its user is due after that time (or
@@ -25,7 +27,8 @@ A user's decisions depend on that user's records and releases alone, so every de
 read order gives. When the pipeline reads an event that went ahead, its user's state has already taken it
 in (``upto``), and the policy changes nothing. One that was not decided after all (it failed to validate,
 say) stays pending: it is decided when the pipeline reads it, and until then holds back its user's later
-CRITICAL events.
+CRITICAL events. The same goes for an earlier record of the run that was not decided: the caller stops
+there, and the CRITICAL event is left to the pipeline.
 """
 from __future__ import annotations
 
@@ -34,11 +37,13 @@ from typing import Any, Callable, Container, Mapping
 
 LIMIT = 50_000  # unread records remembered per partition; past that the partition starts over (nothing goes ahead
 # until the pipeline reaches the records seen after that): a worker that far behind has no live lane to keep
+KEEP = 20_000  # unread records whose ``record`` is kept per partition; later ones are remembered without it
 
 
 class Lane:
-    def __init__(self, limit: int = LIMIT) -> None:
+    def __init__(self, limit: int = LIMIT, keep: int = KEEP) -> None:
         self._limit = limit
+        self._keep = keep
         self.reset()
 
     def reset(self) -> None:
@@ -49,12 +54,17 @@ class Lane:
         self._pending: dict[int, dict[str, deque]] = {}  # partition -> user -> offsets of its records not decided
         self._unreadable: dict[int, deque] = {}  # partition -> offsets of records whose user is not known
         self.waiting: dict[tuple[int, int], tuple[str, Any]] = {}  # (partition, offset) -> (user, payload)
-        self._critical: dict[tuple[int, int], list] = {}  # (partition, offset) -> its ``_fifo`` entry, for ``decided``
+        self._records: dict[tuple[int, int], Any] = {}  # (partition, offset) -> ``seen``'s ``record``, not taken
+        # (partition, offset) -> its ``_fifo`` entry, for ``decided``: CRITICAL events and the records kept
+        self._entries: dict[tuple[int, int], list] = {}
 
-    def seen(self, partition: int, offset: int, user_id: str | None, payload: Any = None, after_gap: bool = False) -> None:
+    def seen(self, partition: int, offset: int, user_id: str | None, payload: Any = None, after_gap: bool = False,
+             record: Any = None) -> None:
         """A record past the pipeline's position, in offset order on its partition: its user (None: not
         known), and for a CRITICAL event that may go ahead, what to decide it with. ``after_gap``: records
-        of the partition just before it were not seen (the partition starts over here)."""
+        of the partition just before it were not seen (the partition starts over here). ``record``: for
+        another record of a known user, what to decide it with when a later CRITICAL event of its user
+        goes ahead (None: it holds such events back until the pipeline takes it)."""
         if offset <= self._taken.get(partition, -1):
             return
         fifo = self._fifo.setdefault(partition, deque())
@@ -70,7 +80,10 @@ class Lane:
         self._pending.setdefault(partition, {}).setdefault(user_id, deque()).append(offset)
         if payload is not None:
             self.waiting[partition, offset] = (user_id, payload)
-            self._critical[partition, offset] = entry
+            self._entries[partition, offset] = entry
+        elif record is not None and len(fifo) <= self._keep:
+            self._records[partition, offset] = record
+            self._entries[partition, offset] = entry
 
     def taken(self, partition: int, offset: int) -> None:
         """The pipeline has decided the partition's records up to ``offset`` (in its batch in flight)."""
@@ -81,7 +94,8 @@ class Lane:
         while fifo and fifo[0][0] <= offset:
             entry_offset, user_id, pending = fifo.popleft()
             self.waiting.pop((partition, entry_offset), None)
-            self._critical.pop((partition, entry_offset), None)
+            self._entries.pop((partition, entry_offset), None)
+            self._records.pop((partition, entry_offset), None)
             if not pending:
                 continue
             if user_id is None:
@@ -93,9 +107,11 @@ class Lane:
                 del self._pending[partition][user_id]
 
     def ready(self, ticking: Mapping[int, int], due: Callable[[str, int], int | None] | None = None,
-              busy: Container[str] = frozenset()) -> list[tuple[int, int, str, Any, int | None]]:
+              busy: Container[str] = frozenset()) -> list[tuple[int, int, str, Any, int | None, list]]:
         """The waiting CRITICAL events that may be decided now, in offset order per partition, as
-        (partition, offset, user, payload, until); they stop waiting.
+        (partition, offset, user, payload, until, earlier); they stop waiting. ``earlier``: the (offset,
+        record) of the user's records before it that the pipeline has not decided, to decide first, in
+        order (each then ``decided``); if one of them is not decided, the event is left to the pipeline.
 
         ``ticking``: the partitions with a tick of the batch in flight still to decide, each with the latest
         time those ticks may release at. ``due(user, partition)``: when the user is next due (None: not).
@@ -122,24 +138,40 @@ class Lane:
             unreadable = self._unreadable.get(partition)
             if unreadable and unreadable[0] < offset:
                 continue
-            if self._pending[partition][user_id][0] != offset:
-                continue  # an earlier record of the user is not decided yet
-            ready.append((partition, offset, user_id, payload, until))
-        for partition, offset, _, _, _ in ready:
+            earlier = self._earlier(partition, offset, user_id)
+            if earlier is None:
+                continue  # an earlier record of the user is not decided yet, and cannot go ahead with it
+            ready.append((partition, offset, user_id, payload, until, earlier))
+        for partition, offset, *_ in ready:
             del self.waiting[partition, offset]
         return ready
 
+    def _earlier(self, partition: int, offset: int, user_id: str) -> list[tuple[int, Any]] | None:
+        """The user's records before ``offset`` not decided yet, each with what to decide it with; None when
+        one of them was not kept, or is a CRITICAL event (it goes first, on its own)."""
+        earlier: list[tuple[int, Any]] = []
+        for pending in self._pending[partition][user_id]:
+            if pending == offset:
+                return earlier
+            record = self._records.get((partition, pending))
+            if record is None:
+                return None
+            earlier.append((pending, record))
+        return None
+
     def decided(self, partition: int, offset: int, user_id: str) -> None:
-        """The event at ``offset`` (from ``ready``) was decided: it no longer holds its user's later ones."""
+        """The record at ``offset`` (a CRITICAL event from ``ready``, or one of its ``earlier``) was decided: it
+        no longer holds its user's later ones."""
         offsets = self._pending[partition][user_id]
         offsets.remove(offset)
         if not offsets:
             del self._pending[partition][user_id]
-        self._critical.pop((partition, offset))[2] = False
+        self._entries.pop((partition, offset))[2] = False
+        self._records.pop((partition, offset), None)
 
     def _restart(self, partition: int) -> None:
         for table in (self._start, self._fifo, self._pending, self._unreadable):
             table.pop(partition, None)
-        for by_offset in (self.waiting, self._critical):
+        for by_offset in (self.waiting, self._entries, self._records):
             for key in [k for k in by_offset if k[0] == partition]:
                 del by_offset[key]

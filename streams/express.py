@@ -3,10 +3,11 @@
 The pipeline decides a batch at a time, so an event arriving while one is being decided waits for it,
 for the batches and digests the clock releases with it, and for its commit. This reader (a second
 confluent-kafka consumer, in a thread of its own, on the partitions the feed holds, from their end at each
-assignment) reads each record's user and priority and queues them in ``inbox``. The pipeline takes them in
-between the records it decides (``agents.lane`` says which CRITICAL events may go ahead) and sends those
-events' delivery requests at once (``Outbox.express``), while their decisions and states are committed
-with the batch in flight.
+assignment) reads each record's user and priority and queues them in ``inbox`` with the record itself,
+decoded only when it is CRITICAL (or, on the loop, when it must go ahead with its user's CRITICAL event).
+The pipeline takes them in between the records it decides (``agents.lane`` says which CRITICAL events may
+go ahead, and which of their users' records with them) and sends those events' delivery requests at once
+(``Outbox.express``), while their decisions and states are committed with the batch in flight.
 
 It never commits offsets (its group ``<app id>-express`` has no members and no offsets) and never
 dead-letters: a record it cannot read only holds back the CRITICAL events behind it on its partition,
@@ -38,13 +39,17 @@ WAIT_S = 0.1  # the longest a fetch waits in the reader's thread (it stops withi
 REGISTRY_PAUSE_S = 5.0  # how long the reader stops asking the registry after it could not answer
 INBOX_MAX = 100_000  # records read and not yet taken in on the loop (which takes them in between records, and
 # not at all while the tables restore): past this they are dropped, and their partitions start over in the lane
+KEEP_MAX = 20_000  # past this many in the inbox, records that are not CRITICAL are queued without their bytes (they
+# then hold back their users' later CRITICAL events until the pipeline decides them): what the inbox may hold stays small
 
 
 class Candidate(NamedTuple):
-    """A CRITICAL event the reader read: the record, the event, and when the reader read it (monotonic seconds)."""
+    """A record the reader read of a known user: the record, the event for a CRITICAL one (None for others,
+    decoded only if they must go ahead with their user's CRITICAL event), and when the reader read it
+    (monotonic seconds)."""
 
     record: Record
-    event: dict
+    event: dict | None
     read_at: float
 
 
@@ -60,9 +65,9 @@ class Watcher:
                          "fetch.max.bytes": 4 * 1024 * 1024}),
             "error_cb": lambda err: log.warning("express consumer: %s", err)}
         self._wanted: list[int] = []  # the partitions to read, as the last ``assign`` or ``revoke`` said
-        # (epoch, partition, offset, user or None, a ``Candidate`` for a CRITICAL event or None, whether records of
-        # the partition were dropped just before): appended by the reader's thread, taken on the loop; entries of an
-        # earlier epoch (assignment) are stale
+        # (epoch, partition, offset, user or None, a ``Candidate`` for a record of a known user or None, whether
+        # records of the partition were dropped just before): appended by the reader's thread, taken on the loop;
+        # entries of an earlier epoch (assignment) are stale
         self.inbox: deque = deque()
         # called from the reader's thread after it queues a CRITICAL event (``Pipeline.lane_when_idle`` sets it)
         self.on_critical: Callable[[], object] | None = None
@@ -120,10 +125,11 @@ class Watcher:
                     if len(self.inbox) >= INBOX_MAX:
                         dropped.add(partition)
                         continue
-                    entry = (applied, partition, msg.offset(), *self.peek(msg, read_at), partition in dropped)
+                    keep = len(self.inbox) < KEEP_MAX
+                    entry = (applied, partition, msg.offset(), *self.peek(msg, read_at, keep), partition in dropped)
                     self.inbox.append(entry)
                     dropped.discard(partition)
-                    if entry[4] is not None and self.on_critical is not None:
+                    if entry[4] is not None and entry[4].event is not None and self.on_critical is not None:
                         self.on_critical()
         except Exception:  # noqa: BLE001 - a broken reader leaves the lane idle; the pipeline goes on without it
             log.exception("the express reader stopped")
@@ -146,9 +152,9 @@ class Watcher:
                      [tp.offset for tp in starts])
         return starts
 
-    def peek(self, msg: Any, read_at: float = 0.0) -> tuple[str | None, Candidate | None]:
-        """The record's user (None: it cannot be read here), and for a CRITICAL event a ``Candidate`` (read at
-        ``read_at``).
+    def peek(self, msg: Any, read_at: float = 0.0, keep: bool = True) -> tuple[str | None, Candidate | None]:
+        """The record's user (None: it cannot be read here), and with it a ``Candidate`` (read at ``read_at``),
+        with the event decoded for a CRITICAL one; for another record, only if ``keep``.
         A writer schema not cached yet is asked of the registry here, in this thread (``Codec.head``); while
         the registry cannot answer, records of such a schema are unreadable here for ``REGISTRY_PAUSE_S``.
         A record is decoded whole only when it is CRITICAL."""
@@ -164,7 +170,7 @@ class Watcher:
             return None, None
         user_id, priority = head
         if priority != "CRITICAL":
-            return user_id, None
+            return user_id, Candidate(Record(msg), None, read_at) if keep else None
         try:
             event = self._codec.decode(value, "NotificationEvent")
         except Exception:  # noqa: BLE001 - not for this reader to judge: the pipeline dead-letters it

@@ -89,6 +89,7 @@ class Pipeline:
     def __init__(self, app: faust.App, settings: Settings, codec: Codec,
                  fatal: Callable[[int], Any] = os._exit) -> None:
         self.settings = settings
+        self.codec = codec
         self.fatal = fatal
         self.events_topic = settings.topic("events")
         self.outbox = Outbox(settings, linger_ms=settings.producer_linger_ms,
@@ -256,10 +257,17 @@ class Pipeline:
             return
         while inbox:
             seen_in, partition, offset, user_id, candidate, after_gap = inbox.popleft()
-            if seen_in == epoch:
+            if seen_in != epoch:
+                continue
+            if candidate is not None and candidate.event is None:  # kept, in case it must go ahead with a CRITICAL one
+                lane.seen(partition, offset, user_id, None, after_gap, record=candidate)
+            else:
                 lane.seen(partition, offset, user_id, candidate, after_gap)
         ticking = {p: self._tick_until[p] for p, n in self._ticking.items() if n > 0}
-        for partition, offset, user_id, (msg, event, read_at), until in lane.ready(ticking, self.clock.due_of, busy):
+        for partition, offset, user_id, (msg, event, read_at), until, earlier in lane.ready(ticking, self.clock.due_of,
+                                                                                          busy):
+            if earlier and not self._ahead(step, partition, user_id, earlier, until):
+                continue
             now_ms = record_time_ms(msg)
             try:
                 validate_event(event, msg.key, now_ms)
@@ -279,6 +287,38 @@ class Pipeline:
                 continue
             lane.decided(partition, offset, user_id)
             self.metrics.critical_wait.observe(time.monotonic() - read_at)
+
+    def _ahead(self, step: Step, partition: int, user_id: str, earlier: list, until: int | None) -> bool:
+        """Decide, in order, the user's records before its CRITICAL event that the pipeline has not decided yet
+        (``agents.lane``'s ``earlier``), so that the event can go ahead of the pipeline in its user's order; their
+        outputs go with the batch, as the pipeline's would. False at the first that is not decided here (it does
+        not decode or validate, is not on its user's home partition, or fails): it is left to the pipeline, and
+        so is the CRITICAL event."""
+        for offset, (msg, _, _) in earlier:
+            schema_id = self.codec.schema_id_of(msg.value)
+            if schema_id is None or not self.codec.registry.cached(schema_id):
+                return False  # its schema would be asked of the registry, which the loop must not wait for
+            try:
+                event = self.codec.decode(msg.value, "NotificationEvent")
+                now_ms = record_time_ms(msg)
+                validate_event(event, msg.key, now_ms)
+            except Exception:  # noqa: BLE001 - the pipeline judges it when it reads it (and dead-letters it)
+                return False
+            if (event.get("user_id") != user_id or msg.headers
+                    or home_partition(msg.key or b"", self.settings.partitions) != partition):
+                return False
+            try:
+                if not self._decide_event(step, msg, now_ms, event, express=False, until=until):
+                    return False
+            except KafkaException:
+                raise  # an output could not be queued: the batch fails as a whole, its records are read again
+            except Exception:  # noqa: BLE001 - the pipeline decides it again when it reads it, and dead-letters it
+                step.spoilt(user_id)
+                log.warning("deciding %s:%s@%s ahead failed; it is decided when read", msg.topic, partition, offset,
+                            exc_info=True)
+                return False
+            self.lane.decided(partition, offset, user_id)
+        return True
 
     async def read(self, step: Step, event: Any) -> tuple[int, dict | None]:
         """A record's decision clock and its validated event (None: dead-lettered, moved home or skipped; ``TICK``:

@@ -13,12 +13,12 @@ def lane_at(partition: int, taken: int, records: list[tuple[int, str | None, boo
 
 
 def offsets(ready):
-    return [offset for _, offset, _, _, _ in ready]
+    return [offset for _, offset, _, _, _, _ in ready]
 
 
 def test_a_critical_event_goes_ahead_when_nothing_unread_before_it_is_its_users():
     lane = lane_at(0, 9, [(10, "a", False), (11, "b", False), (12, "c", True)])
-    assert lane.ready({}) == [(0, 12, "c", 12, None)]
+    assert lane.ready({}) == [(0, 12, "c", 12, None, [])]
     assert lane.ready({}) == []  # it stops waiting
 
 
@@ -58,7 +58,7 @@ def test_a_tick_still_to_decide_holds_back_only_a_user_it_may_release():
     lane = lane_at(0, 9, [(10, "a", True), (11, "b", True), (12, "c", True)])
     ready = lane.ready({0: 1_000}, lambda user, partition: due(user))
     # a is due at the tick's time: the tick may release it, so a waits; b is due after it, c not at all
-    assert [(offset, until) for _, offset, _, _, until in ready] == [(11, 1_000), (12, 1_000)]
+    assert [(offset, until) for _, offset, _, _, until, _ in ready] == [(11, 1_000), (12, 1_000)]
     assert offsets(lane.ready({}, lambda user, partition: due(user))) == [10]  # the tick was decided
 
 
@@ -144,3 +144,75 @@ def test_a_user_whose_state_is_being_written_waits_for_the_commit():
     lane = lane_at(0, 9, [(10, "a", True), (11, "b", True)])
     assert offsets(lane.ready({}, busy={"a"})) == [11]
     assert offsets(lane.ready({})) == [10]
+
+
+def kept_lane(partition: int, taken: int, records: list[tuple[int, str | None, bool]]) -> Lane:
+    """As ``lane_at``, but every other record of a known user is kept: its record is ``("r", offset)``."""
+    lane = Lane()
+    for offset, user, critical in records:
+        if critical:
+            lane.seen(partition, offset, user, offset)
+        else:
+            lane.seen(partition, offset, user, record=None if user is None else ("r", offset))
+    lane.taken(partition, taken)
+    return lane
+
+
+def test_its_users_kept_records_go_ahead_with_it_first_and_in_order():
+    lane = kept_lane(0, 9, [(10, "a", False), (11, "b", False), (12, "a", False), (13, "a", True)])
+    assert lane.ready({}) == [(0, 13, "a", 13, None, [(10, ("r", 10)), (12, ("r", 12))])]
+    for offset in (10, 12, 13):
+        lane.decided(0, offset, "a")
+    lane.seen(0, 14, "a", 14)  # nothing of a's is undecided before it now
+    assert lane.ready({}) == [(0, 14, "a", 14, None, [])]
+    lane.taken(0, 13)  # the pipeline reaches them: a's decided records are no longer pending anyway
+    lane.decided(0, 14, "a")
+    lane.taken(0, 14)
+    assert lane.ready({}) == [] and not lane.waiting
+
+
+def test_a_record_of_its_user_that_was_not_kept_still_holds_it_back():
+    lane = Lane()
+    lane.seen(0, 10, "a", record=("r", 10))
+    lane.seen(0, 11, "a")  # not kept (the reader had nothing to decide it with)
+    lane.seen(0, 12, "a", 12)
+    lane.taken(0, 9)
+    assert lane.ready({}) == []
+    lane.taken(0, 11)
+    assert lane.ready({}) == [(0, 12, "a", 12, None, [])]
+
+
+def test_an_earlier_critical_event_of_its_user_goes_first_on_its_own():
+    lane = kept_lane(0, 9, [(10, "a", False), (11, "a", True), (12, "a", True)])
+    assert lane.ready({}) == [(0, 11, "a", 11, None, [(10, ("r", 10))])]  # 12 waits for 11 to be decided
+    lane.decided(0, 10, "a")
+    lane.decided(0, 11, "a")
+    assert lane.ready({}) == [(0, 12, "a", 12, None, [])]
+
+
+def test_a_run_not_decided_leaves_the_event_to_the_pipeline_and_holds_its_users_later_ones():
+    lane = kept_lane(0, 9, [(10, "a", False), (11, "a", True)])
+    assert offsets(lane.ready({})) == [11]  # the caller could not decide 10: neither 10 nor 11 is ``decided``
+    lane.seen(0, 12, "a", 12)
+    assert lane.ready({}) == []  # 11 was handed out and not decided: it holds a's later ones, as one not kept
+    lane.taken(0, 11)
+    assert lane.ready({}) == [(0, 12, "a", 12, None, [])]
+
+
+def test_kept_records_are_forgotten_when_the_partition_starts_over():
+    lane = kept_lane(0, 9, [(10, "a", False)])
+    lane.seen(0, 20, "a", 20, after_gap=True)  # 11..19 were dropped: it starts over at 20
+    lane.taken(0, 19)
+    assert lane.ready({}) == [(0, 20, "a", 20, None, [])]
+
+
+def test_past_its_keep_limit_a_partitions_records_are_remembered_without_being_kept():
+    lane = Lane(keep=2)
+    lane.seen(0, 10, "b", record=("r", 10))
+    lane.seen(0, 11, "b", record=("r", 11))
+    lane.seen(0, 12, "a", record=("r", 12))  # the third unread record: not kept
+    lane.seen(0, 13, "a", 13)
+    lane.taken(0, 9)
+    assert lane.ready({}) == []  # a's record at 12 holds it back, as one the reader could not keep
+    lane.taken(0, 12)
+    assert offsets(lane.ready({})) == [13]

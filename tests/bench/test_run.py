@@ -177,7 +177,7 @@ def test_quick_run_end_to_end_writes_every_figure(stack, tmp_path):
     assert figures["critical_workers_cores"] > 0 and figures["critical_bench_cores"] > 0  # they decided and sent
     assert figures["critical_broker_cores"] > 0  # the bench started the broker, so it knows its process
     # the workers timed the events their lane decided ahead, and the bench read that from their /metrics
-    assert 0 < figures["critical_worker_wait_events"] <= figures["critical_samples"]
+    assert figures["critical_worker_wait_events"] > 0  # (warm-up events decided after it started count too)
     assert 0 < figures["critical_worker_wait_p50_at_most_ms"] <= figures["critical_worker_wait_p99_at_most_ms"]
     assert figures["digest_users"] == figures["worker_state_users"] == figures["digests_emitted"] == 2_000
     assert [p.name for p in tmp_path.glob("bench-*.json")] == [f"bench-{results['run_id']}.json"]

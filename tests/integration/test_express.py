@@ -106,6 +106,9 @@ def test_a_critical_event_behind_a_backlog_is_decided_ahead_of_it_once(stack, tm
     critical_user = next(u for u in (f"{unique}-c{i}" for i in range(100))
                          if home_partition(u.encode(), settings.partitions) == 0)
     backlog = [make_event(users[i % len(users)], i, channels=["INAPP"], batchable=False) for i in range(20_000)]
+    # the CRITICAL event's user has an event just past the backlog's middle: it goes ahead with it, first
+    earlier = make_event(critical_user, 1, channels=["INAPP"], batchable=False)
+    backlog.insert(len(backlog) // 2 + 1, earlier)
     critical = make_event(critical_user, 0, priority="CRITICAL", channels=["PUSH"])
     values = [codec.encode(subject, "NotificationEvent", e) for e in backlog]
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20})
@@ -132,6 +135,10 @@ def test_a_critical_event_behind_a_backlog_is_decided_ahead_of_it_once(stack, tm
     requests = [(m, codec.decode(m.value(), "DeliveryRequest")) for m in records if m.topic() == push]
     critical_decisions = [d for _, d in decisions if d["event_id"] == critical["event_id"]]
     assert len(critical_decisions) == 1 and critical_decisions[0]["outcome"] == "ROUTED", critical_decisions
+    before = [(m, d) for m, d in decisions if d["event_id"] == earlier["event_id"]]
+    assert len(before) == 1 and before[0][1]["outcome"] == "ROUTED", before  # decided once, ahead or not
+    mine = sorted((m.partition(), m.offset(), d["event_id"]) for m, d in decisions if d["user_id"] == critical_user)
+    assert [event_id for _, _, event_id in mine] == [earlier["event_id"], critical["event_id"]], "not in its order"
     sent = [(m, r) for m, r in requests if critical["event_id"] in r["event_ids"]]
     assert len(sent) == 1, f"the CRITICAL request was written {len(sent)} times"
     # far more events ahead than one batch holds (``HERALD_TAKE_MAX``): a CRITICAL event that overtakes only

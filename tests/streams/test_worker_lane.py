@@ -17,6 +17,7 @@ from streams.clock import due_time
 from streams.config import policy_config
 from streams.express import Candidate
 from streams.metrics import WorkerMetrics
+from streams.step import Step as RealStep
 from streams.worker import Pipeline, _tick_bound
 
 NOW = int(time.time() * 1000) - 1_000
@@ -166,3 +167,47 @@ def test_while_a_batch_commits_the_lane_decides_into_the_next_step_but_not_for_i
     assert waits("herald_worker_critical_wait_seconds_count") == 1
     assert waits("herald_worker_critical_wait_seconds_bucket", {"le": "0.1"}) == 0
     assert waits("herald_worker_critical_wait_seconds_sum") >= 0.2
+
+
+def run_pipeline(events: dict[int, dict]) -> Pipeline:
+    """A lane pipeline whose codec reads each record's value as the offset of one of ``events``."""
+    p = lane_pipeline()
+    p.codec = SimpleNamespace(schema_id_of=lambda value: 1, registry=SimpleNamespace(cached=lambda i: True),  # type: ignore[assignment]
+                              decode=lambda value, schema: dict(events[int(value)]))
+    return p
+
+
+def record(user: str, offset: int) -> SimpleNamespace:
+    return SimpleNamespace(topic="h.events", partition=home_partition(user.encode(), 4), offset=offset, headers=None,
+                           key=user.encode(), timestamp=NOW / 1000, value=str(offset).encode())
+
+
+def test_a_critical_event_goes_ahead_with_its_users_earlier_records_decided_first_in_order():
+    normal = critical(user_id="u1", event_id="e10", priority="NORMAL", channels=["INAPP"], batchable=False)
+    urgent = critical(user_id="u1", event_id="e11", channels=["PUSH"])
+    p = run_pipeline({10: normal})
+    partition = home_partition(b"u1", 4)
+    p.lane.seen(partition, 10, "u1", record=Candidate(record("u1", 10), None, time.monotonic()))
+    p.lane.seen(partition, 11, "u1", Candidate(record("u1", 11), urgent, time.monotonic()))
+    p.lane.taken(partition, 9)
+    step = RealStep(p.states, p.outputs, p.outbox, p.clock.reindex)  # type: ignore[arg-type]
+    p.express(step)
+    # the NORMAL event first, its request and decision with the batch; then the CRITICAL one's request at once
+    assert p.outbox.sent == ["delivery.INAPP", "decisions", "decisions"] and p.outbox.expressed == ["delivery.PUSH"]
+    assert sum(step.decisions.values()) == 2
+    assert not p.lane.waiting and p.lane.ready({}) == []
+    p.lane.seen(partition, 12, "u1", Candidate(record("u1", 12), critical(user_id="u1", event_id="e12"), time.monotonic()))
+    assert [(offset, earlier) for _, offset, _, _, _, earlier in p.lane.ready({})] == [(12, [])]  # nothing holds it
+
+
+def test_when_an_earlier_record_cannot_go_ahead_its_users_critical_event_is_left_to_the_pipeline():
+    bad = critical(user_id="u1", event_id="e10", priority="NORMAL", type="")  # does not validate
+    p = run_pipeline({10: bad})
+    partition = home_partition(b"u1", 4)
+    p.lane.seen(partition, 10, "u1", record=Candidate(record("u1", 10), None, time.monotonic()))
+    p.lane.seen(partition, 11, "u1", Candidate(record("u1", 11), critical(user_id="u1", event_id="e11"), time.monotonic()))
+    p.lane.taken(partition, 9)
+    step = RealStep(p.states, p.outputs, p.outbox, p.clock.reindex)  # type: ignore[arg-type]
+    p.express(step)
+    assert p.outbox.sent == [] and p.outbox.expressed == []  # neither decided: the pipeline reads both
+    assert sum(step.decisions.values()) == 0

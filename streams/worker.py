@@ -36,7 +36,7 @@ from agents.lane import Lane
 from agents.order import Item, overtaking
 from agents.preferences import validate as validate_preferences
 from agents.presence import expiry
-from agents.validate import ValidationError, to_ms, validate_event
+from agents.validate import to_ms, validate_event
 from herald.kafka import home_partition
 from herald.settings import Settings
 from herald.topics import ticks_topic
@@ -268,25 +268,8 @@ class Pipeline:
                                                                                           busy):
             if earlier and not self._ahead(step, partition, user_id, earlier, until):
                 continue
-            now_ms = record_time_ms(msg)
-            try:
-                validate_event(event, msg.key, now_ms)
-            except ValidationError:
-                continue
-            if msg.headers or home_partition(msg.key or b"", self.settings.partitions) != partition:
-                continue
-            try:
-                if not self._decide_event(step, msg, now_ms, event, express=True, until=until):
-                    continue
-            except KafkaException:
-                raise  # a request could not be queued: the batch fails as a whole, its records are read again
-            except Exception:  # noqa: BLE001 - the pipeline decides it again when it reads it, and dead-letters it
-                step.spoilt(user_id)
-                log.warning("deciding %s:%s@%s ahead failed; it is decided when read", msg.topic, partition, offset,
-                            exc_info=True)
-                continue
-            lane.decided(partition, offset, user_id)
-            self.metrics.critical_wait.observe(time.monotonic() - read_at)
+            if self._go_ahead(step, partition, offset, user_id, msg, event, until, express=True):
+                self.metrics.critical_wait.observe(time.monotonic() - read_at)
 
     def _ahead(self, step: Step, partition: int, user_id: str, earlier: list, until: int | None) -> bool:
         """Decide, in order, the user's records before its CRITICAL event that the pipeline has not decided yet
@@ -300,24 +283,37 @@ class Pipeline:
                 return False  # its schema would be asked of the registry, which the loop must not wait for
             try:
                 event = self.codec.decode(msg.value, "NotificationEvent")
-                now_ms = record_time_ms(msg)
-                validate_event(event, msg.key, now_ms)
             except Exception:  # noqa: BLE001 - the pipeline judges it when it reads it (and dead-letters it)
                 return False
-            if (event.get("user_id") != user_id or msg.headers
-                    or home_partition(msg.key or b"", self.settings.partitions) != partition):
+            if event.get("user_id") != user_id or not self._go_ahead(step, partition, offset, user_id, msg, event,
+                                                                      until, express=False):
                 return False
-            try:
-                if not self._decide_event(step, msg, now_ms, event, express=False, until=until):
-                    return False
-            except KafkaException:
-                raise  # an output could not be queued: the batch fails as a whole, its records are read again
-            except Exception:  # noqa: BLE001 - the pipeline decides it again when it reads it, and dead-letters it
-                step.spoilt(user_id)
-                log.warning("deciding %s:%s@%s ahead failed; it is decided when read", msg.topic, partition, offset,
-                            exc_info=True)
+        return True
+
+    def _go_ahead(self, step: Step, partition: int, offset: int, user_id: str, msg: Any, event: dict,
+                  until: int | None, express: bool) -> bool:
+        """Decide one record the lane hands over, ahead of the pipeline (``express``: its delivery requests are sent
+        at once), and tell the lane; False, changing nothing, when it does not validate, is not on its user's home
+        partition, would make its user due for a tick still to decide (``until``), or fails: the pipeline decides
+        it when it reads it (and dead-letters it if it must)."""
+        now_ms = record_time_ms(msg)
+        try:
+            validate_event(event, msg.key, now_ms)
+        except Exception:  # noqa: BLE001 - a ValidationError, or a bug the pipeline dead-letters the record for
+            return False
+        if msg.headers or home_partition(msg.key or b"", self.settings.partitions) != partition:
+            return False
+        try:
+            if not self._decide_event(step, msg, now_ms, event, express=express, until=until):
                 return False
-            self.lane.decided(partition, offset, user_id)
+        except KafkaException:
+            raise  # an output could not be queued: the batch fails as a whole, its records are read again
+        except Exception:  # noqa: BLE001 - the pipeline decides it again when it reads it
+            step.spoilt(user_id)
+            log.warning("deciding %s:%s@%s ahead failed; it is decided when read", msg.topic, partition, offset,
+                        exc_info=True)
+            return False
+        self.lane.decided(partition, offset, user_id)
         return True
 
     async def read(self, step: Step, event: Any) -> tuple[int, dict | None]:

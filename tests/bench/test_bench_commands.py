@@ -79,3 +79,19 @@ def test_the_policy_path_bench_runs_both_paths_to_the_same_records(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and all("µs/event" in line and "µs/user" in line for line in lines)
     assert lines[0].startswith("every state copied") and lines[1].startswith("as the worker runs")
+
+
+def test_the_digest_release_bench_sends_every_user_one_digest(capsys):
+    from bench import digest_release
+
+    digest_release.main(["--users", "300", "--rounds", "2"])
+    out = capsys.readouterr().out
+    assert "µs/user" in out and "300 users, 600 records" in out
+
+
+def test_the_digest_release_bench_fails_when_a_user_gets_no_digest(monkeypatch):
+    from bench import digest_release
+
+    monkeypatch.setattr(digest_release.policy, "on_tick", lambda state, *a, **k: digest_release.policy.Outcome(state))
+    with pytest.raises(SystemExit, match="a digest request and a decision per user"):
+        digest_release.main(["--users", "50", "--rounds", "1"])

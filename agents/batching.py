@@ -79,6 +79,8 @@ def highest_priority(events: Iterable[Mapping[str, Any]]) -> str:
 
 def canonical(events: Iterable[E]) -> list[E]:
     """Events by (``occurred_at``, ``event_id``), each ``event_id`` once (its first in that order)."""
+    if isinstance(events, list) and len(events) == 1:  # one event (a digest or window of one): as it is
+        return list(events)
     seen: set[str] = set()
     out = []
     for event in sorted(events, key=lambda e: (to_ms(e["occurred_at"]), e["event_id"])):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from agents.batching import canonical, highest_priority, item_data, one_line, type_words
+from agents.batching import canonical, item_data, one_line, type_words
 from agents.ids import delivery_id
 from agents.types import DeliveryRequest
 from agents.validate import to_ms
@@ -33,17 +33,20 @@ def group_name(type_: str) -> str:
 
 def _by_importance(events: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Highest priority first, then newest, then by ``event_id``."""
+    if len(events) == 1:  # a digest's type with one event, the usual case: nothing to order
+        return events
     return sorted(events, key=lambda e: (-urgency(e["priority"]), -to_ms(e["occurred_at"]), e["event_id"]))
 
 
-def _group_line(type_: str, events: list[Mapping[str, Any]], top_n: int) -> str:
-    head = f"{group_name(type_)} ({len(events)})"
+def _group_line(type_: str, ranked: list[Mapping[str, Any]], top_n: int) -> str:
+    """A type's line from its events, ``ranked`` most important first (``_by_importance``)."""
+    head = f"{group_name(type_)} ({len(ranked)})"
     if top_n <= 0:
         return head
-    top = _by_importance(events)[:top_n]
+    top = ranked[:top_n]
     items = [one_line(e["title"]) for e in top]
-    if len(events) > len(top):
-        items.append(f"and {len(events) - len(top)} more")
+    if len(ranked) > len(top):
+        items.append(f"and {len(ranked) - len(top)} more")
     return f"{head}: {'; '.join(items)}"
 
 
@@ -65,12 +68,15 @@ def digest_request(user_id: str, channel: str, events: Sequence[Mapping[str, Any
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for event in ordered:
         groups.setdefault(event["type"], []).append(event)
-    order = sorted(groups, key=lambda t: (-urgency(highest_priority(groups[t])), -len(groups[t]), t))
+    # each group ranked once: its first event has its highest priority, which orders the groups
+    ranked = {t: _by_importance(g) for t, g in groups.items()}
+    order = list(groups) if len(groups) == 1 else sorted(
+        groups, key=lambda t: (-urgency(ranked[t][0]["priority"]), -len(groups[t]), t))
     ids = [e["event_id"] for e in ordered]
     n = len(ids)
     data = {f"count.{t}": str(len(groups[t])) for t in order}
     data.update(total=str(n), period_start=str(period_start), period_end=str(period_end))
-    data.update(item_data([e for t in order for e in _by_importance(groups[t])]))  # each item with its link
+    data.update(item_data([e for t in order for e in ranked[t]]))  # each item with its link
     return {
         # one digest per user, channel and period: named by the period, not by what it holds, so a
         # period released again after a crash is the digest already sent
@@ -80,9 +86,9 @@ def digest_request(user_id: str, channel: str, events: Sequence[Mapping[str, Any
         "kind": "DIGEST",
         "event_ids": ids,
         "type": "DIGEST",
-        "priority": highest_priority(ordered),
+        "priority": ranked[order[0]][0]["priority"],  # the first group holds the highest
         "title": f"{label}: {n} notification{'' if n == 1 else 's'}",
-        "body": "\n".join(_group_line(t, groups[t], top_n) for t in order),
+        "body": "\n".join(_group_line(t, ranked[t], top_n) for t in order),
         "data": data,
         "created_at": period_end,
     }

@@ -96,7 +96,10 @@ def _writable(state: Mapping[str, Any] | None, owned: bool = False) -> UserState
 
 def is_empty(state: Mapping[str, Any]) -> bool:
     """Nothing pending and nothing remembered (``upto`` alone is not worth keeping); any format."""
-    return not any(state.get(k) for k in SECTIONS)
+    for section in SECTIONS:  # a loop, not any() over a generator: asked after every change of every user
+        if state.get(section):
+            return False
+    return True
 
 
 def normalize(event: Mapping[str, Any]) -> Event:
@@ -519,9 +522,21 @@ def next_due(state: Mapping[str, Any]) -> int | None:
     expires (expired keys are also dropped as events arrive, so one visit clears them all).
 
     Reads every state format as it is (only times are needed), so indexing old states costs no migration."""
-    times = [h["release_at"] for h in state.get("held", [])]
-    times += [g["end"] for g in state.get("groups", {}).values()]
-    if state.get("dedup"):
-        times.append(max(dedup_until(v) for v in state["dedup"].values()))
-    times += [r["d"][0] + 86_400_000 for r in state.get("rates", {}).values() if r.get("d")]
-    return min(times) if times else None
+    # a running minimum, not a list of every time: asked for each user after each change and at each restore
+    due = None
+    for held in state.get("held") or ():
+        if due is None or held["release_at"] < due:
+            due = held["release_at"]
+    for group in (state.get("groups") or {}).values():
+        if due is None or group["end"] < due:
+            due = group["end"]
+    dedup = state.get("dedup")
+    if dedup:
+        last = max(dedup_until(v) for v in dedup.values())
+        if due is None or last < due:
+            due = last
+    for counters in (state.get("rates") or {}).values():
+        day = counters.get("d")
+        if day and (due is None or day[0] + 86_400_000 < due):
+            due = day[0] + 86_400_000
+    return due

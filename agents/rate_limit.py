@@ -36,9 +36,6 @@ class Limits:
             return self
         return replace(self, per_hour=max(0, min(self.per_hour, max_per_hour)))
 
-    def by_window(self) -> dict[str, int]:
-        return {"m": self.per_minute, "h": self.per_hour, "d": self.per_day}
-
 
 def _current(counters: Counters | None, key: str, size: int, now_ms: int) -> tuple[int, int]:
     """(window start, count so far) of window ``key`` as seen at ``now_ms``."""
@@ -51,10 +48,13 @@ def _current(counters: Counters | None, key: str, size: int, now_ms: int) -> tup
 
 def next_allowed(counters: Counters | None, now_ms: int, limits: Limits) -> int | None:
     """None when one more send fits in every window at ``now_ms``, else the epoch ms at which it would."""
-    caps = limits.by_window()
-    blocked = [start + size for key, size in WINDOWS
-               for start, count in [_current(counters, key, size, now_ms)] if count >= caps[key]]
-    return max(blocked) if blocked else None
+    blocked = None
+    for key, size, cap in (("m", MINUTE_MS, limits.per_minute), ("h", HOUR_MS, limits.per_hour),
+                           ("d", DAY_MS, limits.per_day)):
+        start, count = _current(counters, key, size, now_ms)
+        if count >= cap and (blocked is None or start + size > blocked):
+            blocked = start + size
+    return blocked
 
 
 def record(counters: Counters | None, now_ms: int) -> Counters:

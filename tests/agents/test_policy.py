@@ -462,3 +462,20 @@ def test_a_digest_over_the_rate_limit_waits_whole_and_goes_as_one_digest():
     digests = [r for _, r in d.requests if r["kind"] == "DIGEST"]
     assert [(r["channel"], r["event_ids"]) for r in digests] == [("EMAIL", ["e1", "e2"])]
     assert {e: f["outcome"] for e, f in d.finals().items() if e in ("e1", "e2")} == {"e1": "DIGESTED", "e2": "DIGESTED"}
+
+
+@given(held=st.lists(st.integers(0, 10**6), max_size=3), ends=st.lists(st.integers(0, 10**6), max_size=3),
+       dedup=st.lists(st.integers(0, 10**6), max_size=3), days=st.lists(st.integers(0, 10**6), max_size=3))
+def test_next_due_is_the_earliest_release_window_end_last_dedup_expiry_or_day_window_end(held, ends, dedup, days):
+    """A user is next due at the earliest of: a held event's release, a group's end, when its last dedup key
+    expires (one visit clears them all), a rate counter's day window end; never when it has none of them."""
+    state = policy.new_state()
+    state["held"] = [{"id": f"h{i}", "release_at": T0 + t} for i, t in enumerate(held)]
+    state["groups"] = {f"g{i}": {"end": T0 + t, "ids": []} for i, t in enumerate(ends)}
+    state["dedup"] = {f"k{i}": [f"e{i}", T0 + t] for i, t in enumerate(dedup)}
+    state["rates"] = {c: {"m": [T0, 1], "d": [T0 + t, 1]} for c, t in zip(("EMAIL", "PUSH", "SMS"), days)}
+    state["rates"]["INAPP"] = {"m": [T0, 1]}  # no day window: not a time
+    times = [*(T0 + t for t in held + ends), *(T0 + t + 86_400_000 for t in days)]
+    if dedup:
+        times.append(T0 + max(dedup))
+    assert policy.next_due(state) == (min(times) if times else None)

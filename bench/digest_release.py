@@ -11,14 +11,29 @@ preferences of a user without a record, the outputs encoded in Avro, the user in
 changed states written back as JSON when each batch commits. Records are counted, not produced.
 
 It prints CPU microseconds per user released (the best of ``--rounds``) and the records written, which must be
-a digest request and a decision per user. Compare two builds by running each in its own checkout, one
-after the other, a few times (the machine is shared).
+a digest request and a decision per user.
+
+To compare two builds, check the other one out (``git worktree add /tmp/base HEAD~1``) and pass
+``--baseline /tmp/base``: both run ``--pairs`` times, one after the other, and the figures of all their
+rounds are printed side by side. On a shared machine even CPU time varies by tens of percent;
+``--instructions`` counts the instructions a user's release executes instead (valgrind's cachegrind, the
+same run with one round and with two, subtracted), which repeats within about 0.5%.
+
+    python -m bench.digest_release --users 20000 --baseline /tmp/base
+    python -m bench.digest_release --users 3000 --instructions --baseline /tmp/base
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
+import shutil
+import statistics
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import orjson
 
@@ -80,11 +95,83 @@ def release(states: dict[str, bytes], settings: Settings) -> tuple[float, int]:
     return (time.process_time() - started) / len(states) * 1e6, outbox.records
 
 
+REPO = Path(__file__).resolve().parent.parent
+ROUNDS = re.compile(r"per round: ([0-9., ]+)\)")
+I_REFS = re.compile(r"I\s+refs:\s+([0-9,]+)")
+
+
+def _own_run(checkout: Path, args: list[str], valgrind: bool = False) -> subprocess.CompletedProcess:
+    """This command run in ``checkout`` (its code, this interpreter)."""
+    if not (checkout / "bench" / "digest_release.py").is_file():
+        raise SystemExit(f"{checkout} has no bench/digest_release.py: pass a checkout of Herald from 274a5f8 on")
+    command = [sys.executable, "-m", "bench.digest_release", *args]
+    if valgrind:
+        command = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null", *command]
+    done = subprocess.run(command, cwd=checkout, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the run in {checkout} failed:\n{done.stdout}{done.stderr}")
+    return done
+
+
+def rounds_of(output: str) -> list[float]:
+    """The per-round figures a run printed."""
+    found = ROUNDS.search(output)
+    if found is None:
+        raise ValueError(f"no per-round figures in {output!r}")
+    return [float(x) for x in found.group(1).split(", ")]
+
+
+def instructions_of(output: str) -> int:
+    """The instructions cachegrind counted (its "I refs" line)."""
+    found = I_REFS.search(output)
+    if found is None:
+        raise ValueError("no I refs line in valgrind's output")
+    return int(found.group(1).replace(",", ""))
+
+
+def instructions(checkout: Path, users: int) -> float:
+    """Instructions one user's release executes in ``checkout``: the run with two rounds minus the one with one."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    with ThreadPoolExecutor(2) as pool:  # the two counts are independent: run them side by side
+        one, two = pool.map(lambda r: _own_run(checkout, ["--users", str(users), "--rounds", str(r)], valgrind=True),
+                            (1, 2))
+    return (instructions_of(two.stderr) - instructions_of(one.stderr)) / users
+
+
+def compare(args: argparse.Namespace) -> None:
+    """This checkout against ``--baseline``, by instructions or by CPU time over ``--pairs`` alternations."""
+    sides = {"baseline": args.baseline.resolve(), "this": REPO}
+    if args.instructions:
+        for name, checkout in sides.items():
+            print(f"{name:8} {instructions(checkout, args.users):10,.0f} instructions a user released   ({checkout})")
+        return
+    figures: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(args.pairs):
+        for name, checkout in sides.items():
+            out = _own_run(checkout, ["--users", str(args.users), "--rounds", str(args.rounds)]).stdout
+            figures[name] += rounds_of(out)
+    for name, got in figures.items():
+        print(f"{name:8} min {min(got):6.1f}  median {statistics.median(got):6.1f}  max {max(got):6.1f} µs/user "
+              f"(CPU; {len(got)} rounds, {args.users:,} users)   ({sides[name]})")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=50_000, help="users with a digest due (default 50,000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the best is printed (default 3)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout of Herald to compare with, run the same way one after the other")
+    parser.add_argument("--pairs", type=int, default=5,
+                        help="with --baseline: how many times each side runs, alternating (default 5)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count the instructions a user's release executes (valgrind) instead of timing it")
     args = parser.parse_args(argv)
+    if args.baseline is not None:
+        return compare(args)
+    if args.instructions:
+        print(f"{instructions(REPO, args.users):,.0f} instructions a user released ({args.users:,} users)")
+        return
     settings = Settings(digest_period_s=PERIOD_S, dedup_window_s=3_600)  # as `herald bench` digest phase
     states = seeded(args.users, settings)
     results = [release(states, settings) for _ in range(args.rounds)]

@@ -95,3 +95,27 @@ def test_the_digest_release_bench_fails_when_a_user_gets_no_digest(monkeypatch):
     monkeypatch.setattr(digest_release.policy, "on_tick", lambda state, *a, **k: digest_release.policy.Outcome(state))
     with pytest.raises(SystemExit, match="a digest request and a decision per user"):
         digest_release.main(["--users", "50", "--rounds", "1"])
+
+
+def test_the_digest_release_bench_compares_with_a_baseline_checkout(capsys, tmp_path):
+    from bench import digest_release
+
+    digest_release.main(["--users", "100", "--rounds", "1", "--pairs", "2", "--baseline", str(digest_release.REPO)])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["baseline", "this"]
+    assert all("2 rounds, 100 users" in line for line in lines)
+    with pytest.raises(SystemExit, match="no bench/digest_release.py"):
+        digest_release.main(["--baseline", str(tmp_path)])
+
+
+def test_the_digest_release_bench_reads_rounds_and_instruction_counts(monkeypatch):
+    from bench import digest_release
+
+    assert digest_release.rounds_of("digest release 98.1 µs/user (best of 3; per round: 120.5, 98.1, 99.0)") == [
+        120.5, 98.1, 99.0]
+    assert digest_release.instructions_of("==81== \n==81== I   refs:      5,106,782,382\n") == 5_106_782_382
+    with pytest.raises(ValueError):
+        digest_release.instructions_of("valgrind: command not found")
+    monkeypatch.setattr(digest_release.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match="needs valgrind"):
+        digest_release.main(["--users", "10", "--instructions"])

@@ -6,6 +6,13 @@ order with the events (``on_window_close`` is not to be trusted). Who is due whe
 is an in-memory index per partition (``DueIndex``), derived from the users' states and rebuilt from the
 states table after every rebalance, so no crash leaves it out of step with them.
 
+The rebuild reads every user's state of the partitions held (half a million users take seconds), so
+inside the worker's event loop it goes in chunks of ``INDEX_CHUNK`` users, yielding between them: the
+first events after a restart or a rebalance are decided while it runs, and the clock releases the users
+indexed so far (the others at a tick after they are). A user whose state changes meanwhile is indexed
+from that change, never again from the older state the rebuild reads; one the index names too early is
+harmless, since a release checks the user's own state first.
+
 Rules (pure, in ``agents.clock``): a partition's clock never runs ahead of the events still waiting to be
 read on it; a batch of records releases at most ``HERALD_RELEASE_CHUNK`` users, a tenth of that while the
 partition is live, and queues one tick (per partition and batch) to continue after the records already
@@ -15,9 +22,11 @@ later; the others go on.
 """
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from agents import clock as rules
 from agents import policy
@@ -33,6 +42,7 @@ log = logging.getLogger("herald.clock")
 BEHIND = 1_000  # records still unread on a partition that make its clock wait for them
 LIVE_S = 1.0  # a partition with an event read this recently is live: its releases go in small chunks
 RETRY_MS = 60_000  # a user whose release failed is tried again this much later
+INDEX_CHUNK = 2_000  # users a rebuild indexes before it lets the event loop run the rest of the worker
 
 
 def due_time(state: Any) -> int | None:
@@ -54,6 +64,10 @@ class Clock:
         self._indexes: dict[int, DueIndex] = {}
         self._last_event: dict[int, tuple[int, int]] = {}  # partition -> (offset, time) of its last event read
         self._last_read: dict[int, float] = {}  # partition -> when (monotonic) its last event was read
+        # partition -> (its states still to index, users indexed from a change since the rebuild began)
+        self._building: dict[int, tuple[Iterator[tuple[str, dict]], set[str]]] = {}
+        self._builder: asyncio.Task | None = None
+        self._failed: BaseException | None = None  # why the last rebuild stopped, raised at the index's next use
 
     def note_event(self, partition: int, offset: int, now_ms: int) -> None:
         self._last_event[partition] = (offset, now_ms)
@@ -61,32 +75,89 @@ class Clock:
 
     def reindex(self, user_id: str, partition: int, state: dict) -> None:
         """Index ``user_id`` by when ``state`` next needs the clock."""
-        self.index(partition).set(user_id, due_time(state))
+        index = self.index(partition)
+        building = self._building.get(partition)
+        if building is not None:
+            building[1].add(user_id)  # the rebuild, reading older states, leaves this user as set here
+        index.set(user_id, due_time(state))
 
     def due_of(self, user_id: str, partition: int) -> int | None:
         """When ``user_id`` is due on ``partition`` as the index has it (None: not indexed)."""
         return self.index(partition).due(user_id)
 
     def index(self, partition: int) -> DueIndex:
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise RuntimeError("indexing the users' states failed; the clock cannot know who is due") from failed
         if partition not in self._indexes:
             self._rebuild(partition)
         return self._indexes[partition]
 
+    def indexing(self) -> bool:
+        """Whether a rebuild is still reading states."""
+        return bool(self._building)
+
     def _rebuild(self, partition: int) -> None:
-        """Index every user of the partitions held but not indexed yet, straight from their RocksDB files."""
-        started = time.monotonic()
+        """Index every user of the partitions held but not indexed yet, straight from their RocksDB files: in
+        chunks within a running event loop (``_build``), else at once."""
         fresh = (self._feed.partitions | {partition}) - set(self._indexes)
-        count = 0
         for p in fresh:
-            index = self._indexes[p] = DueIndex()
-            for user_id, state in self._states.scan(p):
-                due = policy.next_due(state)
-                if due is not None:
-                    index.set(user_id, due)
-                    count += 1
+            self._indexes[p] = DueIndex()
+            self._building[p] = (iter(self._states.scan(p)), set())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            self._index_all(sorted(fresh))
+        elif self._builder is None or self._builder.done():
+            self._builder = loop.create_task(self._build(), name="herald.clock.index")
+            self._builder.add_done_callback(self._built)
+
+    def _built(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._failed = task.exception()
+            log.error("indexing the users' states failed: %r; the next batch stops on it", self._failed)
+
+    def _index_chunk(self, partition: int, limit: int | None) -> tuple[int, bool]:
+        """Index up to ``limit`` (None: all) more users of ``partition``: (users indexed, whether it is done)."""
+        scan, changed = self._building[partition]
+        index = self._indexes[partition]
+        count = taken = 0
+        for user_id, state in itertools.islice(scan, limit):
+            taken += 1
+            if user_id in changed:
+                continue
+            due = policy.next_due(state)
+            if due is not None:
+                index.set(user_id, due)
+                count += 1
+        done = limit is None or taken < limit
+        if done:
+            del self._building[partition]
+        return count, done
+
+    def _index_all(self, partitions: list[int]) -> None:
+        started = time.monotonic()
+        count = sum(self._index_chunk(p, None)[0] for p in partitions)
+        self._indexed(partitions, count, started)
+
+    async def _build(self) -> None:
+        """Index the partitions being rebuilt, a chunk at a time, until none is left (``forget`` cancels it
+        at a rebalance); a partition asked for meanwhile joins it."""
+        started, count, partitions = time.monotonic(), 0, set(self._building)
+        while self._building:
+            partition = min(self._building)
+            partitions.add(partition)
+            count += self._index_chunk(partition, INDEX_CHUNK)[0]
+            await asyncio.sleep(0)  # the batches, the lane and the timers run between chunks
+        self._indexed(sorted(partitions), count, started)
+
+    @staticmethod
+    def _indexed(partitions: list[int], count: int, started: float) -> None:
         elapsed = time.monotonic() - started
-        memory.trim(f"restoring and indexing partitions {sorted(fresh)}")  # the scan's garbage, once per rebalance
-        log.info("indexed %d users of partitions %s in %.2f s", count, sorted(fresh), elapsed)
+        memory.trim(f"restoring and indexing partitions {partitions}")  # the scan's garbage, once per rebalance
+        log.info("indexed %d users of partitions %s in %.2f s", count, partitions, elapsed)
 
     def unread(self, partition: int) -> int | None:
         """Events of ``partition`` not read yet (None: not known, before its first event or fetch)."""
@@ -144,5 +215,8 @@ class Clock:
 
     def forget(self) -> None:
         """At a rebalance: rebuilt for the partitions held after it."""
-        for cache in (self._indexes, self._last_event, self._last_read):
+        if self._builder is not None:
+            self._builder.cancel()  # it waits between two chunks: nothing of it runs after this
+            self._builder = None
+        for cache in (self._indexes, self._last_event, self._last_read, self._building):
             cache.clear()

@@ -1,9 +1,11 @@
 """The clock's release loop, without a broker: one user's failing release does not strand the others."""
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import orjson
+import pytest
 
 from agents import policy
 from agents.preferences import effective
@@ -114,3 +116,70 @@ def test_ticks_read_in_one_batch_queue_one_tick_to_continue_not_one_each():
     step = Step(states, Outputs(), outbox, clock.reindex)  # type: ignore[arg-type]
     clock.release(step, 0, NOW)
     assert step.released == 1 and len(outbox.records) == 2, "the last one is released; nothing is left to go on"
+
+
+def _indexing_clock(count: int, monkeypatch, chunk: int = 3) -> tuple[Clock, States]:
+    from streams import clock as clock_module
+
+    monkeypatch.setattr(clock_module, "INDEX_CHUNK", chunk)
+    states = States({f"u{i}": held_state(f"u{i}") for i in range(count)})
+    feed = SimpleNamespace(partitions={0}, highwater=lambda topic, partition: None)
+    return Clock(feed, states, Context(), policy.PolicyConfig(), Sent(), "t.events", "t-ticks",  # type: ignore[arg-type]
+                 release_chunk=100), states
+
+
+def test_without_an_event_loop_the_index_is_rebuilt_at_once(monkeypatch):
+    clock, _ = _indexing_clock(10, monkeypatch)
+    assert len(clock.index(0)) == 10 and not clock.indexing()
+
+
+async def test_in_the_event_loop_the_index_is_rebuilt_a_chunk_at_a_time_while_users_change(monkeypatch, caplog):
+    """The worker goes on deciding while its users are indexed: the rebuild yields between chunks, and a user
+    changed meanwhile keeps the due time of that change, not the one of the older state the rebuild reads."""
+    caplog.set_level("INFO", logger="herald.clock")
+    clock, states = _indexing_clock(10, monkeypatch)
+    index = clock.index(0)
+    assert len(index) == 0 and clock.indexing(), "nothing read before the event loop runs the rebuild"
+    changed_before = "u9"  # changed before the rebuild reads it: nothing due any more
+    clock.reindex(changed_before, 0, policy.new_state())
+    await asyncio.sleep(0)
+    assert 0 < len(index) < 10 and clock.indexing(), "one chunk, then the rest of the worker runs"
+    read = next(u for u in states.states if index.due(u) is not None)
+    clock.reindex(read, 0, {**states.states[read], "held": [{"id": "x", "release_at": NOW + 5}]})  # changed after
+    while clock.indexing():
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert index.due(changed_before) is None, "the older state read later does not index it again"
+    assert index.due(read) == NOW + 5
+    assert {u: index.due(u) for u in states.states if u not in (changed_before, read)} == {
+        u: NOW - 1 for u in states.states if u not in (changed_before, read)}
+    assert "indexed 9 users of partitions [0]" in caplog.text  # all but the one changed before it was read
+
+
+async def test_a_rebalance_stops_a_rebuild_and_the_next_one_starts_over(monkeypatch):
+    clock, _ = _indexing_clock(10, monkeypatch)
+    clock.index(0)
+    await asyncio.sleep(0)
+    clock.forget()
+    await asyncio.sleep(0)
+    assert not clock.indexing() and clock.due() == {}
+    index = clock.index(0)
+    while clock.indexing():
+        await asyncio.sleep(0)
+    assert len(index) == 10
+
+
+async def test_a_rebuild_that_fails_stops_the_next_use_of_the_index(monkeypatch):
+    clock, states = _indexing_clock(4, monkeypatch)
+
+    def broken(partition):
+        yield "u0", states.states["u0"]
+        raise OSError("corrupt block")
+
+    states.scan = broken  # type: ignore[method-assign]
+    clock.index(0)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="indexing the users' states failed") as failed:
+        clock.index(0)
+    assert isinstance(failed.value.__cause__, OSError)

@@ -119,8 +119,9 @@ class Clock:
             self._failed = task.exception()
             log.error("indexing the users' states failed: %r; the next batch stops on it", self._failed)
 
-    def _index_chunk(self, partition: int, limit: int | None) -> tuple[int, bool]:
-        """Index up to ``limit`` (None: all) more users of ``partition``: (users indexed, whether it is done)."""
+    def _index_chunk(self, partition: int, limit: int | None) -> int:
+        """Index up to ``limit`` (None: all) more users of ``partition``; the number indexed. The partition's
+        scan is dropped once it is over."""
         scan, changed = self._building[partition]
         index = self._indexes[partition]
         count = taken = 0
@@ -132,14 +133,13 @@ class Clock:
             if due is not None:
                 index.set(user_id, due)
                 count += 1
-        done = limit is None or taken < limit
-        if done:
+        if limit is None or taken < limit:
             del self._building[partition]
-        return count, done
+        return count
 
     def _index_all(self, partitions: list[int]) -> None:
         started = time.monotonic()
-        count = sum(self._index_chunk(p, None)[0] for p in partitions)
+        count = sum(self._index_chunk(p, None) for p in partitions)
         self._indexed(partitions, count, started)
 
     async def _build(self) -> None:
@@ -149,7 +149,7 @@ class Clock:
         while self._building:
             partition = min(self._building)
             partitions.add(partition)
-            count += self._index_chunk(partition, INDEX_CHUNK)[0]
+            count += self._index_chunk(partition, INDEX_CHUNK)
             await asyncio.sleep(0)  # the batches, the lane and the timers run between chunks
         self._indexed(sorted(partitions), count, started)
 

@@ -25,13 +25,17 @@ each idempotent:
   keeps up on partitions that hold them.
 - ``install_shared_rocksdb_memory`` lets a table's options name one block cache and one memtable budget
   for the whole process (``shared_memory``), where Faust gives every partition of every table its own.
+
+Two more are the worker's own (``streams.worker.create_worker`` calls them): ``recover_past_transaction_markers``
+lets the tables' recovery end on changelogs written in transactions, and ``before_table_recovery`` runs the
+worker's fencing of the partitions' previous owners before that recovery reads where the changelogs end.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Any, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 import faust.stores.rocksdb as rocksdb_store
 import orjson
@@ -342,3 +346,25 @@ def recover_past_transaction_markers(app: Any, idle_s: float = RECOVERY_IDLE_S) 
         recovery.app = _ReadsCommitted(app)
     if not isinstance(recovery.tables, _QuickIdleTables):
         recovery.tables = _QuickIdleTables(recovery.tables, idle_s, recovery)
+
+
+def before_table_recovery(app: Any, hook: Callable[[set], Awaitable[None]]) -> None:
+    """Await ``hook(assigned)`` at each assignment before the tables open their partitions and their recovery
+    starts (at most one hook: a second call replaces the first).
+
+    Faust's ``on_partitions_assigned`` signal is sent only after the tables' rebalance has signalled the
+    recovery, which then reads the changelogs' end offsets concurrently with the signal's receivers. Under
+    exactly-once that end is the last stable offset: a previous owner's transaction still being committed
+    (its commit requested, its markers not yet written) lies past it, so the recovery stops short and the
+    states miss the changes the worker's read position already counts. Fencing the previous owner in
+    ``hook`` first (``Outbox.claim``: its ``init_transactions`` returns once any transaction of that id is
+    completed, markers included, or aborted) settles that before the end is read."""
+    tables = app.tables
+    original = getattr(tables.on_rebalance, "_herald_original", tables.on_rebalance)
+
+    async def on_rebalance(assigned: set, revoked: set, newly_assigned: set, generation_id: int = 0) -> None:
+        await hook(assigned)
+        await original(assigned, revoked, newly_assigned, generation_id)
+
+    on_rebalance._herald_original = original  # type: ignore[attr-defined]
+    tables.on_rebalance = on_rebalance

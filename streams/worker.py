@@ -25,7 +25,7 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Container, Sequence
+from typing import Any, Callable, Container, Iterable, Sequence
 
 import faust
 from confluent_kafka import KafkaException
@@ -130,15 +130,22 @@ class Pipeline:
         self.states.forget()
         self.metrics.rebalances.inc()
 
+    async def fence(self, assigned: Iterable[Any]) -> None:
+        """At an assignment, before the tables restore (``faust_adapter.before_table_recovery``): open the
+        transactional producers of the partitions now ours, fencing their previous owners, and close the
+        others' (exactly-once; see ``streams.outbox``). Once it returns, a previous owner's last transaction
+        is committed, markers written, or aborted, so the restore reads every state change it committed.
+        The partition numbers are those Faust's group gave this worker on the preferences topic,
+        co-partitioned with the events (``streams.feed``)."""
+        partitions = held(assigned, self.settings.topic("preferences"))
+        await asyncio.get_running_loop().run_in_executor(None, self.outbox.claim, partitions)
+
     async def assigned(self, *args: Any, **kwargs: Any) -> None:
-        """At an assignment: forget what is cached, open the transactional producers of the partitions now
-        ours, fencing their previous owners, and close the others' (exactly-once; see ``streams.outbox``),
-        then read those partitions' events and ticks. The partition numbers are those Faust's group gave
-        this worker on the preferences topic, co-partitioned with the events (``streams.feed``)."""
+        """At an assignment (after ``fence``, with the tables' restore under way): forget what is cached, then
+        read the partitions' events and ticks (the feed waits for the restore, ``Feed.ready``)."""
         assigned = args[1] if len(args) > 1 else kwargs.get("assigned", ())  # (sender, assigned)
         partitions = held(assigned, self.settings.topic("preferences"))
         await self.forget()
-        await asyncio.get_running_loop().run_in_executor(None, self.outbox.claim, partitions)
         self.feed.assign(partitions)
         if self.watcher is not None:
             self.watcher.assign(partitions)
@@ -457,6 +464,7 @@ def create_worker(settings: Settings | None = None, register: bool = True) -> fa
     if register:
         pipeline.register_outputs()
     app.on_partitions_revoked.connect(pipeline.revoked)
+    faust_adapter.before_table_recovery(app, pipeline.fence)
     app.on_partitions_assigned.connect(pipeline.assigned)
     _agents(app, settings, pipeline)
     app.herald_pipeline = pipeline  # type: ignore[attr-defined]

@@ -63,3 +63,40 @@ def test_a_rebuilt_worker_reports_the_assignment_its_last_run_saved(tmp_path):
     assert (again.actives, again.standbys) == ({"t.events": [1, 3]}, {"t.events": [0]})
     (tmp_path / sticky.FILE).write_text("{not json")
     assert asyncio.run(reported()).actives == {}  # a broken file is ignored, not fatal
+
+
+def test_the_worker_fences_the_partitions_previous_owners_before_its_tables_restore(tmp_path):
+    """Exactly-once: the transactional producers of the partitions assigned are claimed (fencing their previous
+    owners, whose last commit then either lands or is aborted) before the tables' recovery reads where the
+    changelogs end; the events and ticks are read from those partitions afterwards, claimed once."""
+    from faust.types import TP
+
+    from streams.worker import create_worker
+
+    settings = Settings.from_env(app_id="test-fence", data_dir=str(tmp_path), exactly_once=True)
+    order: list[tuple] = []
+
+    async def scenario() -> None:
+        app = create_worker(settings, register=False)
+        pipeline = app.herald_pipeline
+        pipeline.outbox.claim = lambda partitions: order.append(("claim", sorted(partitions)))
+        pipeline.feed.assign = lambda partitions: order.append(("read", sorted(partitions)))
+        if pipeline.watcher is not None:
+            pipeline.watcher.assign = lambda partitions: order.append(("watch", sorted(partitions)))
+
+        async def recovery_on_rebalance(assigned, revoked, newly_assigned, generation_id=0) -> None:
+            order.append(("restore", sorted(tp.partition for tp in assigned if tp.topic == preferences)))
+
+        async def no_consumer() -> None:  # the manager asks the consumer (not started here) for its assignment
+            pass
+
+        app.tables.recovery.on_rebalance = recovery_on_rebalance
+        app.tables._update_channels = no_consumer
+        preferences = settings.topic("preferences")
+        assigned = {TP(preferences, 1), TP(preferences, 3), TP(settings.topic("presence"), 1)}
+        await app.tables.on_rebalance(assigned, set(), assigned, 1)  # as Faust's assignment runs them
+        await app.on_partitions_assigned.send(assigned)
+
+    asyncio.run(scenario())
+    expected = [("claim", [1, 3]), ("restore", [1, 3]), ("read", [1, 3])]
+    assert [step for step in order if step[0] != "watch"] == expected

@@ -359,3 +359,47 @@ def test_the_json_key_is_the_one_faust_s_key_serializer_makes(tmp_path, key):
 
     faust_s, ours = asyncio.run(both())
     assert ours == faust_s
+
+
+def test_the_hook_before_the_tables_recovery_is_awaited_before_the_recovery_is_signalled(tmp_path):
+    """Faust signals ``on_partitions_assigned`` after the tables' rebalance has started their recovery; the hook
+    runs before it, and finishes (even when slow) before the recovery is told which partitions to restore."""
+    from faust.app.base import App
+    from faust.tables.manager import TableManager
+
+    source = inspect.getsource(App._on_partitions_assigned)
+    # the tables' rebalance is looked up on the manager at each assignment, and before the signal is sent
+    assert "await T(self.tables.on_rebalance)(" in source
+    assert source.index("self.tables.on_rebalance") < source.index("self.on_partitions_assigned.send")
+    assert "await T(self.recovery.on_rebalance)(" in inspect.getsource(TableManager.on_rebalance)
+
+    order: list[str] = []
+
+    async def scenario() -> None:
+        app = create_app(Settings(app_id="test-before-recovery", data_dir=str(tmp_path)))
+        recovery = app.tables.recovery
+
+        async def recovery_on_rebalance(assigned, revoked, newly_assigned, generation_id=0) -> None:
+            order.append(f"recovery {sorted(tp.partition for tp in assigned)} generation {generation_id}")
+
+        async def slow_hook(assigned) -> None:
+            order.append("hook started")
+            await asyncio.sleep(0.2)  # what a claim of transactional producers takes, or more
+            order.append("hook done")
+
+        async def replaced(assigned) -> None:
+            order.append("the first hook, replaced")
+
+        async def no_consumer() -> None:  # the manager asks the consumer (not started here) for its assignment
+            order.append("channels")
+
+        recovery.on_rebalance = recovery_on_rebalance
+        app.tables._update_channels = no_consumer
+        faust_adapter.before_table_recovery(app, replaced)
+        faust_adapter.before_table_recovery(app, slow_hook)  # replaces, does not stack
+        tps = {faust_adapter.TP("t.preferences", 0), faust_adapter.TP("t.preferences", 2)}
+        await app.tables.on_rebalance(tps, set(), tps, 7)
+
+    asyncio.run(scenario())
+    assert order == ["hook started", "hook done", "channels", "recovery [0, 2] generation 7"]
+

@@ -27,8 +27,9 @@ each idempotent:
   for the whole process (``shared_memory``), where Faust gives every partition of every table its own.
 
 Two more are the worker's own (``streams.worker.create_worker`` calls them): ``recover_past_transaction_markers``
-lets the tables' recovery end on changelogs written in transactions, and ``before_table_recovery`` runs the
-worker's fencing of the partitions' previous owners before that recovery reads where the changelogs end.
+lets the tables' recovery end on changelogs written in transactions, and ``guard_table_recovery`` runs the
+worker's fencing of the partitions' previous owners before that recovery reads where the changelogs end,
+and lets only the recovery of the current assignment resume the worker.
 """
 from __future__ import annotations
 
@@ -348,23 +349,45 @@ def recover_past_transaction_markers(app: Any, idle_s: float = RECOVERY_IDLE_S) 
         recovery.tables = _QuickIdleTables(recovery.tables, idle_s, recovery)
 
 
-def before_table_recovery(app: Any, hook: Callable[[set], Awaitable[None]]) -> None:
-    """Await ``hook(assigned)`` at each assignment before the tables open their partitions and their recovery
-    starts (at most one hook: a second call replaces the first).
 
-    Faust's ``on_partitions_assigned`` signal is sent only after the tables' rebalance has signalled the
-    recovery, which then reads the changelogs' end offsets concurrently with the signal's receivers. Under
-    exactly-once that end is the last stable offset: a previous owner's transaction still being committed
-    (its commit requested, its markers not yet written) lies past it, so the recovery stops short and the
-    states miss the changes the worker's read position already counts. Fencing the previous owner in
-    ``hook`` first (``Outbox.claim``: its ``init_transactions`` returns once any transaction of that id is
-    completed, markers included, or aborted) settles that before the end is read."""
-    tables = app.tables
-    original = getattr(tables.on_rebalance, "_herald_original", tables.on_rebalance)
+def guard_table_recovery(app: Any, before: Callable[[set], Awaitable[None]]) -> None:
+    """At each assignment, await ``before(assigned)`` before the tables open their partitions and their recovery
+    starts; and let only the recovery of the latest assignment, with no rebalance begun since, end the restore
+    (resume the streams, clear ``app.rebalancing``, log "Worker ready"). Installing it again replaces ``before``.
+
+    - Faust's ``on_partitions_assigned`` signal is sent only after the tables' rebalance has signalled the
+      recovery, which then reads the changelogs' end offsets concurrently with the signal's receivers. Under
+      exactly-once that end is the last stable offset: a previous owner's transaction still being committed
+      (its commit requested, its markers not yet written) lies past it, so the recovery would stop short.
+      The worker's ``before`` fences the previous owners (``Outbox.claim``: ``init_transactions`` returns once
+      any transaction of that id is completed, markers included, or aborted), so the end read holds it all.
+    - Faust does not stop a recovery when a rebalance begins; only the next assignment's does. A recovery that
+      ends in between (the chaos run's stopped worker, woken after its partitions moved, finished the
+      recovery it had begun before it was stopped, up to the ends it had read then) resumed the streams and
+      cleared ``app.rebalancing``, and the next assignment left it clear: the worker decided events on the
+      states of before its stop while its new recovery was still reading what its successor had written
+      (RELIABILITY.md). Faust's own guard compares generations, but the consumer's is only updated when the
+      next assignment arrives. Such an ending is skipped here; the next assignment's recovery ends the restore."""
+    tables, recovery = app.tables, app.tables.recovery
+    current: dict[str, Any] = getattr(tables.on_rebalance, "_herald_current", {})
+    current["before"] = before
+    if "generation" in current:
+        return  # installed already: only ``before`` changes
+    current.update(generation=None, rebalance=None)
+    rebalance, complete = tables.on_rebalance, recovery.on_recovery_completed
 
     async def on_rebalance(assigned: set, revoked: set, newly_assigned: set, generation_id: int = 0) -> None:
-        await hook(assigned)
-        await original(assigned, revoked, newly_assigned, generation_id)
+        current["generation"], current["rebalance"] = generation_id, app.rebalancing_count
+        await current["before"](assigned)
+        await rebalance(assigned, revoked, newly_assigned, generation_id)
 
-    on_rebalance._herald_original = original  # type: ignore[attr-defined]
+    async def on_recovery_completed(generation_id: int = 0) -> None:
+        if generation_id != current["generation"] or app.rebalancing_count != current["rebalance"]:
+            log.info("the tables' recovery for generation %s ended after a rebalance began; not resuming on it: "
+                     "the next assignment's recovery resumes the worker", generation_id)
+            return
+        await complete(generation_id)
+
+    on_rebalance._herald_current = current  # type: ignore[attr-defined]
     tables.on_rebalance = on_rebalance
+    recovery.on_recovery_completed = on_recovery_completed

@@ -131,7 +131,7 @@ class Pipeline:
         self.metrics.rebalances.inc()
 
     async def fence(self, assigned: Iterable[Any]) -> None:
-        """At an assignment, before the tables restore (``faust_adapter.before_table_recovery``): open the
+        """At an assignment, before the tables restore (``faust_adapter.guard_table_recovery``): open the
         transactional producers of the partitions now ours, fencing their previous owners, and close the
         others' (exactly-once; see ``streams.outbox``). Once it returns, a previous owner's last transaction
         is committed, markers written, or aborted, so the restore reads every state change it committed.
@@ -464,7 +464,7 @@ def create_worker(settings: Settings | None = None, register: bool = True) -> fa
     if register:
         pipeline.register_outputs()
     app.on_partitions_revoked.connect(pipeline.revoked)
-    faust_adapter.before_table_recovery(app, pipeline.fence)
+    faust_adapter.guard_table_recovery(app, pipeline.fence)
     app.on_partitions_assigned.connect(pipeline.assigned)
     _agents(app, settings, pipeline)
     app.herald_pipeline = pipeline  # type: ignore[attr-defined]

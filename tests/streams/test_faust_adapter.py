@@ -189,11 +189,12 @@ def test_the_worker_s_metrics_report_the_tables_restore_progress(tmp_path):
                 if s.name.startswith("herald_worker_restor")}
 
     async def scraped() -> tuple:
-        # without exactly-once the worker leaves the recovery service for Faust to make at its start
+        # the worker makes the recovery service when it is created (``guard_table_recovery``), as Faust would
+        # at its start; a bare app has none until then (``test_the_tables_recovery_is_read_without_making_one``)
         app = create_worker(Settings.from_env(app_id="test-adapter-restore", data_dir=str(tmp_path), exactly_once=False),
                             register=False)
-        before = samples(app)  # no recovery service yet: zeros, and no service made by the scrape
-        assert faust_adapter.table_recovery(app) is None
+        before = samples(app)  # not restoring: zeros
+        assert faust_adapter.table_recovery(app) is app.tables.recovery
         app.tables.recovery.in_recovery = True
         return before, samples(app)
 
@@ -395,11 +396,55 @@ def test_the_hook_before_the_tables_recovery_is_awaited_before_the_recovery_is_s
 
         recovery.on_rebalance = recovery_on_rebalance
         app.tables._update_channels = no_consumer
-        faust_adapter.before_table_recovery(app, replaced)
-        faust_adapter.before_table_recovery(app, slow_hook)  # replaces, does not stack
+        faust_adapter.guard_table_recovery(app, replaced)
+        faust_adapter.guard_table_recovery(app, slow_hook)  # replaces, does not stack
         tps = {faust_adapter.TP("t.preferences", 0), faust_adapter.TP("t.preferences", 2)}
         await app.tables.on_rebalance(tps, set(), tps, 7)
 
     asyncio.run(scenario())
     assert order == ["hook started", "hook done", "channels", "recovery [0, 2] generation 7"]
 
+
+
+def test_only_the_recovery_of_the_current_assignment_resumes_the_worker(tmp_path):
+    """A recovery that ends after a rebalance began (before the next assignment reaches the tables), or that
+    belongs to an earlier assignment, neither resumes the streams nor clears ``app.rebalancing``; the recovery
+    of the assignment in force does."""
+    from faust.tables.recovery import Recovery
+
+    recovery_source = inspect.getsource(Recovery)
+    assert "await self._wait(T(self.on_recovery_completed)(generation_id))" in recovery_source
+    assert "self.app.on_rebalance_end()" in inspect.getsource(Recovery.on_recovery_completed)
+    completed: list[int] = []
+
+    async def scenario() -> tuple[bool, ...]:
+        app = create_app(Settings(app_id="test-current-recovery", data_dir=str(tmp_path)))
+        recovery = app.tables.recovery
+
+        async def faust_s_completion(generation_id: int = 0) -> None:  # what resumes the worker
+            completed.append(generation_id)
+            app.on_rebalance_end()
+
+        async def nothing(*args: Any) -> None:
+            pass
+
+        recovery.on_recovery_completed = faust_s_completion
+        recovery.on_rebalance = nothing
+        app.tables._update_channels = nothing
+        faust_adapter.guard_table_recovery(app, nothing)
+        tps = {faust_adapter.TP("t.preferences", 0)}
+        seen = []
+        app.on_rebalance_start()
+        await app.tables.on_rebalance(tps, set(), tps, 5)
+        app.on_rebalance_start()  # a rebalance begins (the worker was stopped, its partitions moved)
+        await recovery.on_recovery_completed(5)  # generation 5's recovery ends meanwhile
+        seen.append(app.rebalancing)
+        await app.tables.on_rebalance(tps, set(), tps, 6)
+        await recovery.on_recovery_completed(5)  # or only once the next assignment has begun
+        seen.append(app.rebalancing)
+        await recovery.on_recovery_completed(6)
+        seen.append(app.rebalancing)
+        return tuple(seen)
+
+    assert asyncio.run(scenario()) == (True, True, False)
+    assert completed == [6]

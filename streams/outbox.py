@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable
 
 from confluent_kafka import KafkaException, Producer
@@ -71,12 +72,15 @@ class Outbox:
     def exactly_once(self) -> bool:
         return self._prefix is not None
 
-    def _open_producer(self, source: int) -> Producer:
+    def _new_producer(self, source: int) -> Producer:
         producer = make_producer(self._bootstrap, **self._config, **{
             "transactional.id": f"{self._prefix}-p{source}", "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
             "message.timeout.ms": TRANSACTION_TIMEOUT_MS})
         producer.init_transactions(TRANSACTION_TIMEOUT_MS / 1000)  # fences a previous owner of the partition
-        self._txn[source] = producer
+        return producer
+
+    def _open_producer(self, source: int) -> Producer:
+        producer = self._txn[source] = self._new_producer(source)
         return producer
 
     def claim(self, partitions: Iterable[int]) -> None:
@@ -90,10 +94,14 @@ class Outbox:
             for partition in list(self._txn):
                 if partition not in self._open:  # one in a batch goes with the batch (it fails if fenced)
                     self._close(partition)
-            for partition in sorted(wanted - set(self._txn)):
-                # a fresh producer even for a partition kept: while this worker was away (stopped, or out of
-                # the group) another may have owned it and fenced the old one
-                self._open_producer(partition)
+            # a fresh producer even for a partition kept: while this worker was away (stopped, or out of the
+            # group) another may have owned it and fenced the old one. Opened at once, one thread each: the
+            # tables' restore waits for them (``Pipeline.fence``), and each open is a round trip or more to
+            # the transaction coordinator (longer when it must first finish the previous owner's transaction)
+            fresh = sorted(wanted - set(self._txn))
+            if fresh:
+                with ThreadPoolExecutor(max_workers=len(fresh), thread_name_prefix="herald-claim") as pool:
+                    self._txn.update(zip(fresh, pool.map(self._new_producer, fresh)))
 
     def _close(self, partition: int) -> None:
         producer = self._txn.pop(partition)

@@ -339,3 +339,26 @@ def test_a_step_begun_while_a_batch_commits_holds_its_transactions_records_until
     assert calls[1:] == [("send", "herald.decisions", 3)]
     step.apply("u", 3, Outcome({"v": 3}))  # once begun, records go straight to the outbox
     assert calls[2:] == [("send", "herald.delivery.push", 3), ("send", "herald.decisions", 3)]
+
+
+def test_a_claim_opens_the_partitions_transactional_producers_together_and_keeps_each():
+    """Each open waits on the transaction coordinator (longest when it must first end a previous owner's
+    transaction), and the tables' restore waits for the claim: the opens run at once, not one after another.
+    The fake open below returns only once every partition's open has begun."""
+    import threading
+
+    from streams.outbox import Outbox
+
+    outbox = Outbox("127.0.0.1:1", transactional_id="test-claim")
+    together = threading.Barrier(4, timeout=10)
+    opened: list[int] = []
+
+    def open_one(source: int) -> object:
+        together.wait()  # raises BrokenBarrierError unless all four are opening at once
+        opened.append(source)
+        return f"producer-{source}"
+
+    outbox._new_producer = open_one  # type: ignore[method-assign]
+    outbox.claim([3, 1, 2, 0])
+    assert sorted(opened) == [0, 1, 2, 3]
+    assert outbox._txn == {p: f"producer-{p}" for p in range(4)}

@@ -349,7 +349,6 @@ def recover_past_transaction_markers(app: Any, idle_s: float = RECOVERY_IDLE_S) 
         recovery.tables = _QuickIdleTables(recovery.tables, idle_s, recovery)
 
 
-
 def guard_table_recovery(app: Any, before: Callable[[set], Awaitable[None]]) -> None:
     """At each assignment, await ``before(assigned)`` before the tables open their partitions and their recovery
     starts; and let only the recovery of the latest assignment, with no rebalance begun since, end the restore

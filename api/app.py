@@ -187,6 +187,11 @@ def create_app(settings: Settings | None = None) -> web.Application:
         await app[POOL].close()
 
     app.cleanup_ctx.append(lifecycle)
+
+    async def close_sockets(app: web.Application) -> None:
+        await app[HUB].going_away()
+
+    app.on_shutdown.append(close_sockets)
     base = "/v1/users/{user_id}"
     app.router.add_get(f"{base}/unread-count", unread_count)
     app.router.add_get(f"{base}/notifications", notifications)

@@ -15,7 +15,10 @@ an operator's SQL); ``{"type": "notification", "notification": {...}}`` for each
 item, as the list shows it) and each WebSocket delivery (the same shape, its ``notification_id`` the
 ``delivery_id``). A ping every ``PING_S`` seconds; a peer that does not answer it is closed. Frames sent by
 the client are ignored. Each socket has a queue of at most ``QUEUE_MAX`` frames: a client too slow to take
-them is closed with 1008 (its writer abandoned if the close itself cannot be sent in ``CLOSE_WAIT_S``).
+them is closed with 1008 (its writer abandoned if the close itself cannot be sent in ``CLOSE_WAIT_S``). A
+stopping process closes its sockets with 1001 ("server shutting down"); the inbox page reconnects, and on
+each connect reads the newest page of the list again, since a row inserted while it had no socket was
+pushed to nobody.
 
 Presence: connect writes ``herald.presence`` online with ``expires_at`` = now + ``HERALD_PRESENCE_TTL_S``,
 renewed every third of that while open (a slice of the sockets each second); disconnect writes offline.
@@ -61,6 +64,7 @@ log = logging.getLogger("herald.api.stream")
 PING_S = 20.0
 QUEUE_MAX = 256
 CLOSE_SLOW = 1008
+CLOSE_GOING_AWAY = 1001
 CLOSE_WAIT_S = 2.0
 STALE_S = 300
 NOTIFY_MAX = 7900  # PostgreSQL refuses a NOTIFY payload of 8000 bytes or more
@@ -125,8 +129,13 @@ class Client:
             await self.ws.send_str(frame)
 
     async def _close_slow(self) -> None:
+        await self.close_with(CLOSE_SLOW, b"too slow: frames not taken")
+
+    async def close_with(self, code: int, message: bytes) -> None:
+        """Close the socket with ``code``, at most ``CLOSE_WAIT_S`` waiting for the peer, then end the handler."""
+        self.writer.cancel()
         try:
-            await asyncio.wait_for(self.ws.close(code=CLOSE_SLOW, message=b"too slow: frames not taken"), CLOSE_WAIT_S)
+            await asyncio.wait_for(self.ws.close(code=code, message=message), CLOSE_WAIT_S)
         except (asyncio.TimeoutError, ConnectionError, RuntimeError):
             pass
         finally:  # closed or not, the connection goes: a peer that does not read may not answer the close either
@@ -230,6 +239,14 @@ class Hub:
     def broadcast(self, user_id: str, frame: str) -> int:
         """Queue ``frame`` on each of this process's sockets of ``user_id``; how many took it."""
         return sum(client.offer(frame) for client in list(self.local.get(user_id, ())))
+
+    async def going_away(self) -> None:
+        """Close every socket of this process with 1001 (the page reconnects, to another process or to this
+        one restarted). On shutdown aiohttp waits up to its shutdown timeout for open handlers, and a
+        socket's handler ends only when its socket closes."""
+        clients = [client for clients in self.local.values() for client in clients]
+        await asyncio.gather(*(c.close_with(CLOSE_GOING_AWAY, b"server shutting down") for c in clients),
+                             return_exceptions=True)
 
     def sockets(self) -> int:
         return sum(len(c) for c in self.local.values())

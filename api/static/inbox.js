@@ -110,17 +110,32 @@
   });
   $("more").addEventListener("click", () => load(true).catch((e) => status(e.message)));
 
-  // Live: the WebSocket, reconnecting with a growing pause; the counts come first on each connect.
+  // The newest page again, placing at the top what the list lacks: a notification that arrived after the
+  // list was read but before the socket was registered reaches the page through neither of them.
+  async function catchUp() {
+    const page = await api("GET", "/notifications?limit=20");
+    for (const n of [...page.notifications].reverse()) if (!shown.has(n.notification_id)) place(n, true);
+    $("empty").hidden = shown.size > 0;
+  }
+
+  // Live: the WebSocket, reconnecting with a growing pause. The counts come first on each connect, sent
+  // once the server has registered the socket: from then on every new row is pushed, so the list catches
+  // up with what came before.
   let pause = 1000;
   function connect() {
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     const ws = new WebSocket(scheme + location.host + base + "/stream?access_token=" + encodeURIComponent(token));
+    let registered = false;
     ws.addEventListener("open", () => { pause = 1000; $("live").textContent = "live"; status(""); });
     ws.addEventListener("message", (event) => {
       let frame;
       try { frame = JSON.parse(event.data); } catch (e) { return; }
       if (frame.type === "unread") counts(frame);
       else if (frame.type === "notification") place(frame.notification, true);
+      if (frame.type === "unread" && !registered) {
+        registered = true;
+        catchUp().catch((e) => status(e.message));
+      }
     });
     ws.addEventListener("close", (event) => {
       $("live").textContent = "offline";

@@ -4,12 +4,15 @@
 A screenshot goes to ``$HERALD_HOME/artifacts/inbox.png``."""
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
+import signal
 import time
 import urllib.request
 import uuid
 
+import asyncpg
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -121,3 +124,39 @@ def test_the_inbox_page_is_live_and_saves_preferences(pipeline, browser, unique)
     browser.execute_script("window.scrollTo(0, 0)")
     shot = subdir("artifacts") / "inbox.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+def test_the_list_catches_up_with_what_came_while_the_socket_was_away(pipeline, browser, unique):
+    """A row inserted while the page has no registered socket is pushed to nobody: the page must read the
+    list again on connect, not only the counts (which the first frame of each connect carries)."""
+    user = f"{unique}-away"
+    token = auth.mint(auth.signing_secret(pipeline.settings), user)
+    wait = WebDriverWait(browser, 60, poll_frequency=0.2)
+    browser.get(inbox.url(pipeline.settings.api_port, token))
+    wait.until(lambda d: text_of(d, "live") == "live")
+    pipeline.kill("api", signal.SIGTERM)
+    wait.until(lambda d: text_of(d, "live") == "offline")
+    missed = deliver_inapp(pipeline, user, "Sent while the socket was away")
+    wait_inserted(missed)
+    pipeline.start("api")
+    wait.until(lambda d: text_of(d, "live") == "live" and text_of(d, "unread") == "1")
+    wait.until(lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, "#list li.item .title")]
+               == ["Sent while the socket was away"])
+
+
+async def inserted(delivery_id: str) -> bool:
+    conn = await asyncpg.connect(postgres.database_url())
+    try:
+        return await conn.fetchval("SELECT count(*) FROM notifications WHERE notification_id = $1", delivery_id) == 1
+    finally:
+        await conn.close()
+
+
+def wait_inserted(delivery_id: str, timeout: float = 60) -> None:
+    """Until the sink has written the row of ``delivery_id``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if asyncio.run(inserted(delivery_id)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{delivery_id} not in notifications after {timeout}s")

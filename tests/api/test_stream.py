@@ -213,8 +213,15 @@ def _get(port: int, path: str, method: str = "GET", token: str | None = None) ->
 
 
 @pytest.fixture
-def api_processes(settings, unique, tmp_path):
+def api_processes(settings, tmp_path):
     """`herald api` with two worker processes on this test's topics."""
+    proc, port, log = start_api(settings, tmp_path)
+    yield port
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, log.read_text()[-3000:]
+
+
+def start_api(settings: Settings, tmp_path) -> tuple[subprocess.Popen, int, "os.PathLike"]:
     port = free_port()
     env = {**os.environ, "HERALD_API_PORT": str(port), "HERALD_JWT_SECRET": SECRET, "HERALD_API_WORKERS": "2",
            "HERALD_TOPIC_PREFIX": settings.topic_prefix, "HERALD_ALLOWED_ORIGINS": ORIGIN}
@@ -230,9 +237,30 @@ def api_processes(settings, unique, tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
     time.sleep(1.5)  # the second process may still be starting
-    yield port
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0, log.read_text()[-3000:]
+    return proc, port, log
+
+
+async def test_a_stopping_api_closes_its_sockets_as_going_away(settings, unique, tmp_path):
+    """SIGTERM closes every open socket with 1001, so the page reconnects at once and the processes stop
+    without waiting out aiohttp's shutdown timeout for the sockets' handlers."""
+    proc, port, log = start_api(settings, tmp_path)
+    user = f"{unique}-away"
+    try:
+        sockets = []
+        for _ in range(4):  # new connections: the kernel spreads them over both processes
+            ws = await websockets.connect(f"ws://127.0.0.1:{port}/v1/users/{user}/stream",
+                                          additional_headers=bearer(user))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 20))["type"] == "unread"
+            sockets.append(ws)
+        proc.send_signal(signal.SIGTERM)
+        for ws in sockets:
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 20)  # aiohttp would hold them open 60 s
+            assert (ws.close_code, ws.close_reason) == (1001, "server shutting down")
+        assert await asyncio.get_running_loop().run_in_executor(None, proc.wait, 30) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 async def test_every_socket_of_a_user_gets_every_frame_whichever_process_holds_it(api_processes, settings, pool, unique):

@@ -187,6 +187,18 @@ def verdict(row: Row, figures: dict) -> str:
     return "n/a" if met is None else ("yes" if met else "**no**")
 
 
+def _digest_margin(f: dict) -> str:
+    """Whether the digest workers were ready (restored and indexed) before the period ended."""
+    margin = f.get("digest_ready_before_end_s")
+    pace = (f" (the period fitted to this machine's pace, {fmt(f.get('digest_pace_users_per_s'), 'users/s')}, "
+            f"{f['digest_slowness']:g}x the reference's time)") if (f.get("digest_slowness") or 1) > 1 else ""
+    if margin is None:
+        return "before the period ended" + pace
+    if margin > 0:
+        return f"and were ready {_duration(margin)} before the period ended" + pace
+    return f"and were ready only {_duration(-margin)} after the period ended, so digest_s includes that" + pace
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "—"
@@ -291,7 +303,7 @@ def render_markdown(results: dict, chart_path: str | None = None) -> str:
             f"an event were written to the workers' changelog ({fmt(f.get('digest_seed_states_per_s'), 'states/s')}) "
             f"and {fmt(f.get('digest_workers') or 1)} worker(s) restored them from it in "
             f"{_duration(f.get('digest_restore_s'))} ({fmt(f.get('digest_restore_states_per_s'), 'states/s')}) "
-            "before the period ended"
+            + _digest_margin(f)
             + (f"; the first digest came {_duration(f.get('digest_first_s'))} after the end" if f.get("digest_first_s") is not None else "")
             + ".")
     if f.get("unread_p99_ms") is not None:

@@ -96,6 +96,18 @@ def test_a_smaller_digest_run_asked_for_is_not_comparable_but_one_cut_by_the_bud
     assert row(text, "digests_per_s").endswith("| yes |")
 
 
+def test_the_digest_line_says_whether_the_workers_were_ready_before_the_period_ended():
+    results = sample()
+    assert "before the period ended" in report.render_markdown(results)  # results of before the margin was kept
+    results["figures"].update(digest_ready_before_end_s=21.4)
+    assert "and were ready 21.4 s before the period ended;" in report.render_markdown(results)
+    results["figures"].update(digest_ready_before_end_s=-36.0, digest_slowness=2.35, digest_pace_users_per_s=17_021.3)
+    text = report.render_markdown(results)
+    assert ("and were ready only 36.0 s after the period ended, so digest_s includes that (the period fitted to this "
+            "machine's pace, 17,021 users/s, 2.35x the reference's time)") in text
+    assert "before the period ended" not in text
+
+
 def test_worker_memory_is_judged_for_a_million_users_state():
     results = sample()
     results["figures"].update(worker_state_users=1_000_000, worker_rss_mb=399.0)

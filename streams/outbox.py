@@ -101,7 +101,15 @@ class Outbox:
             fresh = sorted(wanted - set(self._txn))
             if fresh:
                 with ThreadPoolExecutor(max_workers=len(fresh), thread_name_prefix="herald-claim") as pool:
-                    self._txn.update(zip(fresh, pool.map(self._new_producer, fresh)))
+                    opening = {partition: pool.submit(self._new_producer, partition) for partition in fresh}
+                failed: BaseException | None = None
+                for partition, future in opening.items():
+                    try:  # one that opened holds its partition's id (it fenced the others): kept, not leaked
+                        self._txn[partition] = future.result()
+                    except Exception as exc:  # noqa: BLE001 - raised below, after the others are kept
+                        failed = failed or exc
+                if failed is not None:
+                    raise failed
 
     def _close(self, partition: int) -> None:
         producer = self._txn.pop(partition)

@@ -362,3 +362,21 @@ def test_a_claim_opens_the_partitions_transactional_producers_together_and_keeps
     outbox.claim([3, 1, 2, 0])
     assert sorted(opened) == [0, 1, 2, 3]
     assert outbox._txn == {p: f"producer-{p}" for p in range(4)}
+
+
+def test_a_claim_keeps_the_producers_that_opened_when_another_open_fails():
+    """An open that fails fails the claim (the worker stops on it), but the producers the other threads opened
+    already hold their partitions' ids: they are kept, so the outbox can still close them."""
+    from streams.outbox import Outbox
+
+    outbox = Outbox("127.0.0.1:1", transactional_id="test-claim-fails")
+
+    def open_one(source: int) -> object:
+        if source == 2:
+            raise RuntimeError("coordinator away")
+        return f"producer-{source}"
+
+    outbox._new_producer = open_one  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="coordinator away"):
+        outbox.claim([0, 1, 2, 3])
+    assert outbox._txn == {0: "producer-0", 1: "producer-1", 3: "producer-3"}

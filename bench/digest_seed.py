@@ -67,31 +67,6 @@ def _seed_range(args: tuple[Any, int, int, int, str]) -> int:
     return last - first
 
 
-def pace(settings: Any, users: int = 4_000, rounds: int = 5) -> float:
-    """How fast this machine runs the worker's Python now: the seeding's own work for one user
-    (``policy.on_event`` and the JSON of its state), timed in this process, in users a second (the median of
-    ``rounds``). Taken before a digest period is chosen, since the restore that must end before the period
-    does runs at a pace in proportion (a slow or busy machine restores slowly)."""
-    import statistics
-
-    from agents import policy
-    from agents.preferences import effective
-    from streams.config import policy_config
-
-    config = policy_config(settings)
-    at_ms = int(time.time() * 1000)
-    rates = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        for i in range(users):
-            user = f"pace-{i}"
-            event = {"event_id": f"pace-{i}", "user_id": user, "data": {"entity_id": str(i)}, "occurred_at": at_ms,
-                     **FIELDS}
-            orjson.dumps(policy.on_event(None, event, effective(None, user), False, at_ms, "pace", config).state)
-        rates.append(users / (time.perf_counter() - started))
-    return statistics.median(rates)
-
-
 def seed(settings: Any, users: int, at_ms: int, prefix: str = "digest-user-", processes: int | None = None) -> dict:
     """Write ``users`` states (one LOW event each, at ``at_ms``) to the users changelog of ``settings.app_id``."""
     from confluent_kafka.admin import AdminClient, NewTopic

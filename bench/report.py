@@ -190,13 +190,13 @@ def verdict(row: Row, figures: dict) -> str:
 def _digest_margin(f: dict) -> str:
     """Whether the digest workers were ready (restored and indexed) before the period ended."""
     margin = f.get("digest_ready_before_end_s")
-    pace = (f" (the period fitted to this machine's pace, {fmt(f.get('digest_pace_users_per_s'), 'users/s')}, "
-            f"{f['digest_slowness']:g}x the reference's time)") if (f.get("digest_slowness") or 1) > 1 else ""
+    probe = (f" (the period fitted to a sample of {fmt(f.get('digest_probe_users'))} states seeded first at "
+             f"{fmt(f.get('digest_probe_states_per_s'), 'states/s')})") if f.get("digest_probe_users") else ""
     if margin is None:
-        return "before the period ended" + pace
+        return "before the period ended" + probe
     if margin > 0:
-        return f"and were ready {_duration(margin)} before the period ended" + pace
-    return f"and were ready only {_duration(-margin)} after the period ended, so digest_s includes that" + pace
+        return f"and were ready {_duration(margin)} before the period ended" + probe
+    return f"and were ready only {_duration(-margin)} after the period ended, so digest_s includes that" + probe
 
 
 def _duration(seconds: float | None) -> str:

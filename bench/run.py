@@ -30,8 +30,8 @@ What it measures, in this order (each phase prints its time; the whole default r
   7. digest       digest_s, digests_per_s: --digest-users users' states, each holding one LOW event in one
                   fixed digest period, are computed by the policy's own code and written to the workers'
                   changelog (bench/digest_seed.py: taking a million events in would not fit the budget);
-                  the period is made to end after the seeding, start, restore and index, given more
-                  time on a machine slower than the reference (digest_pace_users_per_s, digest_slowness;
+                  the period is made to end after the seeding, start, restore and index, fitted to how
+                  fast a sample of 100,000 states seeds first (digest_probe_states_per_s;
                   digest_ready_before_end_s says by how much it did);
                   fresh workers (one per core) restore them (digest_restore_s); then the time from the
                   period's end to the last DIGEST delivery request. worker_rss_mb and worker_state_users:
@@ -67,6 +67,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -93,12 +94,15 @@ MARKDOWN = REPO_ROOT / "BENCHMARKS.md"
 SENT_KEY = "bench_sent_ns"
 DELIVERY_CHANNELS = ("push", "sms", "email", "inapp", "websocket")
 WAIT_METRIC = "herald_worker_critical_wait_seconds"  # the workers' own share of a CRITICAL event's latency
-# Rough rates of the digest phase with two workers on a 2-core machine whose ``bench.digest_seed.pace`` is at
-# least REFERENCE_PACE, to fit the phase in the budget and end its period after the restore (the results hold
-# the real ones). A slower machine is given proportionally more time (``Run.slowness``), a faster one no less.
+# Rough rates of the digest phase with two workers on a 2-core machine, to fit the phase in the budget before
+# it starts (the results hold the real ones; a machine whose sample seeds slower is given proportionally more).
 SEED_PER_S, RESTORE_PER_S, INDEX_PER_S, DIGEST_PER_S = 40_000, 20_000, 100_000, 11_000
 DIGEST_S_PER_USER = 1 / SEED_PER_S + 1 / RESTORE_PER_S + 1 / INDEX_PER_S + 1 / DIGEST_PER_S
-REFERENCE_PACE = 40_000  # users a second: fitted to a machine's pace and its restore, both measured (BENCHMARKS.md)
+# The period must end after the seeding, the workers' start, their restore and their index. Restoring and
+# indexing took at most these multiples of the seeding's time on every machine measured (BENCHMARKS.md),
+# which a seeded sample measures on this one just before the period is chosen.
+RESTORE_PER_SEED, INDEX_PER_SEED = 4.0, 0.5
+PROBE_USERS = 100_000
 DIGEST_DEDUP_WINDOW_S = 3_600  # longer than the digest phase: no dedup expiry visits every user inside it
 
 
@@ -910,20 +914,8 @@ class Run:
     started_services: list = field(default_factory=list)
     incomplete: list = field(default_factory=list)  # phases that ended with events undecided
     t0: float = 0.0
-    pace: float | None = None  # bench.digest_seed.pace, measured at first need
 
     # -- bookkeeping
-
-    def slowness(self) -> float:
-        """How many times longer than the rates above the digest phase's seeding, restore and index will take
-        here (at least 1): REFERENCE_PACE over this machine's pace, measured once, at first need."""
-        if self.pace is None:
-            from bench import digest_seed
-            from herald.settings import Settings
-
-            self.pace = digest_seed.pace(Settings.from_env())
-            self.figures["digest_pace_users_per_s"] = round(self.pace, 1)
-        return max(1.0, REFERENCE_PACE / self.pace)
 
     def left_s(self) -> float:
         """Seconds of the budget left (infinite without a budget)."""
@@ -1198,7 +1190,7 @@ class Run:
         """About how long the phases after the pipeline take at full scale (from the rates measured on a 2-core
         machine): what the pipeline phase must leave of the budget."""
         latency = self.opts.latency_warmup_s + self.opts.latency_s + 30  # fresh workers' start, the stream, the late deliveries
-        return latency + self.digest_need_s(self.opts.digest_users, self.slowness()) + self.after_digests_s()
+        return latency + self.digest_need_s(self.opts.digest_users) + self.after_digests_s()
 
     def after_digests_s(self) -> float:
         """Recovery (~30 s), the API phase (its run, and seeding: ~4 ms a user), writing up and cleaning up."""
@@ -1206,16 +1198,16 @@ class Run:
         return 30 + (0 if self.opts.skip_api else api) + 10
 
     @staticmethod
-    def digest_need_s(users: int, slowness: float = 1.0) -> float:
-        """Seeding, restoring, indexing and releasing ``users`` digests on a machine ``slowness`` times slower
-        than the rates above, plus the workers' start and the wait for the period's end."""
-        return users * DIGEST_S_PER_USER * slowness + 35
+    def digest_need_s(users: int) -> float:
+        """Seeding, restoring, indexing and releasing ``users`` digests, plus the workers' start and the wait for
+        the period's end."""
+        return users * DIGEST_S_PER_USER + 35
 
     @staticmethod
-    def digest_before_end_s(users: int, slowness: float = 1.0) -> float:
-        """About how long seeding ``users`` states, the workers' start, their restore and their index take: what
-        the digest period must outlast."""
-        return (users / SEED_PER_S + users / RESTORE_PER_S + users / INDEX_PER_S) * slowness + 25
+    def digest_before_end_s(seed_s: float) -> float:
+        """What the digest period must outlast, given the seeding's expected time here: the seeding, the
+        workers' start, their restore and their index."""
+        return seed_s * (1 + RESTORE_PER_SEED + INDEX_PER_SEED) + 25
 
     def pipeline_limit_s(self) -> float:
         """The pipeline phase's share of the budget: what the later phases do not need, and never less than
@@ -1366,10 +1358,20 @@ class Run:
         from herald.topics import ensure_topics, register_schemas
 
         requested = users = self.opts.digest_users
+        prefix = workload.unique_prefix()
+        self.prefixes.append(prefix)
+        # this machine's speed now: a sample seeded as the states will be (to a changelog of its own)
+        sample = min(users, PROBE_USERS)
+        probe = digest_seed.seed(dataclasses.replace(self.settings(prefix), app_id=f"{prefix}probe"), sample,
+                                 int(time.time() * 1000))
+        seed_s_per_user = probe["digest_seed_s"] / sample
+        slowness = max(1.0, seed_s_per_user * SEED_PER_S)
+        self.figures.update({"digest_probe_users": sample, "digest_probe_states_per_s": probe["digest_seed_states_per_s"],
+                             "digest_slowness": round(slowness, 2)})
         left = self.left_s()
         if left != float("inf"):
             # this phase (seeding, restoring, the digests going out) and what follows it
-            per_user_s = DIGEST_S_PER_USER * self.slowness()
+            per_user_s = DIGEST_S_PER_USER * slowness
             affordable = round_down_nicely(int(max(10.0, left - self.after_digests_s() - 10) / per_user_s))
             if affordable < users:
                 users = affordable
@@ -1377,16 +1379,10 @@ class Run:
                     f"Digests were measured for {users:,} users, not the {requested:,} asked for: seeding, restoring "
                     f"and emitting {requested:,} users' digests would need about {_minutes(requested * per_user_s)}, "
                     f"over what the {self.opts.budget_min:g}-minute budget leaves (--budget-min 0 lifts it).")
-        prefix = workload.unique_prefix()
-        self.prefixes.append(prefix)
-        # the period must outlast seeding, the worker's start, its restore and its index
-        slowness = self.slowness()
-        before_end = self.digest_before_end_s(users, slowness)
+        before_end = self.digest_before_end_s(users * seed_s_per_user)
         period = choose_period(int(before_end * 1.15) + 5, time.time() + before_end)
-        self.figures["digest_slowness"] = round(slowness, 2)
-        if slowness > 1:
-            self.console.say(f"  this machine runs the policy {slowness:.1f}x slower than the reference machine "
-                             f"(pace {self.pace:,.0f} users/s): a period of {period} s, to end after the restore")
+        self.console.say(f"  a sample of {sample:,} states seeded at {probe['digest_seed_states_per_s']:,.0f}/s: a period "
+                         f"of {period} s, to end after the seeding, restore and index of {users:,}")
         settings = self.settings(prefix, digest_period_s=period, dedup_window_s=DIGEST_DEDUP_WINDOW_S)
         self.app_ids.append(settings.app_id)
         ensure_topics(settings)

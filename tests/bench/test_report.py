@@ -101,10 +101,11 @@ def test_the_digest_line_says_whether_the_workers_were_ready_before_the_period_e
     assert "before the period ended" in report.render_markdown(results)  # results of before the margin was kept
     results["figures"].update(digest_ready_before_end_s=21.4)
     assert "and were ready 21.4 s before the period ended;" in report.render_markdown(results)
-    results["figures"].update(digest_ready_before_end_s=-36.0, digest_slowness=2.35, digest_pace_users_per_s=17_021.3)
+    results["figures"].update(digest_ready_before_end_s=-36.0, digest_probe_users=100_000,
+                              digest_probe_states_per_s=21_404.2)
     text = report.render_markdown(results)
-    assert ("and were ready only 36.0 s after the period ended, so digest_s includes that (the period fitted to this "
-            "machine's pace, 17,021 users/s, 2.35x the reference's time)") in text
+    assert ("and were ready only 36.0 s after the period ended, so digest_s includes that (the period fitted to a "
+            "sample of 100,000 states seeded first at 21,404 states/s)") in text
     assert "before the period ended" not in text
 
 

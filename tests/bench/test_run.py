@@ -76,7 +76,6 @@ def test_rates_percentiles_and_trend():
 
 def test_the_pipeline_phase_leaves_the_later_phases_what_they_need_but_never_takes_under_40_percent(monkeypatch):
     bench = run.Run(run.options_from([]), run.Console())
-    bench.pace = run.REFERENCE_PACE  # as fast as the reference machine
     need = bench.after_pipeline_s()
     # a million digest users at the rates the budget assumes, the latency stream, recovery and the API
     assert 300 < need < 500
@@ -84,7 +83,7 @@ def test_the_pipeline_phase_leaves_the_later_phases_what_they_need_but_never_tak
     for left, expected in ((800.0, 800.0 - need), (500.0, 200.0), (100.0, 60.0)):
         monkeypatch.setattr(bench, "left_s", lambda left=left: left)
         assert bench.pipeline_limit_s() == pytest.approx(expected)
-    fewer = run.Run(run.options_from(["--digest-users", "100000", "--skip-api"]), run.Console(), pace=run.REFERENCE_PACE)
+    fewer = run.Run(run.options_from(["--digest-users", "100000", "--skip-api"]), run.Console())
     monkeypatch.setattr(fewer, "left_s", lambda: 800.0)
     assert fewer.pipeline_limit_s() > 800.0 - need  # fewer digests to make: more time for the pipeline
     unbudgeted = run.Run(run.options_from(["--budget-min", "0"]), run.Console())
@@ -258,22 +257,8 @@ def test_cores_by_group_count_each_groups_processes_and_leave_out_a_group_whose_
     assert used["spinning"] >= 0.3 and used["sleeping"] <= 0.05
 
 
-def test_a_slower_machine_gives_the_digest_phase_more_time_and_a_faster_one_no_less():
-    slow = run.Run(run.options_from([]), run.Console(), pace=run.REFERENCE_PACE / 2.5)
-    fast = run.Run(run.options_from([]), run.Console(), pace=run.REFERENCE_PACE * 2)
-    assert (slow.slowness(), fast.slowness()) == (2.5, 1.0)
-    assert slow.after_pipeline_s() > fast.after_pipeline_s()
-    users = 1_000_000
-    # the restore alone at the reference's rate, then at a 2.5 times slower machine's
-    assert run.Run.digest_before_end_s(users) > users / run.RESTORE_PER_S
-    assert run.Run.digest_before_end_s(users, 2.5) > 2.5 * users / run.RESTORE_PER_S
-    assert run.Run.digest_need_s(users, 2.5) > run.Run.digest_need_s(users)
-
-
-def test_the_pace_is_measured_once_and_is_a_rate_of_the_policy_s_work():
-    bench = run.Run(run.options_from([]), run.Console())
-    first = bench.slowness()
-    assert bench.pace is not None and bench.pace > 100  # users a second: the policy runs in microseconds
-    assert bench.figures["digest_pace_users_per_s"] == round(bench.pace, 1)
-    pace = bench.pace
-    assert bench.slowness() == first and bench.pace == pace  # not measured again
+def test_the_digest_period_outlasts_the_seeding_restore_and_index_at_the_sampled_pace():
+    # the multiples cover every machine measured: restore 3.2-4.0 times the seeding, the index under half
+    for seed_s, restore_s, index_s in ((12.74, 50.02, 2.6), (37.9, 120.1, 16.3), (39.59, 134.93, 6.74),
+                                       (27.9, 100.6, 7.1)):
+        assert run.Run.digest_before_end_s(seed_s) > seed_s + restore_s + index_s

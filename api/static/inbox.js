@@ -85,7 +85,10 @@
   }
 
   async function load(more) {
-    const page = await api("GET", "/notifications?limit=20" + (more && cursor ? "&cursor=" + encodeURIComponent(cursor) : ""));
+    show(await api("GET", "/notifications?limit=20" + (more && cursor ? "&cursor=" + encodeURIComponent(cursor) : "")));
+  }
+
+  function show(page) {  // a page appended to the list; "More" goes on from its end
     for (const n of page.notifications) place(n, false);
     cursor = page.next_cursor;
     $("more").hidden = !cursor;
@@ -111,9 +114,19 @@
   $("more").addEventListener("click", () => load(true).catch((e) => status(e.message)));
 
   // The newest page again, placing at the top what the list lacks: a notification that arrived after the
-  // list was read but before the socket was registered reaches the page through neither of them.
+  // list was read but before the socket was registered reaches the page through neither of them. When the
+  // page shares nothing with a list that shows some, more came meanwhile than a page holds (or what it
+  // showed was archived elsewhere): the list starts again from that page, so "More" pages on through the
+  // ones in between rather than past them.
   async function catchUp() {
     const page = await api("GET", "/notifications?limit=20");
+    const gap = shown.size > 0 && !page.notifications.some((n) => shown.has(n.notification_id));
+    if (gap) {
+      shown.clear();
+      $("list").replaceChildren();
+      show(page);
+      return;
+    }
     for (const n of [...page.notifications].reverse()) if (!shown.has(n.notification_id)) place(n, true);
     $("empty").hidden = shown.size > 0;
   }

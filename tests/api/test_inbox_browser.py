@@ -60,7 +60,7 @@ def browser():
         driver.quit()
 
 
-def deliver_inapp(pipeline: Pipeline, user: str, title: str) -> str:
+def deliver_inapp(pipeline: Pipeline, user: str, title: str, created_at: int | None = None) -> str:
     """A DeliveryRequest on the test's herald.delivery.inapp, for the real sink to insert."""
     settings = pipeline.settings
     topic = settings.topic("delivery.inapp")
@@ -68,7 +68,7 @@ def deliver_inapp(pipeline: Pipeline, user: str, title: str) -> str:
     value = Codec(Registry(settings.schema_registry_url)).encode(f"{topic}-value", "DeliveryRequest", {
         "delivery_id": delivery_id, "user_id": user, "channel": "INAPP", "kind": "SINGLE",
         "event_ids": [uuid.uuid4().hex], "type": "COMMENT", "priority": "HIGH", "title": title,
-        "body": "Someone replied to your task.", "data": {}, "created_at": int(time.time() * 1000)})
+        "body": "Someone replied to your task.", "data": {}, "created_at": created_at or int(time.time() * 1000)})
     producer = make_producer(settings.kafka_bootstrap)
     producer.produce(topic, value, user.encode())
     assert producer.flush(10) == 0
@@ -128,20 +128,29 @@ def test_the_inbox_page_is_live_and_saves_preferences(pipeline, browser, unique)
 
 def test_the_list_catches_up_with_what_came_while_the_socket_was_away(pipeline, browser, unique):
     """A row inserted while the page has no registered socket is pushed to nobody: the page must read the
-    list again on connect, not only the counts (which the first frame of each connect carries)."""
+    list again on connect, not only the counts (which the first frame of each connect carries). When more
+    came than a page holds, "More" must page on through them, not past them from where the old list ended."""
     user = f"{unique}-away"
     token = auth.mint(auth.signing_secret(pipeline.settings), user)
     wait = WebDriverWait(browser, 60, poll_frequency=0.2)
+    now = int(time.time() * 1000)
+    wait_inserted(deliver_inapp(pipeline, user, "Before", created_at=now))
     browser.get(inbox.url(pipeline.settings.api_port, token))
-    wait.until(lambda d: text_of(d, "live") == "live")
+    wait.until(lambda d: text_of(d, "live") == "live" and titles(d) == ["Before"])
     pipeline.kill("api", signal.SIGTERM)
     wait.until(lambda d: text_of(d, "live") == "offline")
-    missed = deliver_inapp(pipeline, user, "Sent while the socket was away")
-    wait_inserted(missed)
+    missed = [deliver_inapp(pipeline, user, f"Missed {i}", created_at=now + i) for i in range(1, 22)]
+    for delivery_id in missed:
+        wait_inserted(delivery_id)
     pipeline.start("api")
-    wait.until(lambda d: text_of(d, "live") == "live" and text_of(d, "unread") == "1")
-    wait.until(lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, "#list li.item .title")]
-               == ["Sent while the socket was away"])
+    newest = [f"Missed {i}" for i in range(21, 1, -1)]  # a page: 20 of the 21
+    wait.until(lambda d: text_of(d, "live") == "live" and text_of(d, "unread") == "22" and titles(d) == newest)
+    browser.find_element(By.ID, "more").click()
+    wait.until(lambda d: titles(d) == [*newest, "Missed 1", "Before"])
+
+
+def titles(driver) -> list[str]:
+    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#list li.item .title")]
 
 
 async def inserted(delivery_id: str) -> bool:

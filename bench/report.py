@@ -149,6 +149,10 @@ ROWS: tuple[Row, ...] = (
     Row("digest_users", "Users with a digest due at the period's end", "users", _digest_users_met),
     Row("digest_s", "Digests: period end → last DIGEST request emitted", "s", _digest_s_met),
     Row("digests_per_s", "Digests emitted per second (users / digest_s)", "digests/s", _target("digests_per_s")),
+    Row("digest_machine_busy_pct", "The machine's cores busy while the digests went out", "%"),
+    Row("digest_workers_cores", "... of which Herald's workers", "cores"),
+    Row("digest_broker_cores", "... the broker", "cores"),
+    Row("digest_worker_cpu_us_per_digest", "Herald's workers' CPU for each digest", "µs"),
     Row("unread_p50_ms", "Unread-count API, p50 at a fixed request rate", "ms"),
     Row("unread_p99_ms", "Unread-count API, p99 at a fixed request rate", "ms", _unread_met),
     Row("worker_rss_mb", "Worker memory (RSS, all digest workers) with every digest user's state loaded", "MB",
@@ -306,6 +310,13 @@ def render_markdown(results: dict, chart_path: str | None = None) -> str:
             + _digest_margin(f)
             + (f"; the first digest came {_duration(f.get('digest_first_s'))} after the end" if f.get("digest_first_s") is not None else "")
             + ".")
+        if f.get("digest_workers_cores") is not None:
+            lines.append(
+                f"- While the digests went out, {fmt(f.get('digest_machine_busy_pct'), '%')} of the machine's cores were "
+                f"busy: Herald's workers used {fmt(f.get('digest_workers_cores'), 'cores')} "
+                f"({fmt(f.get('digest_worker_cpu_us_per_digest'), 'µs')} of CPU a digest), the broker "
+                f"{fmt(f.get('digest_broker_cores'), 'cores')} and the bench's reader "
+                f"{fmt(f.get('digest_bench_cores'), 'cores')}.")
     if f.get("unread_p99_ms") is not None:
         lines.append(
             f"- Unread-count API: {fmt(f.get('unread_target_requests_per_s'), 'req/s')} asked for, "

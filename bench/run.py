@@ -34,7 +34,9 @@ What it measures, in this order (each phase prints its time; the whole default r
                   fast a sample of 100,000 states seeds first (digest_probe_states_per_s;
                   digest_ready_before_end_s says by how much it did);
                   fresh workers (one per core) restore them (digest_restore_s); then the time from the
-                  period's end to the last DIGEST delivery request. worker_rss_mb and worker_state_users:
+                  period's end to the last DIGEST delivery request, with the cores the workers and the
+                  broker used meanwhile (digest_workers_cores, digest_broker_cores; the workers' CPU per
+                  digest: digest_worker_cpu_us_per_digest). worker_rss_mb and worker_state_users:
                   those workers' RSS, summed, once every user's state is loaded and indexed.
   8. recovery     recovery_s: kill -9 of those workers with a stream going on, new ones started at once
                   on the same disks; the time from the kill to the first decision they write.
@@ -326,7 +328,7 @@ class CoresBy:
     def __init__(self, groups: dict[str, list[int]]) -> None:
         self.groups = {name: pids for name, pids in groups.items() if pids}
         self.before: dict[str, float | None] = {}
-        self.started = 0.0
+        self.started = self.elapsed = 0.0
 
     def _read(self) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
@@ -341,9 +343,10 @@ class CoresBy:
         self.before, self.started = self._read(), time.monotonic()
 
     def stop(self) -> dict[str, float]:
-        after, elapsed = self._read(), time.monotonic() - self.started
-        return {name: round((after[name] - was) / elapsed, 2) for name, was in self.before.items()
-                if was is not None and after.get(name) is not None and elapsed > 0}
+        """Each group's cores, on average since ``start``; ``elapsed`` is then that time in seconds."""
+        after, self.elapsed = self._read(), time.monotonic() - self.started
+        return {name: round((after[name] - was) / self.elapsed, 2) for name, was in self.before.items()
+                if was is not None and after.get(name) is not None and self.elapsed > 0}
 
 
 # -- console -------------------------------------------------------------------------------------------------
@@ -748,6 +751,9 @@ class Crew:
 
     def rss_mb(self) -> list[float]:
         return [rss_of(member.proc.pid).get("rss_mb") or 0.0 for member in self.members if member.proc]
+
+    def pids(self) -> list[int]:
+        return [member.proc.pid for member in self.members if member.proc]
 
     def cpu_share(self, seconds: float) -> float | None:
         """Their summed share of one core over ``seconds`` (measured one after another)."""
@@ -1272,11 +1278,11 @@ class Run:
         floor = BrokerLag(settings.kafka_bootstrap, settings.topic("events"), self.logs() / "broker-lag.json",
                           settings.exactly_once, warmup, settings.fetch_max_wait_ms).start()
         self.threads.append(floor)
-        cores = CoresBy({"workers": [m.proc.pid for m in worker.members if m.proc], "broker": _broker_pids(),
+        cores = CoresBy({"workers": worker.pids(), "broker": _broker_pids(),
                          "bench": [os.getpid(), *([floor.proc.pid] if floor.proc else [])]})
         stream.start()
         started, busy_before = time.monotonic(), None
-        pids = [m.proc.pid for m in worker.members if m.proc]
+        pids = worker.pids()
         waits_before: dict[float, float] | None = None  # the workers' own share, as they time it (``streams.metrics``)
         with self.console.meter("CRITICAL delivered", max(1, int(rate * self.opts.latency_s * 0.05)), "events") as update:
             while stream.is_alive():
@@ -1355,6 +1361,7 @@ class Run:
         time from the period's end to the last DIGEST request. The states are written to the worker's
         changelog first (``bench.digest_seed``: the policy's own states) and the worker restores them."""
         from bench import digest_seed, workload
+        from bench.api_latency import machine_busy, machine_ticks
         from herald.topics import ensure_topics, register_schemas
 
         requested = users = self.opts.digest_users
@@ -1435,6 +1442,10 @@ class Run:
                 time.sleep(min(0.5, max(0.0, end - time.time())))
         ingested = users
         taps = [tap]
+        # where the cores go while the digests go out: what bounds digest_s on this machine
+        release = CoresBy({"workers": worker.pids(), "broker": _broker_pids(), "bench": [os.getpid()]})
+        busy_before = machine_ticks()
+        release.start()
         with self.console.meter("digests emitted", ingested, "digests") as update:
             deadline = end + max(120.0, ingested / 2000)
             while digests.count < ingested and time.time() < deadline:
@@ -1442,6 +1453,7 @@ class Run:
                 update(digests.count, "")
                 time.sleep(0.25)
             update(digests.count, "")
+        used, busy = release.stop(), machine_busy(busy_before)
         for tap in taps:
             tap.stop()
         if not digests.count:
@@ -1451,11 +1463,19 @@ class Run:
         self.figures.update({
             "digest_s": digest_s, "digest_first_s": round((digests.first_ms - end_ms) / 1000, 3),
             "digests_emitted": digests.count, "digests_per_s": round(digests.count / digest_s, 1) if digest_s > 0 else None,
+            "digest_machine_busy_pct": round(100 * busy, 1), "digest_workers_cores": used.get("workers"),
+            "digest_broker_cores": used.get("broker"), "digest_bench_cores": used.get("bench"),
+            # the workers' CPU for each digest, comparable with `python -m bench.digest_release` on the same machine
+            "digest_worker_cpu_us_per_digest": (round(used["workers"] * release.elapsed / digests.count * 1e6, 1)
+                                                if "workers" in used else None),
         })
         if digests.count < ingested:
             self.notes.append(f"{digests.count:,} of {ingested:,} digests were emitted within the wait; digest_s is the "
                               "time to the last one seen.")
         self.console.say(f"  {digests.count:,} digests, the last {digest_s:.1f} s after the period's end")
+        if used:
+            self.console.say(f"  cores used while they went out ({busy:.0%} of the machine busy): "
+                             + ", ".join(f"{name} {value:.2f}" for name, value in used.items()))
 
     def recovery(self) -> None:
         """kill -9 the digest workers (a million users of state, by default) mid-stream; new ones on the same

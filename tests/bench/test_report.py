@@ -109,6 +109,17 @@ def test_the_digest_line_says_whether_the_workers_were_ready_before_the_period_e
     assert "before the period ended" not in text
 
 
+def test_the_release_s_cores_are_stated_when_measured():
+    results = sample()
+    assert "While the digests went out" not in report.render_markdown(results)  # a run from before they were
+    results["figures"].update(digest_machine_busy_pct=97.6, digest_workers_cores=1.52, digest_broker_cores=0.31,
+                              digest_bench_cores=0.05, digest_worker_cpu_us_per_digest=137.4)
+    text = report.render_markdown(results)
+    assert ("- While the digests went out, 97.6 % of the machine's cores were busy: Herald's workers used 1.52 cores "
+            "(137 µs of CPU a digest), the broker 0.31 cores and the bench's reader 0.05 cores.") in text
+    assert "| 1.52 cores |" in row(text, "digest_workers_cores")
+
+
 def test_worker_memory_is_judged_for_a_million_users_state():
     results = sample()
     results["figures"].update(worker_state_users=1_000_000, worker_rss_mb=399.0)

@@ -153,9 +153,9 @@ class Clock:
             await asyncio.sleep(0)  # the batches, the lane and the timers run between chunks
         self._indexed(sorted(partitions), count, started)
 
-    @staticmethod
-    def _indexed(partitions: list[int], count: int, started: float) -> None:
+    def _indexed(self, partitions: list[int], count: int, started: float) -> None:
         elapsed = time.monotonic() - started
+        self._states.flush(partitions)  # what a restore left in memtables, written out to be given back below
         memory.trim(f"restoring and indexing partitions {partitions}")  # the scan's garbage, once per rebalance
         log.info("indexed %d users of partitions %s in %.2f s", count, partitions, elapsed)
 

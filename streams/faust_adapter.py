@@ -195,6 +195,11 @@ def read_raw(table: Any, key_bytes: bytes, partition: int) -> bytes | None:
     return partition_db(table, partition).get(key_bytes)
 
 
+def flush(table: Any, partition: int) -> None:
+    """Write ``partition``'s memtables of ``table`` to its files, and wait for it: their memory is freed."""
+    partition_db(table, partition).flush(True)
+
+
 def scan(table: Any, partition: int) -> Iterator[tuple[bytes, bytes]]:
     """Every (key, value) stored for ``partition``, without Faust's own offset record. The blocks read are
     kept out of the block cache: a scan reads each once, and would push out the ones batches read again."""

@@ -22,6 +22,7 @@ class States:
     def __init__(self, states: dict[str, dict]) -> None:
         self.states = states
         self.written: list = []
+        self.flushed: list[int] = []  # partitions whose memtables the clock flushed once indexed
 
     def get(self, user_id: str, partition: int) -> dict | None:
         state = self.states.get(user_id)
@@ -33,6 +34,9 @@ class States:
     def write(self, changes: list) -> int:
         self.written.extend(changes)
         return len(changes)
+
+    def flush(self, partitions) -> None:
+        self.flushed.extend(partitions)
 
     def persist_offsets(self) -> None:
         pass
@@ -129,8 +133,9 @@ def _indexing_clock(count: int, monkeypatch, chunk: int = 3) -> tuple[Clock, Sta
 
 
 def test_without_an_event_loop_the_index_is_rebuilt_at_once(monkeypatch):
-    clock, _ = _indexing_clock(10, monkeypatch)
+    clock, states = _indexing_clock(10, monkeypatch)
     assert len(clock.index(0)) == 10 and not clock.indexing()
+    assert states.flushed == [0]  # what the restore left in memtables is freed once the partition is indexed
 
 
 async def test_in_the_event_loop_the_index_is_rebuilt_a_chunk_at_a_time_while_users_change(monkeypatch, caplog):
@@ -154,6 +159,7 @@ async def test_in_the_event_loop_the_index_is_rebuilt_a_chunk_at_a_time_while_us
     assert {u: index.due(u) for u in states.states if u not in (changed_before, read)} == {
         u: NOW - 1 for u in states.states if u not in (changed_before, read)}
     assert "indexed 9 users of partitions [0]" in caplog.text  # all but the one changed before it was read
+    assert states.flushed == [0]
 
 
 async def test_a_rebalance_stops_a_rebuild_and_the_next_one_starts_over(monkeypatch):

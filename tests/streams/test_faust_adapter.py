@@ -289,6 +289,23 @@ def test_every_table_partition_opened_through_faust_charges_the_one_shared_cache
     assert cached > 0, "blocks read are held in the shared cache"
 
 
+def test_a_flush_empties_the_partition_s_memtables_and_keeps_what_they_held(tmp_path):
+    """After a restore the clock flushes the states' partitions: what the restore left in memtables is freed."""
+    async def write_then_flush() -> tuple[int, int, bytes | None]:
+        app = create_app(Settings(app_id="test-adapter-flush", data_dir=str(tmp_path), partitions=2))
+        table = app.Table("f", default=None, partitions=2, key_type=bytes, value_type=bytes)
+        db = faust_adapter.partition_db(table, 1)
+        for i in range(2_000):
+            db.put(f"k{i}".encode(), b"x" * 200)
+        held = db.property_int_value("rocksdb.num-entries-active-mem-table")
+        faust_adapter.flush(table, 1)
+        return held, db.property_int_value("rocksdb.num-entries-active-mem-table"), faust_adapter.read_raw(table, b"k7", 1)
+
+    held, after, value = asyncio.run(write_then_flush())
+    assert held == 2_000 and after == 0
+    assert value == b"x" * 200
+
+
 def test_a_scan_leaves_the_shared_block_cache_to_the_reads(tmp_path):
     """The clock's index is rebuilt by scanning every state of a partition: each block is read once, so it is
     kept out of the block cache (a worker holding a million users had it full right after the scan)."""

@@ -148,6 +148,14 @@ def test_the_list_catches_up_with_what_came_while_the_socket_was_away(pipeline, 
     browser.find_element(By.ID, "more").click()
     wait.until(lambda d: titles(d) == [*newest, "Missed 1", "Before"])
 
+    # fewer than a page while away: the newest page shares rows with the list, and what it lacks goes on top
+    pipeline.kill("api", signal.SIGTERM)
+    wait.until(lambda d: text_of(d, "live") == "offline")
+    wait_inserted(deliver_inapp(pipeline, user, "Missed 22", created_at=now + 22))
+    pipeline.start("api")
+    wait.until(lambda d: text_of(d, "live") == "live" and text_of(d, "unread") == "23")
+    wait.until(lambda d: titles(d) == ["Missed 22", *newest, "Missed 1", "Before"])
+
 
 def titles(driver) -> list[str]:
     return [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#list li.item .title")]

@@ -328,6 +328,7 @@ class CoresBy:
     def __init__(self, groups: dict[str, list[int]]) -> None:
         self.groups = {name: pids for name, pids in groups.items() if pids}
         self.before: dict[str, float | None] = {}
+        self.cpu_s: dict[str, float] = {}  # each group's CPU seconds between ``start`` and ``stop``, unrounded
         self.started = self.elapsed = 0.0
 
     def _read(self) -> dict[str, float | None]:
@@ -343,10 +344,12 @@ class CoresBy:
         self.before, self.started = self._read(), time.monotonic()
 
     def stop(self) -> dict[str, float]:
-        """Each group's cores, on average since ``start``; ``elapsed`` is then that time in seconds."""
+        """Each group's cores, on average since ``start``; ``elapsed`` is then that time in seconds, and
+        ``cpu_s`` the groups' CPU seconds."""
         after, self.elapsed = self._read(), time.monotonic() - self.started
-        return {name: round((after[name] - was) / self.elapsed, 2) for name, was in self.before.items()
-                if was is not None and after.get(name) is not None and self.elapsed > 0}
+        self.cpu_s = {name: now - was for name, was in self.before.items()
+                      if was is not None and (now := after.get(name)) is not None}
+        return {name: round(cpu / self.elapsed, 2) for name, cpu in self.cpu_s.items() if self.elapsed > 0}
 
 
 # -- console -------------------------------------------------------------------------------------------------
@@ -750,14 +753,14 @@ class Crew:
         return max(member.wait_for(text, timeout) for member in self.members)
 
     def rss_mb(self) -> list[float]:
-        return [rss_of(member.proc.pid).get("rss_mb") or 0.0 for member in self.members if member.proc]
+        return [rss_of(pid).get("rss_mb") or 0.0 for pid in self.pids()]
 
     def pids(self) -> list[int]:
         return [member.proc.pid for member in self.members if member.proc]
 
     def cpu_share(self, seconds: float) -> float | None:
         """Their summed share of one core over ``seconds`` (measured one after another)."""
-        shares = [cpu_share(member.proc.pid, seconds / len(self.members)) for member in self.members if member.proc]
+        shares = [cpu_share(pid, seconds / len(self.members)) for pid in self.pids()]
         return None if None in shares or not shares else round(sum(shares), 2)
 
 
@@ -1466,8 +1469,8 @@ class Run:
             "digest_machine_busy_pct": round(100 * busy, 1), "digest_workers_cores": used.get("workers"),
             "digest_broker_cores": used.get("broker"), "digest_bench_cores": used.get("bench"),
             # the workers' CPU for each digest, comparable with `python -m bench.digest_release` on the same machine
-            "digest_worker_cpu_us_per_digest": (round(used["workers"] * release.elapsed / digests.count * 1e6, 1)
-                                                if "workers" in used else None),
+            "digest_worker_cpu_us_per_digest": (round(release.cpu_s["workers"] / digests.count * 1e6, 1)
+                                                if "workers" in release.cpu_s else None),
         })
         if digests.count < ingested:
             self.notes.append(f"{digests.count:,} of {ingested:,} digests were emitted within the wait; digest_s is the "

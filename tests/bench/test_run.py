@@ -257,8 +257,9 @@ def test_cores_by_group_count_each_groups_processes_and_leave_out_a_group_whose_
         for proc in (spinner, sleeper):
             proc.kill()
             proc.wait()
-    assert set(used) == {"spinning", "sleeping"}
+    assert set(used) == {"spinning", "sleeping"} == set(cores.cpu_s)
     assert used["spinning"] >= 0.3 and used["sleeping"] <= 0.05
+    assert cores.cpu_s["spinning"] == pytest.approx(used["spinning"] * cores.elapsed, abs=0.01 * cores.elapsed)
 
 
 def test_the_digest_period_outlasts_the_seeding_restore_and_index_at_the_sampled_pace():

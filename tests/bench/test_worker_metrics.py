@@ -34,3 +34,9 @@ def test_a_percentile_is_the_bound_it_falls_under_and_none_past_the_last():
     assert percentile_at_most(timed, 99) == 0.05
     assert percentile_at_most(timed, 100) is None  # 20 s is past the last bound (10 s)
     assert percentile_at_most(difference(after, after), 99) is None  # nothing observed
+
+
+def test_a_tail_between_50_ms_and_a_second_is_told_within_100_ms():
+    for tail, bound in ((0.07, 0.075), (0.12, 0.15), (0.26, 0.3), (0.33, 0.4), (0.45, 0.5), (0.6, 0.75)):
+        timed = histogram_buckets(page(*[0.004] * 97, *[tail] * 3), NAME)
+        assert percentile_at_most(timed, 99) == bound

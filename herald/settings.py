@@ -76,8 +76,13 @@ class Settings:
                                       "How often held events, batches and digests are checked for release.")
     take_max: int = _setting(1000, "HERALD_TAKE_MAX",
                              "Records the pipeline takes at a time: each user's state is read and written once per batch.")
-    take_within_s: float = _setting(0.01, "HERALD_TAKE_WITHIN_S",
-                                    "Longest wait, in seconds, for a batch to fill before it is processed anyway.")
+    take_within_s: float = _setting(0.1, "HERALD_TAKE_WITHIN_S",
+                                    "Longest wait, in seconds, for a batch to fill before it is processed anyway. "
+                                    "While events arrive slower than HERALD_TAKE_MAX in this time, each batch is one "
+                                    "transaction per partition: a longer wait gathers more events into each, so "
+                                    "fewer transactions and broker requests per event, and a non-CRITICAL event waits "
+                                    "up to this long for its decision. CRITICAL events do not wait for it while the "
+                                    "CRITICAL lane is on (HERALD_CRITICAL_EXPRESS); with the lane off, lower it.")
     release_chunk: int = _setting(2000, "HERALD_RELEASE_CHUNK",
                                   "Users released (batches, digests, held events) in one batch of records at most; "
                                   "more due ones follow after the events already waiting, so those are not held up.")

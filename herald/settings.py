@@ -79,8 +79,9 @@ class Settings:
     take_within_s: float = _setting(0.1, "HERALD_TAKE_WITHIN_S",
                                     "Longest wait, in seconds, for a batch to fill before it is processed anyway. "
                                     "While events arrive slower than HERALD_TAKE_MAX in this time, each batch is one "
-                                    "transaction per partition: a longer wait gathers more events into each, so "
-                                    "fewer transactions and broker requests per event, and a non-CRITICAL event waits "
+                                    "commit (a transaction per partition under HERALD_EXACTLY_ONCE): a longer wait "
+                                    "gathers more events into each, so fewer commits and broker requests per event, "
+                                    "and a non-CRITICAL event waits "
                                     "up to this long for its decision. CRITICAL events do not wait for it while the "
                                     "CRITICAL lane is on (HERALD_CRITICAL_EXPRESS); with the lane off, lower it.")
     release_chunk: int = _setting(2000, "HERALD_RELEASE_CHUNK",

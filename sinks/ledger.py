@@ -11,9 +11,12 @@ Rules:
   on while the request waits here.
 - ``take_due`` claims due RETRYING rows (``FOR UPDATE SKIP LOCKED``: each goes to one process) for another
   attempt.
-- every outcome is written ``reported = false`` and set ``true`` once its status record is acknowledged; an
-  outcome found unreported (its process died in between) is reported by whoever finds it: the sink that
-  reads the request again, or ``take_unreported`` a lease later. So no attempt's final status is lost.
+- every outcome is written ``reported = false`` and set ``true`` once its status record is acknowledged. An
+  outcome still unreported a lease after it was written (its process died in between) is reported by whoever
+  finds it: the sink that reads the request again, or ``take_unreported``. So no attempt's final status is
+  lost. Within the lease it is left to its writer, which may be alive and about to report it: a partition
+  that moves while its owner is mid-batch (its poll interval exceeded while the database was away) is
+  read again by the new owner, which must not report that batch's outcomes a second time.
 - every scan (``take_due``, ``take_unreported``, ``take_in_doubt``) sees only the rows of this deployment
   (``app``, the ``HERALD_APP_ID``; migration 006): deployments sharing a database never retry, report or
   settle each other's requests. Rows from before the column have no app and are everyone's.
@@ -43,7 +46,7 @@ RETURNING delivery_id
 
 EXISTING = """
 SELECT delivery_id, status, claimed_at < now() - make_interval(secs => $2) AS stale, reported, attempts,
-       last_error, provider, claimed_by
+       last_error, provider, claimed_by, updated_at < now() - make_interval(secs => $2) AS settled
 FROM delivery_ledger WHERE delivery_id = ANY($1::text[])
 """
 
@@ -138,7 +141,8 @@ class Ledger:
     async def claim(self, items: list[tuple[str, str, bytes, Source]]) -> tuple[set[str], dict[str, str], list]:
         """Claim ``(delivery_id, user_id, raw, source)`` items. Returns the ids claimed now, for the others
         their current status (``CLAIMED_STALE`` for a claim past its lease), and the rows among them whose
-        outcome was never reported (a process died between the ledger write and the status record).
+        outcome was written more than a lease ago and never reported (a process died between the ledger
+        write and the status record).
 
         A row CLAIMED by this ledger's own ``worker_id`` counts as claimed now: a process has one claim of a
         delivery in flight at a time, and records its outcome before it claims again, so such a row is this
@@ -160,7 +164,7 @@ class Ledger:
                         claimed.add(r["delivery_id"])
                         continue
                     existing[r["delivery_id"]] = "CLAIMED_STALE" if r["status"] == "CLAIMED" and r["stale"] else r["status"]
-                    if not r["reported"] and r["status"] != "CLAIMED":
+                    if not r["reported"] and r["status"] != "CLAIMED" and r["settled"]:
                         unreported.append(r)
         return claimed, existing, unreported
 

@@ -35,8 +35,10 @@ channel marks them DEAD and dead-letters them ``IN_DOUBT``. Requests are claimed
 of ``HERALD_SINK_CONCURRENCY``, at most ``WAVES_IN_FLIGHT`` (2) at once, so a kill leaves at most two waves in
 doubt (some of them sent, some not).
 A process killed after the ledger write and before its status records are acknowledged leaves those
-outcomes unreported in the ledger: the sink that reads the request again (or, a lease later, any sink of
-the channel) writes their status records then, so a status may arrive late, or twice, but is never lost.
+outcomes unreported in the ledger: a lease later, the sink that reads the request again (or any sink of
+the channel) writes their status records, so a status may arrive late, or twice, but is never lost. A
+process alive and slower than the lease to report (Kafka away) may see its status written twice too; a
+partition that moves while its owner is mid-batch does not (``sinks/ledger.py``).
 """
 from __future__ import annotations
 

@@ -278,7 +278,7 @@ async def test_the_ledger_database_away_holds_sends_and_nothing_goes_twice(pool,
     proxy = TcpProxy("127.0.0.1", port)
     await proxy.up()
     dsn = postgres.database_url().replace(f":{port}/", f":{proxy.port}/")
-    settings = env(unique, sandbox, catcher, database_url=dsn)
+    settings = env(unique, sandbox, catcher, database_url=dsn, sink_send_timeout_s=10.0)  # no timeouts on a loaded machine
     kafka = Kafka(settings)
     u = f"{unique}-u"
     kafka.contact(u, phone="+15558880001")
@@ -295,7 +295,7 @@ async def test_the_ledger_database_away_holds_sends_and_nothing_goes_twice(pool,
             assert len(kafka.statuses()) == 1 and len(sms_for(sandbox, "+15558880001")) == 1
             await proxy.up()
             await wait_for(lambda: len(kafka.statuses()) == 4, 60)
-        assert all(v == ["SENT"] for v in by_id(kafka.statuses()).values())
+        assert {d: v for d, v in by_id(kafka.statuses()).items() if v != ["SENT"]} == {}
         bodies = Counter(m["body"].split(": ", 1)[1] for m in sms_for(sandbox, "+15558880001"))
         assert bodies == Counter({"one": 1, "held0": 1, "held1": 1, "held2": 1})
     finally:
@@ -325,7 +325,9 @@ async def test_a_claim_left_by_a_dead_process_is_never_sent_and_ends_in_doubt(po
 
 async def test_two_sinks_sharing_a_group_through_a_rebalance_send_each_delivery_once(pool, unique, sandbox, catcher,
                                                                                      tmp_path):
-    settings = env(unique, sandbox, catcher, sink_batch_size=20, sink_concurrency=5)
+    # a loaded machine (CI) can take the 2 s test timeout to answer a push: RETRYING, then SENT; this test is
+    # about the rebalance, so the provider gets the default time to answer
+    settings = env(unique, sandbox, catcher, sink_batch_size=20, sink_concurrency=5, sink_send_timeout_s=10.0)
     kafka = Kafka(settings)
     users = [f"{unique}-{i}" for i in range(10)]
     for u in users:
@@ -339,5 +341,5 @@ async def test_two_sinks_sharing_a_group_through_a_rebalance_send_each_delivery_
             await wait_for(lambda: first.delivered + second.delivered >= 150, 60, 0.05)
             first.stop()  # leaves: the second takes every partition over
             await wait_for(lambda: len(by_id(kafka.statuses())) == 300, 60)
-    assert all(v == ["SENT"] for v in by_id(kafka.statuses()).values())
+    assert {d: v for d, v in by_id(kafka.statuses()).items() if v != ["SENT"]} == {}
     assert Counter(m["token"] for m in pushes_for(sandbox, unique)) == Counter({f"{u}-tok": 30 for u in users})

@@ -58,3 +58,23 @@ async def test_a_claim_whose_answer_was_lost_is_still_this_processs_to_send(pool
     await mine.record([Mark(lost[0], "SENT", attempts=1)], "smtp")
     claimed, existing, _ = await mine.claim([lost])
     assert claimed == set() and existing == {lost[0]: "SENT"}
+
+
+@pytest.mark.integration
+async def test_an_outcome_not_yet_reported_is_left_to_its_writer_until_the_lease_ends(pool, unique):
+    """A partition moved mid-batch gives the new owner a batch whose outcomes the old owner has written and
+    is reporting: reading the requests again must not report them twice. Past the lease the writer is taken
+    for dead and whoever reads the request reports it."""
+    writer = Ledger(pool, "PUSH", "worker-a", lease_s=60.0, app=unique)
+    new_owner = Ledger(pool, "PUSH", "worker-b", lease_s=60.0, app=unique)
+    item = _item(unique)
+    assert (await writer.claim([item]))[0] == {item[0]}
+    await writer.record([Mark(item[0], "SENT", attempts=1)], "fcm")
+    claimed, existing, unreported = await new_owner.claim([item])
+    assert (claimed, existing, unreported) == (set(), {item[0]: "SENT"}, [])
+
+    after_lease = Ledger(pool, "PUSH", "worker-c", lease_s=0.0, app=unique)
+    claimed, existing, unreported = await after_lease.claim([item])
+    assert claimed == set() and [r["delivery_id"] for r in unreported] == [item[0]]
+    await writer.reported([item[0]])
+    assert (await after_lease.claim([item]))[2] == []

@@ -81,9 +81,9 @@ class Settings:
                                     "While events arrive slower than HERALD_TAKE_MAX in this time, each batch is one "
                                     "commit (a transaction per partition under HERALD_EXACTLY_ONCE): a longer wait "
                                     "gathers more events into each, so fewer commits and broker requests per event, "
-                                    "and a non-CRITICAL event waits "
-                                    "up to this long for its decision. CRITICAL events do not wait for it while the "
-                                    "CRITICAL lane is on (HERALD_CRITICAL_EXPRESS); with the lane off, lower it.")
+                                    "and a non-CRITICAL event waits up to this long for its decision. CRITICAL "
+                                    "events do not wait for it while the CRITICAL lane is on "
+                                    "(HERALD_CRITICAL_EXPRESS); with the lane off, lower it.")
     release_chunk: int = _setting(2000, "HERALD_RELEASE_CHUNK",
                                   "Users released (batches, digests, held events) in one batch of records at most; "
                                   "more due ones follow after the events already waiting, so those are not held up.")

@@ -53,6 +53,25 @@ def outputs_compared(herald: dict, quix: dict) -> str:
             + ". The ratio compares unequal work.")
 
 
+def decisions_compared(figures: dict) -> str | None:
+    """Whether Herald and the peer decided alike, event by event (``first_decisions_compared`` in bench/run.py);
+    None for a results file from before that comparison."""
+    both = figures.get("outputs_events_compared")
+    if both is None:
+        return None
+    alike = figures.get("outputs_events_alike") or 0
+    if not both:
+        return "Outputs: no event was decided by both sides, so the decisions could not be compared."
+    if alike == both:
+        return f"Outputs: the same first decision on every one of the {both:,} events both sides decided."
+    differences = figures.get("outputs_differences") or {}
+    listing = ", ".join(f"{k} {v:,}" for k, v in differences.items())
+    examples = figures.get("outputs_difference_examples") or []
+    return (f"Outputs: **not the same job** — of the {both:,} events both sides decided, {both - alike:,} "
+            f"were decided otherwise (Herald / the peer: {listing}"
+            + (f"; e.g. {', '.join(examples[:3])}" if examples else "") + "). The ratio compares unequal work.")
+
+
 def requests_compared(herald: dict, quix: dict, herald_events: float, quix_events: float) -> str:
     """Each side's delivery requests by channel when it stopped, per event it decided (the two may decide different
     numbers of events): the parts sent at once, and the batches, digests and throttled parts released by then
@@ -266,7 +285,10 @@ def render_markdown(results: dict, chart_path: str | None = None) -> str:
                if f.get("pipeline_all_final_s") is not None else "")
             + f"; worker start-up {_duration(f.get('pipeline_startup_s'))} (not counted); worker RSS afterwards "
             f"{fmt(f.get('pipeline_worker_rss_mb'), 'MB')} (the largest).")
-    if f.get("pipeline_outcomes_first") and f.get("quix_outcomes"):
+    by_event = decisions_compared(f)
+    if by_event is not None:
+        lines.append("- " + by_event)
+    elif f.get("pipeline_outcomes_first") and f.get("quix_outcomes"):
         lines.append("- " + outputs_compared(f["pipeline_outcomes_first"], f["quix_outcomes"]))
     if f.get("pipeline_requests") and f.get("quix_requests"):
         lines.append("- " + requests_compared(f["pipeline_requests"], f["quix_requests"],

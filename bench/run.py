@@ -578,11 +578,12 @@ class Decided:
     """Counts the input records Herald has decided, from its decisions topic: each record's first
     decision is the first one for its event_id, or a DEDUPLICATED one for an event_id seen before (a
     producer's retry re-sends the same event_id, and is decided again as a duplicate). Every input has
-    exactly one final decision, so ``finals`` counts the inputs that are done."""
+    exactly one final decision, so ``finals`` counts the inputs that are done. ``first`` keeps each event_id's
+    first outcome, to compare with the peer's event by event."""
 
     def __init__(self, heads: Heads) -> None:
         self.heads = heads
-        self.seen: set[bytes] = set()
+        self.first: dict[bytes, int] = {}
         self.first_ms: list[int] = []
         self.finals = 0
         self.last_final_ms = 0
@@ -593,12 +594,12 @@ class Decided:
         return len(self.first_ms)
 
     def handle(self, batch: list, read_ns: int) -> None:
-        decision, seen, first, dedup = self.heads.decision, self.seen, self.first_ms, self.heads.deduplicated
+        decision, seen, first, dedup = self.heads.decision, self.first, self.first_ms, self.heads.deduplicated
         for msg in batch:
             event_id, outcome, final = decision(msg.value())
             ts = msg.timestamp()[1]
             if event_id not in seen:
-                seen.add(event_id)
+                seen[event_id] = outcome
                 first.append(ts)
                 self.outcomes[outcome] += 1
             elif outcome == dedup:
@@ -608,6 +609,31 @@ class Decided:
                 self.finals += 1
                 if ts > self.last_final_ms:
                     self.last_final_ms = ts
+
+
+def first_decisions_compared(herald: dict[bytes, int], peer: dict[bytes, int], names: list[str],
+                             examples: int = 10) -> dict:
+    """Herald's and the peer's first decision of each event both decided, event by event (``herald`` and ``peer``
+    map event_id to an outcome's index in ``names``): how many both decided, how many alike, and the others
+    counted by "Herald's outcome / the peer's" with a few of their event ids. The two jobs are the same when
+    every event both decided was decided alike; comparing shares of outcomes would hide two differences that
+    cancel out, and would count the peer's smaller sample against Herald's whole run."""
+    both = alike = 0
+    differ: Counter = Counter()
+    ids: list[str] = []
+    for event_id, outcome in peer.items():
+        mine = herald.get(event_id)
+        if mine is None:
+            continue
+        both += 1
+        if mine == outcome:
+            alike += 1
+            continue
+        differ[f"{names[mine]} / {names[outcome]}"] += 1
+        if len(ids) < examples:
+            ids.append(event_id.decode(errors="replace"))
+    return {"outputs_events_compared": both, "outputs_events_alike": alike,
+            "outputs_differences": dict(differ.most_common()), "outputs_difference_examples": ids}
 
 
 class Worker:
@@ -1077,6 +1103,7 @@ class Run:
                                 processes=self.worker_count(), window_s=self.opts.batch_window_s,
                                 digest_s=self.opts.digest_period_s)
         self.groups.append(figures.get("quix_group"))
+        self.details["quix_decisions_topic"] = figures.get("quix_decisions_topic")
         self.figures.update({k: v for k, v in figures.items() if not k.endswith(("_topic", "_group"))})
         if not figures.get("quix_complete"):
             self.notes.append(f"The Quix Streams peer decided {figures.get('quix_events', 0):,} of {self.opts.events:,} "
@@ -1142,6 +1169,7 @@ class Run:
         })
         if n < total:
             self.name_undecided("pipeline", settings, heads, worker)
+        self.compare_with_peer(settings, heads, decided)
         self.console.say(f"  {n:,} events decided: {self.figures['pipeline_events_per_s']:,.0f} events/s at steady "
                          f"state (10%→90%), {overall or 0:,.0f} events/s first to last")
         rss = worker.rss_mb()
@@ -1164,6 +1192,27 @@ class Run:
             self.notes.append(f"{decided.finals:,} of {n:,} decided events were final {when}; the rest were waiting in "
                               "batches, digests or rate limits.")
         tap.stop()
+
+    def compare_with_peer(self, settings: Any, heads: Heads, decided: Decided) -> None:
+        """Read the peer's decisions topic back and compare its first decisions with Herald's, event by event
+        (``first_decisions_compared``): after Herald's phase, so the reading does not share its cores."""
+        from bench.undecided import read_topic
+
+        topic = self.details.get("quix_decisions_topic")
+        if not topic:
+            return
+        peer: dict[bytes, int] = {}
+
+        def handle(msg: Any) -> None:
+            event_id, outcome, _ = heads.decision(msg.value())
+            peer.setdefault(event_id, outcome)
+        try:
+            read_topic(settings.kafka_bootstrap, topic, handle)
+        except Exception as exc:  # noqa: BLE001 - the rates stand; the comparison by outcome shares remains
+            self.notes.append(f"The peer's decisions could not be read back to compare event by event: "
+                              f"{type(exc).__name__}: {exc}")
+            return
+        self.figures.update(first_decisions_compared(decided.first, peer, heads.outcomes))
 
     def name_undecided(self, phase: str, settings: Any, heads: Heads, crew: "Crew") -> None:
         """A phase that ended with events undecided: name them (``<phase>_undecided`` in the figures: event ids,

@@ -223,6 +223,25 @@ def test_the_outputs_of_herald_and_the_peer_are_compared_by_outcome():
     assert "**not the same job**" in shifted and "only Herald" not in shifted
 
 
+def test_the_event_by_event_comparison_is_stated_before_the_shares():
+    from bench.report import decisions_compared, render_markdown
+
+    assert decisions_compared({}) is None  # a results file from before it
+    alike = {"outputs_events_compared": 96_664, "outputs_events_alike": 96_664, "outputs_differences": {}}
+    assert decisions_compared(alike) == ("Outputs: the same first decision on every one of the 96,664 events both "
+                                         "sides decided.")
+    differ = decisions_compared({"outputs_events_compared": 96_664, "outputs_events_alike": 96_662,
+                                 "outputs_differences": {"THROTTLED / ROUTED": 2},
+                                 "outputs_difference_examples": ["e-1", "e-2"]})
+    assert "**not the same job**" in differ and "2 were decided otherwise" in differ
+    assert "THROTTLED / ROUTED 2; e.g. e-1, e-2" in differ
+    results = sample()
+    results["figures"].update(alike, pipeline_outcomes_first={"ROUTED": 10}, quix_outcomes={"ROUTED": 1})
+    text = render_markdown(results)
+    assert "the same first decision on every one of the 96,664" in text
+    assert "the same decisions on both sides (by outcome" not in text
+
+
 def test_the_requests_of_both_sides_are_listed_by_channel():
     from bench.report import requests_compared
 

@@ -151,6 +151,21 @@ def test_decided_counts_each_input_once_including_resent_duplicates():
     assert decided.inputs == 4
     assert decided.first_ms == [10, 11, 12, 13]
     assert (decided.finals, decided.last_final_ms) == (4, 20)
+    assert decided.first == {b"a": heads.outcomes.index("BATCHED"), b"b": heads.outcomes.index("ROUTED"),
+                             b"c": heads.outcomes.index("DEDUPLICATED")}
+
+
+def test_the_first_decisions_are_compared_event_by_event_on_the_events_both_decided():
+    names = ["ROUTED", "BATCHED", "THROTTLED"]
+    herald = {b"a": 0, b"b": 1, b"c": 2, b"d": 0}
+    peer = {b"a": 0, b"b": 1, b"c": 0, b"e": 2}  # "d" only Herald decided, "e" only the peer
+    assert run.first_decisions_compared(herald, peer, names) == {
+        "outputs_events_compared": 3, "outputs_events_alike": 2, "outputs_differences": {"THROTTLED / ROUTED": 1},
+        "outputs_difference_examples": ["c"]}
+    # equal shares of outcomes, different events: a comparison by shares would call this the same job
+    swapped = run.first_decisions_compared({b"a": 0, b"b": 1}, {b"a": 1, b"b": 0}, names)
+    assert swapped["outputs_events_alike"] == 0
+    assert swapped["outputs_differences"] == {"ROUTED / BATCHED": 1, "BATCHED / ROUTED": 1}
 
 
 # -- the real stack -----------------------------------------------------------------------------------

@@ -278,7 +278,7 @@ async def test_the_ledger_database_away_holds_sends_and_nothing_goes_twice(pool,
     proxy = TcpProxy("127.0.0.1", port)
     await proxy.up()
     dsn = postgres.database_url().replace(f":{port}/", f":{proxy.port}/")
-    settings = env(unique, sandbox, catcher, database_url=dsn, sink_send_timeout_s=10.0)  # no timeouts on a loaded machine
+    settings = env(unique, sandbox, catcher, database_url=dsn)
     kafka = Kafka(settings)
     u = f"{unique}-u"
     kafka.contact(u, phone="+15558880001")
@@ -325,9 +325,7 @@ async def test_a_claim_left_by_a_dead_process_is_never_sent_and_ends_in_doubt(po
 
 async def test_two_sinks_sharing_a_group_through_a_rebalance_send_each_delivery_once(pool, unique, sandbox, catcher,
                                                                                      tmp_path):
-    # a loaded machine (CI) can take the 2 s test timeout to answer a push: RETRYING, then SENT; this test is
-    # about the rebalance, so the provider gets the default time to answer
-    settings = env(unique, sandbox, catcher, sink_batch_size=20, sink_concurrency=5, sink_send_timeout_s=10.0)
+    settings = env(unique, sandbox, catcher, sink_batch_size=20, sink_concurrency=5)
     kafka = Kafka(settings)
     users = [f"{unique}-{i}" for i in range(10)]
     for u in users:

@@ -70,8 +70,10 @@ class Server:
 
 
 def settings_for(unique: str, **overrides) -> Settings:
+    # the default send timeout: a loaded machine (CI) can take 2 s to answer a local provider, and a test
+    # asserting every status is SENT then sees RETRYING first; tests of timeouts set their own
     base = dict(topic_prefix=f"{unique}.", app_id=f"{unique}-app", sink_retry_base_s=0.2, sink_retry_max_s=1.0,
-                sink_send_timeout_s=2.0, sink_breaker_open_s=1.0, partitions=2)
+                sink_send_timeout_s=10.0, sink_breaker_open_s=1.0, partitions=2)
     base.update(overrides)
     settings = Settings.from_env(**base)
     ensure_topics(settings)

@@ -8,7 +8,8 @@ own state after one LOW event in a digest period, kept as JSON bytes as the tabl
 are indexed by when they are due (``streams.due.DueIndex``) and released as ``streams.clock.Clock`` does,
 in batches of ``HERALD_RELEASE_CHUNK``: the state read (orjson), the due check, ``policy.on_tick`` with the
 preferences of a user without a record, the outputs encoded in Avro, the user indexed again, and the
-changed states written back as JSON when each batch commits. Records are counted, not produced.
+changed states written back as JSON when each batch commits. Records are counted, not produced. The garbage
+collector is tuned as the worker tunes it (``streams.commands.tune_gc``).
 
 It prints CPU microseconds per user released (the best of ``--rounds``) and the records written, which must be
 a digest request and a decision per user.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import re
 import shutil
 import statistics
@@ -33,7 +35,9 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import orjson
 
@@ -44,6 +48,7 @@ from bench.policy_path import Outbox, PreRegistered, Table
 from herald.settings import Settings
 from schemas.codec import Codec
 from streams.clock import due_time
+from streams.commands import tune_gc
 from streams.config import policy_config
 from streams.due import DueIndex
 from streams.outputs import Outputs
@@ -156,6 +161,19 @@ def compare(args: argparse.Namespace) -> None:
               f"(CPU; {len(got)} rounds, {args.users:,} users)   ({sides[name]})")
 
 
+@contextmanager
+def worker_gc() -> Iterator[None]:
+    """The garbage collector as `herald worker` sets it before it starts, and as it was again afterwards (the
+    tests call ``main`` in their own process)."""
+    threshold = gc.get_threshold()
+    tune_gc()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=50_000, help="users with a digest due (default 50,000)")
@@ -173,8 +191,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{instructions(REPO, args.users):,.0f} instructions a user released ({args.users:,} users)")
         return
     settings = Settings(digest_period_s=PERIOD_S, dedup_window_s=3_600)  # as `herald bench` digest phase
-    states = seeded(args.users, settings)
-    results = [release(states, settings) for _ in range(args.rounds)]
+    with worker_gc():
+        states = seeded(args.users, settings)
+        results = [release(states, settings) for _ in range(args.rounds)]
     records = {r[1] for r in results}
     if records != {2 * args.users}:
         raise SystemExit(f"expected a digest request and a decision per user ({2 * args.users:,} records), "

@@ -111,14 +111,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
         app.herald_pipeline.metrics.serve(settings.worker_metrics_port, settings.app_id)  # type: ignore[attr-defined]
     worker = Worker(app, loglevel="INFO", quiet=True, logging_config=logging_config)
     _quiet_clients()
-    _tune_gc()
+    tune_gc()
     worker.execute_from_commandline()
     return 0
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """Fewer, cheaper garbage collections for a long-running worker: what is loaded at start-up is never
-    scanned again (``freeze``), and young objects are collected less often (a batch makes many)."""
+    scanned again (``freeze``), and young objects are collected less often (a batch makes many).
+    ``bench.digest_release`` runs with it too, to measure what the worker runs."""
     import gc
 
     gc.collect()

@@ -89,6 +89,19 @@ def test_the_digest_release_bench_sends_every_user_one_digest(capsys):
     assert "µs/user" in out and "300 users, 600 records" in out
 
 
+def test_the_digest_release_bench_releases_with_the_worker_s_garbage_collector_and_restores_it(monkeypatch, capsys):
+    import gc
+
+    from bench import digest_release
+
+    before, seen = gc.get_threshold(), []
+    monkeypatch.setattr(digest_release, "tune_gc", lambda: gc.set_threshold(12_345, 11, 12))
+    real = digest_release.release
+    monkeypatch.setattr(digest_release, "release", lambda *a: seen.append(gc.get_threshold()) or real(*a))
+    digest_release.main(["--users", "20", "--rounds", "2"])
+    assert seen == [(12_345, 11, 12)] * 2 and gc.get_threshold() == before
+
+
 def test_the_digest_release_bench_fails_when_a_user_gets_no_digest(monkeypatch):
     from bench import digest_release
 

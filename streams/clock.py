@@ -178,7 +178,8 @@ class Clock:
 
     def tick_time(self, partition: int, tick_ms: int) -> int:
         last = self._last_event.get(partition)
-        return rules.tick_time(tick_ms, self.unread(partition), last[1] if last else None, BEHIND)
+        live = time.monotonic() - self._last_read.get(partition, 0.0) < LIVE_S
+        return rules.tick_time(tick_ms, self.unread(partition), last[1] if last else None, BEHIND, live=live)
 
     def release(self, step: Step, partition: int, tick_ms: int) -> None:
         """Release the users due on ``partition`` at the tick's clock, within this batch's budget."""

@@ -41,6 +41,19 @@ def test_a_tick_waits_for_the_unread_events_only_when_many_are_behind():
     assert tick_time(T, unread=11, last_event_ms=T - 1, behind=10) == T - 1
 
 
+def test_a_tick_waits_for_a_backlog_s_tail_while_it_is_read_and_the_events_are_old():
+    """The last few hundred events of a backlog are minutes older than the ticks read among them: a release at
+    the tick's time would open a rate window their users' older events would count in."""
+    assert tick_time(T, unread=5, last_event_ms=T - 60_000, live=True) == T - 60_000
+    assert tick_time(T, unread=5, last_event_ms=T - 60_000, live=False) == T, "quiet: a marker is not a backlog"
+    assert tick_time(T, unread=0, last_event_ms=T - 60_000, live=True) == T, "read to the end"
+    assert tick_time(T, unread=5, last_event_ms=T - 5_000, live=True) == T, "a few seconds behind: live"
+    assert tick_time(T, unread=5, last_event_ms=T - 5_001, live=True) == T - 5_001
+    assert tick_time(T, unread=5, last_event_ms=T - 2_000, live=True, lag_ms=1_000) == T - 2_000
+    assert tick_time(T, unread=5, last_event_ms=None, live=True) == T
+    assert tick_time(T, unread=None, last_event_ms=T - 60_000, live=True) == T
+
+
 @given(st.integers(1, 100_000), st.booleans())
 def test_release_limit_is_the_chunk_when_quiet_and_a_tenth_when_busy(chunk, busy):
     got = release_limit(chunk, busy)

@@ -122,6 +122,26 @@ def test_ticks_read_in_one_batch_queue_one_tick_to_continue_not_one_each():
     assert step.released == 1 and len(outbox.records) == 2, "the last one is released; nothing is left to go on"
 
 
+def test_a_tick_among_a_backlog_s_last_events_releases_at_their_time_until_they_are_read(monkeypatch):
+    """Fewer unread events than the count that makes a partition behind, but minutes old while they are read:
+    the tick releases at the last event's time. Read to the end, or the partition quiet, it keeps its own."""
+    from streams import clock as clock_module
+
+    highwater = {"value": 105}
+    feed = SimpleNamespace(partitions={0}, highwater=lambda topic, partition: highwater["value"])
+    clock = Clock(feed, States({}), Context(), policy.PolicyConfig(), Sent(), "t.events", "t-ticks",  # type: ignore[arg-type]
+                  release_chunk=100)
+    clock.note_event(0, 100, NOW - 300_000)  # 4 unread, 5 minutes older than the tick
+    assert clock.tick_time(0, NOW) == NOW - 300_000
+    clock.note_event(0, 104, NOW - 299_000)  # read to the end
+    assert clock.tick_time(0, NOW) == NOW
+    highwater["value"] = 106  # a transaction marker after the last event: unread for ever
+    assert clock.tick_time(0, NOW) == NOW - 299_000, "while events are read"
+    now = clock_module.time.monotonic() + clock_module.LIVE_S
+    monkeypatch.setattr(clock_module.time, "monotonic", lambda: now)
+    assert clock.tick_time(0, NOW) == NOW, "a quiet partition is not waiting for its marker"
+
+
 def _indexing_clock(count: int, monkeypatch, chunk: int = 3) -> tuple[Clock, States]:
     from streams import clock as clock_module
 

@@ -80,7 +80,7 @@ class Feed:
         self._rebalancing = rebalancing
         self._take_max = settings.take_max
         self._within_s = settings.take_within_s
-        self._consumer = Consumer({**client_config(
+        self._config = {**client_config(
             settings, **{"group.id": pipeline_group(settings), "enable.auto.commit": False,
                          "auto.offset.reset": "earliest",
                          "isolation.level": "read_committed" if settings.exactly_once else "read_uncommitted",
@@ -88,11 +88,19 @@ class Feed:
                          # with the CRITICAL lane on, the lane answers CRITICAL events at once: the feed can gather
                          "fetch.min.bytes": settings.fetch_min_bytes if settings.critical_express else 1,
                          "queued.max.messages.kbytes": 16 * 1024, "fetch.max.bytes": 16 * 1024 * 1024}),
-            "error_cb": lambda err: log.warning("pipeline consumer: %s", err)})
+            "error_cb": lambda err: log.warning("pipeline consumer: %s", err)}
+        # made at first use: a worker built and never run (as in tests) must not keep dialling the broker
+        self._made: Consumer | None = None
         self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="herald-feed")
         self._held: set[int] | None = None  # partition numbers read; None: between a revocation and an assignment
         self._epoch = 0  # changes with every assignment and revocation
         self._busy = asyncio.Lock()  # held while a batch is processed and committed
+
+    @property
+    def _consumer(self) -> Consumer:
+        if self._made is None:
+            self._made = Consumer(self._config)
+        return self._made
 
     @property
     def partitions(self) -> set[int]:
@@ -110,7 +118,8 @@ class Feed:
         self._held = None
         self._epoch += 1
         async with self._busy:
-            self._consumer.unassign()
+            if self._made is not None:
+                self._made.unassign()
 
     def highwater(self, topic: str, partition: int) -> int | None:
         """The partition's end as the last fetch saw it (None: not known yet)."""
@@ -146,7 +155,8 @@ class Feed:
                     self._consumer.commit(offsets=next_offsets(records), asynchronous=True)
         finally:
             self._fetcher.shutdown(wait=True)
-            self._consumer.close()
+            if self._made is not None:
+                self._made.close()
 
     @staticmethod
     def _failed(msg: Any) -> bool:

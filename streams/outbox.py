@@ -58,7 +58,8 @@ class Outbox:
         self._bootstrap = bootstrap
         self._config: dict[str, Any] = {"linger.ms": linger_ms, "batch.size": 1_000_000,
                                         "queue.buffering.max.messages": 1_000_000, "message.max.bytes": MAX_RECORD_BYTES}
-        self._producer = make_producer(bootstrap, **self._config, **{"message.timeout.ms": 0})
+        # made at first use: an outbox built and never used (as in tests) must not keep dialling the broker
+        self._plain: Producer | None = None
         self._prefix = transactional_id
         self._txn: dict[int, Producer] = {}  # input partition -> its transactional producer
         self._open: set[int] = set()  # partitions with a transaction begun in this batch
@@ -67,6 +68,12 @@ class Outbox:
         self._deferred: list[tuple] = []  # a batch's records to those topics, produced at its commit
         self._express: Producer | None = None  # ``express``'s, made at its first use
         self._lock = threading.Lock()  # ``claim`` runs off the loop while a batch may be sending
+
+    @property
+    def _producer(self) -> Producer:
+        if self._plain is None:
+            self._plain = make_producer(self._bootstrap, **self._config, **{"message.timeout.ms": 0})
+        return self._plain
 
     @property
     def exactly_once(self) -> bool:
@@ -139,7 +146,7 @@ class Outbox:
             else:
                 produce(producer, topic, value, key, partition=partition, headers=headers, on_delivery=on_delivery)
             return
-        produce(self._producer, topic, value, key, partition=partition, headers=headers,
+        produce(self._plain or self._producer, topic, value, key, partition=partition, headers=headers,
                 on_delivery=on_delivery or self._delivered)
 
     def defer(self, topics: Iterable[str]) -> None:
@@ -167,10 +174,11 @@ class Outbox:
 
     async def flush(self) -> None:
         """Wait until every record queued on the plain producer is acknowledged (without blocking the loop)."""
-        self._producer.poll(0)
         remaining = 0
-        if len(self._producer):
-            remaining = await asyncio.get_running_loop().run_in_executor(None, self._producer.flush, 3600)
+        if self._plain is not None:
+            self._plain.poll(0)
+            if len(self._plain):
+                remaining = await asyncio.get_running_loop().run_in_executor(None, self._plain.flush, 3600)
         self._raise_failures(remaining)
 
     async def commit(self) -> None:

@@ -100,3 +100,24 @@ def test_the_worker_fences_the_partitions_previous_owners_before_its_tables_rest
     asyncio.run(scenario())
     expected = [("claim", [1, 3]), ("restore", [1, 3]), ("read", [1, 3])]
     assert [step for step in order if step[0] != "watch"] == expected
+
+
+def test_a_worker_built_and_never_run_does_not_dial_the_broker(tmp_path, capfd):
+    """The feed's consumer and the outbox's producer are made at first use: librdkafka clients dial their
+    bootstrap servers from the moment they exist, and a worker built only to be inspected would keep
+    reporting refused connections to stderr for as long as it lives."""
+    import socket
+
+    from streams.worker import create_worker
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def built() -> None:
+        create_worker(Settings.from_env(kafka_bootstrap=f"127.0.0.1:{port}", app_id="test-no-dial",
+                                        data_dir=str(tmp_path)), register=False)
+        await asyncio.sleep(1.5)
+
+    asyncio.run(built())
+    assert f"127.0.0.1:{port}" not in capfd.readouterr().err

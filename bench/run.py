@@ -594,16 +594,16 @@ class Decided:
         return len(self.first_ms)
 
     def handle(self, batch: list, read_ns: int) -> None:
-        decision, seen, first, dedup = self.heads.decision, self.first, self.first_ms, self.heads.deduplicated
+        decision, first_of, first_ms, dedup = self.heads.decision, self.first, self.first_ms, self.heads.deduplicated
         for msg in batch:
             event_id, outcome, final = decision(msg.value())
             ts = msg.timestamp()[1]
-            if event_id not in seen:
-                seen[event_id] = outcome
-                first.append(ts)
+            if event_id not in first_of:
+                first_of[event_id] = outcome
+                first_ms.append(ts)
                 self.outcomes[outcome] += 1
             elif outcome == dedup:
-                first.append(ts)
+                first_ms.append(ts)
                 self.outcomes[outcome] += 1
             if final:
                 self.finals += 1

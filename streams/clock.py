@@ -176,17 +176,20 @@ class Clock:
         """Users indexed per partition."""
         return {p: len(index) for p, index in list(self._indexes.items())}
 
+    def _live(self, partition: int) -> bool:
+        """Whether an event of ``partition`` was read within ``LIVE_S``."""
+        return time.monotonic() - self._last_read.get(partition, 0.0) < LIVE_S
+
     def tick_time(self, partition: int, tick_ms: int) -> int:
         last = self._last_event.get(partition)
-        live = time.monotonic() - self._last_read.get(partition, 0.0) < LIVE_S
-        return rules.tick_time(tick_ms, self.unread(partition), last[1] if last else None, BEHIND, live=live)
+        return rules.tick_time(tick_ms, self.unread(partition), last[1] if last else None, BEHIND,
+                               live=self._live(partition))
 
     def release(self, step: Step, partition: int, tick_ms: int) -> None:
         """Release the users due on ``partition`` at the tick's clock, within this batch's budget."""
         now_ms = self.tick_time(partition, tick_ms)
         index = self.index(partition)
-        live = time.monotonic() - self._last_read.get(partition, 0.0) < LIVE_S
-        busy = bool(self.unread(partition)) or live
+        busy = bool(self.unread(partition)) or self._live(partition)
         budget = max(0, rules.release_limit(self._release_chunk, busy) - step.released)
         chunk = index.pop_due(now_ms, limit=budget)
         step.released += len(chunk)

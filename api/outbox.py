@@ -67,9 +67,12 @@ class Outbox:
             raise PublishError("the broker did not acknowledge the record in time") from None
 
     def close(self, timeout: float = 5.0) -> None:
+        """Flush what is queued, then close the producer: whoever still holds this outbox (a task's traceback,
+        a test), librdkafka stops dialling the broker."""
         self._stop.set()
         self._thread.join(2)
         self.producer.flush(timeout)
+        self.producer.close()
 
 
 def _settle(done: asyncio.Future, err) -> None:

@@ -181,15 +181,20 @@ class Clock:
         return time.monotonic() - self._last_read.get(partition, 0.0) < LIVE_S
 
     def tick_time(self, partition: int, tick_ms: int) -> int:
+        return self._tick(partition, tick_ms)[0]
+
+    def _tick(self, partition: int, tick_ms: int) -> tuple[int, bool]:
+        """The tick's clock on ``partition`` (``agents.clock.tick_time``), and whether events are arriving
+        there (some unread, or one read just now), which shrinks what one batch may release."""
+        unread, live = self.unread(partition), self._live(partition)
         last = self._last_event.get(partition)
-        return rules.tick_time(tick_ms, self.unread(partition), last[1] if last else None, BEHIND,
-                               live=self._live(partition))
+        now_ms = rules.tick_time(tick_ms, unread, last[1] if last else None, BEHIND, live=live)
+        return now_ms, bool(unread) or live
 
     def release(self, step: Step, partition: int, tick_ms: int) -> None:
         """Release the users due on ``partition`` at the tick's clock, within this batch's budget."""
-        now_ms = self.tick_time(partition, tick_ms)
+        now_ms, busy = self._tick(partition, tick_ms)
         index = self.index(partition)
-        busy = bool(self.unread(partition)) or self._live(partition)
         budget = max(0, rules.release_limit(self._release_chunk, busy) - step.released)
         chunk = index.pop_due(now_ms, limit=budget)
         step.released += len(chunk)

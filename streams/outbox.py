@@ -146,6 +146,7 @@ class Outbox:
             else:
                 produce(producer, topic, value, key, partition=partition, headers=headers, on_delivery=on_delivery)
             return
+        # the attribute first: once it is made, a record costs no call to the property
         produce(self._plain or self._producer, topic, value, key, partition=partition, headers=headers,
                 on_delivery=on_delivery or self._delivered)
 

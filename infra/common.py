@@ -59,9 +59,16 @@ def ensure_port_free(service: str, host: str, port: int, env_var: str) -> None:
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None,
-               proc: subprocess.Popen | None = None, interval: float = 0.25) -> None:
-    """Poll ``check`` until it is true; fail with the log's tail when time runs out or the process dies."""
-    deadline = time.monotonic() + timeout
+               proc: subprocess.Popen | None = None, interval: float = 0.25, busy_up_to: float | None = None) -> None:
+    """Poll ``check`` until it is true; fail with the log's tail when time runs out or the process dies.
+
+    ``busy_up_to``: a server still writing its ``log`` is working, not stuck (a broker loading thousands of
+    partitions' logs after a restart). The wait then goes on while the log has grown within the last
+    ``timeout`` seconds, up to ``busy_up_to`` seconds in all; giving up on such a server and stopping it
+    would only make it start its recovery again next time."""
+    started = time.monotonic()
+    deadline = started + timeout
+    size = _size(log)
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise InfraError(f"{what}: the process exited with code {proc.returncode} before it was ready; "
@@ -72,7 +79,21 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path |
         except Exception:  # noqa: BLE001 - not ready yet, whatever the reason
             pass
         time.sleep(interval)
-    raise InfraError(f"{what}: not ready after {timeout:.0f}s; see {log}{_tail(log)}")
+        if busy_up_to is not None and (grown := _size(log)) != size:
+            size = grown
+            deadline = min(started + busy_up_to, time.monotonic() + timeout)
+    waited = time.monotonic() - started
+    why = (f"its log still growing after {busy_up_to:.0f}s" if busy_up_to is not None and waited >= busy_up_to
+           else f"not ready after {waited:.0f}s" + (f", {timeout:.0f}s of them with nothing new in its log"
+                                                     if busy_up_to is not None else ""))
+    raise InfraError(f"{what}: {why}; see {log}{_tail(log)}")
+
+
+def _size(log: Path | None) -> int:
+    try:
+        return log.stat().st_size if log is not None else 0
+    except OSError:
+        return 0
 
 
 def _tail(log: Path | None, lines: int = 5) -> str:

@@ -42,6 +42,7 @@ from infra.common import (
 NAME = "kafka"
 POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
 VERSION = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text()).group(1)  # type: ignore[union-attr]
+RECOVERY_S = 600  # how long in all a broker still writing its log at start-up is waited for
 JVM_OPTS = ["-Xms256m", "-Xmx1g", "-XX:+UseSerialGC", "-Djava.awt.headless=true"]
 
 # Console goes to the log file (start_process redirects stdout). Log4j's own shutdown hook would stop
@@ -214,12 +215,13 @@ def start(progress: Callable[[str], None] = print, timeout: float = 90) -> Servi
     """Make Kafka answer on the bootstrap address: reuse a broker already answering there, else start ours.
 
     ``detail["startup_s"]`` is the seconds from launching the JVM to readiness (0 when nothing was launched).
-    A broker that does not answer within ``timeout`` is stopped again, so a failed start leaves nothing running.
+    A broker that does not answer within ``timeout`` is stopped again, so a failed start leaves nothing running;
+    one still writing its log (loading many partitions after a restart) is given up to ``RECOVERY_S``.
     """
     host, port, cport = _host_port()
     pid, startup_s = read_pid(NAME), 0.0
     if pid is not None:  # ours, maybe still starting
-        wait_until(_ours_ready, timeout, f"{NAME}: broker (pid {pid}) start", log_path(NAME))
+        wait_until(_ours_ready, timeout, f"{NAME}: broker (pid {pid}) start", log_path(NAME), busy_up_to=RECOVERY_S)
     elif _probe() is not None:
         progress(f"{NAME}: a Kafka broker already answers on {bootstrap()}; using it")
     else:
@@ -232,7 +234,7 @@ def start(progress: Callable[[str], None] = print, timeout: float = 90) -> Servi
         t0 = time.monotonic()
         proc = start_process(NAME, [*_java(log4j), "kafka.Kafka", str(server)])
         try:
-            wait_until(_ours_ready, timeout, f"{NAME}: broker start", log_path(NAME), proc)
+            wait_until(_ours_ready, timeout, f"{NAME}: broker start", log_path(NAME), proc, busy_up_to=RECOVERY_S)
         except InfraError:
             stop_process(NAME)
             raise

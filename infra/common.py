@@ -83,9 +83,12 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path |
             size = grown
             deadline = min(started + busy_up_to, time.monotonic() + timeout)
     waited = time.monotonic() - started
-    why = (f"its log still growing after {busy_up_to:.0f}s" if busy_up_to is not None and waited >= busy_up_to
-           else f"not ready after {waited:.0f}s" + (f", {timeout:.0f}s of them with nothing new in its log"
-                                                     if busy_up_to is not None else ""))
+    if busy_up_to is None:
+        why = f"not ready after {waited:.0f}s"
+    elif waited >= busy_up_to:
+        why = f"its log still growing after {busy_up_to:.0f}s"
+    else:
+        why = f"not ready after {waited:.0f}s, {timeout:.0f}s of them with nothing new in its log"
     raise InfraError(f"{what}: {why}; see {log}{_tail(log)}")
 
 

@@ -19,6 +19,8 @@ read) and which are CRITICAL. Such an event goes ahead when its decision is the 
   not at all) both before the event's decision (``ready`` asks) and after it (the caller checks the
   outcome, ``until``): the tick then releases the same users, within the same budget, in either order.
   Without the user's due time (``due`` None) the tick holds back every CRITICAL event of its partition.
+  ``ready`` names the partitions whose ticks held one back (``tick_held``), so that the caller may decide
+  those ticks before the batch's events still to decide (``agents.order``) and let the event go sooner.
 
 While a batch commits, the lane goes on into the next batch's step, but not for a user that batch read or
 changed (``busy``): that user's state is not in the table until the commit is over.
@@ -57,6 +59,7 @@ class Lane:
         self._records: dict[tuple[int, int], Any] = {}  # (partition, offset) -> ``seen``'s ``record``, not taken
         # (partition, offset) -> its ``_fifo`` entry, for ``decided``: CRITICAL events and the records kept
         self._entries: dict[tuple[int, int], list] = {}
+        self.tick_held: set[int] = set()  # partitions whose ticks held back a CRITICAL event at the last ``ready``
 
     def seen(self, partition: int, offset: int, user_id: str | None, payload: Any = None, after_gap: bool = False,
              record: Any = None) -> None:
@@ -118,7 +121,9 @@ class Lane:
         An event of a ticking partition goes only when its user is due after that time; ``until`` is then
         that time, and the caller must decide the event only if the decision leaves its user due after
         ``until`` too (else it leaves the event to the pipeline). ``until`` is None without a tick.
-        ``busy``: users whose states are being written (the batch committing); their events wait."""
+        ``busy``: users whose states are being written (the batch committing); their events wait.
+        ``tick_held`` is then the partitions whose ticks held one back."""
+        self.tick_held = set()
         if not self.waiting:
             return []
         ready = []
@@ -127,10 +132,9 @@ class Lane:
                 continue
             until = ticking.get(partition)
             if until is not None:
-                if due is None:
-                    continue
-                when = due(user_id, partition)
+                when = due(user_id, partition) if due is not None else until
                 if when is not None and when <= until:
+                    self.tick_held.add(partition)
                     continue  # a tick still to decide may release its user
             start = self._start.get(partition)
             if start is None or self._taken.get(partition, -2) + 1 < start:

@@ -33,7 +33,7 @@ from confluent_kafka import KafkaException
 from agents import clock as rules
 from agents import policy
 from agents.lane import Lane
-from agents.order import Item, overtaking
+from agents.order import Ahead, Item, overtaking
 from agents.preferences import validate as validate_preferences
 from agents.presence import expiry
 from agents.validate import to_ms, validate_event
@@ -161,7 +161,8 @@ class Pipeline:
         """Read every record of the batch, decide on them in ``agents.order``'s order (the read order, but
         for CRITICAL events that overtake), then commit the batch as one transaction. With the CRITICAL lane
         (``streams.express``) the overtaking events' delivery requests are sent at once, and between the
-        records read and decided the CRITICAL events read since are decided as ``agents.lane`` allows."""
+        records read and decided the CRITICAL events read since are decided as ``agents.lane`` allows; a
+        partition's ticks that hold one of those back are decided at once, ahead of their place."""
         started = time.perf_counter()
         step, self._early = self._early or Step(self.states, self.outputs, self.outbox, self.clock.reindex), None
         step.begin()
@@ -180,16 +181,11 @@ class Pipeline:
             read.append(await self.read(step, event))
             if lane:
                 step.between()
-        first, rest = overtaking([_order_item(event.message, what) for event, (_, what) in zip(events, read)])
+        items = [_order_item(event.message, what) for event, (_, what) in zip(events, read)]
+        first, rest = overtaking(items)
         for i in first:
             self.decide(step, events[i].message, *read[i], express=lane)
-        for i in rest:
-            msg = events[i].message
-            self.decide(step, msg, *read[i])
-            if lane:
-                if msg.topic != self.events_topic:  # a tick decided no longer holds its partition's lane back
-                    self._ticking[msg.partition] -= 1
-                step.between()
+        self._decide_rest(step, events, read, items, rest, lane)
         if lane:
             for event in events:
                 if event.message.topic == self.events_topic:
@@ -201,6 +197,28 @@ class Pipeline:
         self.note_written(step)
         self.metrics.batch(len(events), time.perf_counter() - started, step.events, step.decisions, step.requests,
                            step.released, step.expressed)
+
+    def _decide_rest(self, step: Step, events: Sequence[Record], read: list[tuple[int, dict | None]],
+                     items: list[Item], rest: list[int], lane: bool) -> None:
+        """Decide the batch's records at positions ``rest`` in that order, the lane going on after each; a
+        partition's ticks that hold back a CRITICAL event of the lane are decided at once, ahead of their place
+        (``agents.order``'s ``Ahead``)."""
+        ahead = Ahead(items, rest)
+        for i in rest:
+            if ahead.skip(i):
+                continue
+            self._decide_one(step, events[i].message, read[i], lane)
+            if lane and self.lane.waiting and self.lane.tick_held:
+                for partition in sorted(self.lane.tick_held & ahead.pending()):
+                    for j in ahead.pull(partition):
+                        self._decide_one(step, events[j].message, read[j], lane)
+
+    def _decide_one(self, step: Step, msg: Any, read: tuple[int, dict | None], lane: bool) -> None:
+        self.decide(step, msg, *read)
+        if lane:
+            if msg.topic != self.events_topic:  # a tick decided no longer holds its partition's lane back
+                self._ticking[msg.partition] -= 1
+            step.between()
 
     async def _commit_expressing(self, step: Step) -> None:
         """Commit ``step``; while its transactions commit, the CRITICAL events read since go ahead as they would

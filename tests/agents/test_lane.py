@@ -62,6 +62,18 @@ def test_a_tick_still_to_decide_holds_back_only_a_user_it_may_release():
     assert offsets(lane.ready({}, lambda user, partition: due(user))) == [10]  # the tick was decided
 
 
+def test_ready_names_the_partitions_whose_ticks_held_an_event_back():
+    lane = lane_at(0, 9, [(10, "a", True)])
+    lane.seen(1, 20, "b", 20)
+    lane.taken(1, 19)
+    due = {"a": 1_000, "b": 5_000}.get
+    assert lane.ready({0: 1_000, 1: 1_000}, lambda user, partition: due(user)) == [(1, 20, "b", 20, 1_000, [])]
+    assert lane.tick_held == {0}  # b is due after partition 1's tick: that tick held nothing back
+    assert lane.ready({0: 1_000}) == [] and lane.tick_held == {0}  # without due times the tick holds a back too
+    assert offsets(lane.ready({})) == [10] and lane.tick_held == set()
+    assert lane.ready({0: 1_000}) == [] and lane.tick_held == set()  # nothing waits
+
+
 def test_its_users_records_in_the_batch_in_flight_hold_it_back_until_the_batch_is_decided():
     lane = Lane()
     lane.seen(0, 5, "x")

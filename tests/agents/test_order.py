@@ -1,4 +1,4 @@
-from agents.order import overtaking
+from agents.order import Ahead, overtaking
 
 
 def decision_order(items):
@@ -26,3 +26,29 @@ def test_a_tick_of_its_partition_earlier_in_the_batch_keeps_a_critical_event_in_
 def test_without_a_critical_event_the_read_order_stays():
     items = [(0, "a", "HIGH"), (0, None, None), (1, "b", "LOW"), None]
     assert decision_order(items) == [0, 1, 2, 3]
+
+
+def test_ahead_pulls_a_partitions_ticks_in_read_order_and_they_are_skipped_in_their_place():
+    items = [(0, "a", "LOW"), (0, None, None), (1, "b", "LOW"), (1, None, None), (0, None, None), None]
+    first, rest = overtaking(items)
+    ahead = Ahead(items, rest)
+    assert ahead.pending() == {0, 1}
+    order = []
+    for i in rest:
+        if ahead.skip(i):
+            continue
+        order.append(i)
+        if i == 0:
+            order += ahead.pull(0)  # partition 0's ticks, wanted after the first record
+    assert order == [0, 1, 4, 2, 3, 5]
+    assert ahead.pending() == set()
+
+
+def test_a_tick_reached_in_its_place_is_no_longer_pulled():
+    items = [(0, None, None), (0, "a", "LOW"), (0, None, None)]
+    first, rest = overtaking(items)
+    ahead = Ahead(items, rest)
+    assert not ahead.skip(0)
+    assert ahead.pull(0) == [2]  # only the tick not decided yet
+    assert not ahead.skip(1) and ahead.skip(2)
+    assert ahead.pull(0) == [] and ahead.pending() == set()

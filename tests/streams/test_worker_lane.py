@@ -211,3 +211,46 @@ def test_when_an_earlier_record_cannot_go_ahead_its_users_critical_event_is_left
     p.express(step)
     assert p.outbox.sent == [] and p.outbox.expressed == []  # neither decided: the pipeline reads both
     assert sum(step.decisions.values()) == 0
+
+
+def decided_in_order(due_of) -> tuple[list, int]:
+    """A batch's rest (x1's event on partition 0, u5's on partition 3, a tick of each) decided while a CRITICAL
+    event of u1 (partition 0) waits in the lane: what was decided, in order, as (topic, offset, requests sent
+    at once before it), and the requests sent at once in all."""
+    p = run_pipeline({})
+    p.events_topic = "h.events"
+    p.clock = SimpleNamespace(due_of=due_of, reindex=lambda *a: None)  # type: ignore[assignment]
+    until = NOW + 1_000
+    p._ticking, p._tick_until = Counter({0: 1, 3: 1}), {0: until, 3: until}
+    p.lane.seen(0, 40, "u1", Candidate(record("u1", 40), critical(user_id="u1", event_id="e40"), time.monotonic()))
+    p.lane.taken(0, 39)
+
+    def tick(partition: int, offset: int) -> SimpleNamespace:
+        return SimpleNamespace(topic="h.ticks", partition=partition, offset=offset, headers=None, key=b"tick",
+                               timestamp=until / 1000, value=b"")
+
+    records = [SimpleNamespace(message=msg)
+               for msg in (record("x1", 30), record("u5", 31), tick(0, 3), record("u5", 32), tick(3, 4))]
+    items = [(0, "x1", "LOW"), (3, "u5", "LOW"), (0, None, None), (3, "u5", "LOW"), (3, None, None)]
+    order: list = []
+    p.decide = lambda step, msg, now_ms, event, express=False: order.append(  # type: ignore[method-assign]
+        (msg.topic, msg.offset, len(p.outbox.expressed)))
+    step = RealStep(p.states, p.outputs, p.outbox, p.clock.reindex)  # type: ignore[arg-type]
+    step.between = lambda: p.express(step)
+    p._decide_rest(step, records, [(NOW, {}) for _ in records], items, [0, 1, 2, 3, 4], lane=True)  # type: ignore[arg-type]
+    return order, len(p.outbox.expressed)
+
+
+def test_a_tick_that_holds_back_the_lane_is_decided_ahead_of_the_events_read_before_it():
+    order, expressed = decided_in_order(lambda user, partition: NOW)  # u1 is due before the ticks: they may release it
+    # after x1's event, partition 0's tick goes ahead of u5's event; then u1's CRITICAL event goes, before u5's
+    assert expressed > 0
+    assert order == [("h.events", 30, 0), ("h.ticks", 3, 0), ("h.events", 31, expressed), ("h.events", 32, expressed),
+                     ("h.ticks", 4, expressed)]
+
+
+def test_a_tick_that_holds_nothing_back_keeps_its_place():
+    order, expressed = decided_in_order(lambda user, partition: NOW + 5_000)  # due after the ticks: u1 goes at once
+    assert [(topic, offset) for topic, offset, _ in order] == [("h.events", 30), ("h.events", 31), ("h.ticks", 3),
+                                                               ("h.events", 32), ("h.ticks", 4)]
+    assert expressed > 0 and order[1][2] == expressed  # u1's went at the lane's first look, after x1's event

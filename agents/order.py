@@ -12,8 +12,9 @@ topic partition only, and a tick and the events read around it are on two topics
 tick moved up is one they could have been read in too. It keeps each topic partition's order and passes no
 CRITICAL event that overtook the tick. The worker does it for a partition whose tick holds back an event of
 the CRITICAL lane (``agents.lane``), so that the event waits for the tick's releases only, not for the
-batch's events read before the tick. Otherwise it keeps the read order, in which a user's events join the
-batches and digests a tick then releases with them.
+batch's events read before the tick (and ``streams.clock`` stops those releases short while it waits).
+Otherwise it keeps the read order, in which a user's events join the batches and digests a tick then
+releases with them.
 """
 from __future__ import annotations
 

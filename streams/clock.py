@@ -17,7 +17,8 @@ Rules (pure, in ``agents.clock``): a partition's clock never runs ahead of the e
 read on it; a batch of records releases at most ``HERALD_RELEASE_CHUNK`` users, a tenth of that while the
 partition is live, and queues one tick (per partition and batch) to continue after the records already
 waiting, so an event arriving behind a million due digests waits for a few hundred releases, not all of
-them. A user whose release fails (a bug, or data the policy cannot handle) is logged and tried again
+them; a release also stops short, and queues that tick, when the CRITICAL lane waits for it (``release``). A
+user whose release fails (a bug, or data the policy cannot handle) is logged and tried again
 later; the others go on.
 """
 from __future__ import annotations
@@ -43,6 +44,7 @@ BEHIND = 1_000  # records still unread on a partition that make its clock wait f
 LIVE_S = 1.0  # a partition with an event read this recently is live: its releases go in small chunks
 RETRY_MS = 60_000  # a user whose release failed is tried again this much later
 INDEX_CHUNK = 2_000  # users a rebuild indexes before it lets the event loop run the rest of the worker
+BETWEEN = 32  # users a release takes out and releases between two looks of the CRITICAL lane
 
 
 def due_time(state: Any) -> int | None:
@@ -192,26 +194,34 @@ class Clock:
         return now_ms, bool(unread) or live
 
     def release(self, step: Step, partition: int, tick_ms: int) -> None:
-        """Release the users due on ``partition`` at the tick's clock, within this batch's budget."""
+        """Release the users due on ``partition`` at the tick's clock, within this batch's budget, ``BETWEEN`` at a
+        time with the CRITICAL lane's look between (``step.between``). It stops early when the lane waits for this
+        partition's tick (``step.yields``): a CRITICAL event whose user the tick may release then goes next, and the
+        users still due go at the tick queued to continue, as those past the budget do."""
         now_ms, busy = self._tick(partition, tick_ms)
         index = self.index(partition)
         budget = max(0, rules.release_limit(self._release_chunk, busy) - step.released)
-        chunk = index.pop_due(now_ms, limit=budget)
-        step.released += len(chunk)
-        if len(chunk) == budget and partition not in step.continued and (index.next() or now_ms + 1) <= now_ms:
+        while budget:
+            chunk = index.pop_due(now_ms, limit=min(budget, BETWEEN))
+            budget -= len(chunk)
+            step.released += len(chunk)
+            for user_id in chunk:
+                try:
+                    self._release_one(step, user_id, partition, now_ms)
+                except Exception:  # noqa: BLE001 - one user's failure must not strand the others popped with it
+                    step.spoilt(user_id)
+                    log.exception("a release on partition %d failed; that user is tried again in %d s",
+                                  partition, RETRY_MS // 1000)
+                    index.set(user_id, now_ms + RETRY_MS)
+            if len(chunk) < BETWEEN:
+                break  # none left due, or the budget is spent
+            step.between()  # CRITICAL events read since may go ahead (``streams.express``)
+            if step.yields(partition):
+                break
+        if partition not in step.continued and (index.next() or now_ms + 1) <= now_ms:
             # more are due: continue later, with one tick per partition and batch whatever the ticks read in it
             step.continued.add(partition)
             self._outbox.send(self._ticks_topic, b"tick", b"", partition, source=partition)
-        for n, user_id in enumerate(chunk, 1):
-            if not n % 32:
-                step.between()  # CRITICAL events read since may go ahead (``streams.express``)
-            try:
-                self._release_one(step, user_id, partition, now_ms)
-            except Exception:  # noqa: BLE001 - one user's failure must not strand the others popped with it
-                step.spoilt(user_id)
-                log.exception("a release on partition %d failed; that user is tried again in %d s",
-                              partition, RETRY_MS // 1000)
-                index.set(user_id, now_ms + RETRY_MS)
 
     def _release_one(self, step: Step, user_id: str, partition: int, now_ms: int) -> None:
         state = step.state(user_id, partition)

@@ -44,6 +44,8 @@ class Step:
         self.released = 0  # users the clock released in this batch
         self.expressed = 0  # delivery requests sent at once (``apply``'s ``express``)
         self.between: Callable[[], None] = lambda: None  # called between long runs of work (``streams.express``)
+        # whether the CRITICAL lane waits for a tick of this partition, which should then stop releasing
+        self.yields: Callable[[int], bool] = lambda partition: False
         self.continued: set[int] = set()  # partitions whose releases this batch queued a tick to continue
         self.events: Counter = Counter()  # partition -> event records read (for the metrics)
         self.decisions: Counter = Counter()  # (outcome, final) -> decisions written

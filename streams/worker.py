@@ -174,6 +174,7 @@ class Pipeline:
             for msg in ticks:
                 self._tick_until[msg.partition] = max(self._tick_until.get(msg.partition, 0), _tick_bound(msg))
             step.between = lambda: self.express(step)
+            step.yields = self._lane_waits_for
             self.express(step)
         await self.intake.prepare([e.message.value for e in events if e.message.topic == self.events_topic])
         read = []
@@ -190,7 +191,7 @@ class Pipeline:
             for event in events:
                 if event.message.topic == self.events_topic:
                     self.lane.taken(event.message.partition, event.message.offset)
-            step.between = lambda: None
+            step.between, step.yields = lambda: None, lambda partition: False
             await self._commit_expressing(step)
         else:
             await step.commit()
@@ -212,6 +213,10 @@ class Pipeline:
                 for partition in sorted(self.lane.tick_held & ahead.pending()):
                     for j in ahead.pull(partition):
                         self._decide_one(step, events[j].message, read[j], lane)
+
+    def _lane_waits_for(self, partition: int) -> bool:
+        """Whether a CRITICAL event of the lane waits for a tick of ``partition`` (at the lane's last look)."""
+        return bool(self.lane.waiting) and partition in self.lane.tick_held
 
     def _decide_one(self, step: Step, msg: Any, read: tuple[int, dict | None], lane: bool) -> None:
         self.decide(step, msg, *read)

@@ -122,6 +122,36 @@ def test_ticks_read_in_one_batch_queue_one_tick_to_continue_not_one_each():
     assert step.released == 1 and len(outbox.records) == 2, "the last one is released; nothing is left to go on"
 
 
+def release_looked_at(users: int, yields_after: int | None) -> tuple[Step, Clock, Sent, list[int]]:
+    """A tick's release of ``users`` due users (budget 1,000) whose lane asks it to stop at its
+    ``yields_after``-th look (None: never): the step, the clock, the ticks queued, and the users released
+    by each look."""
+    states = States({f"u{i:03}": held_state(f"u{i:03}") for i in range(users)})
+    feed = SimpleNamespace(partitions=set(), highwater=lambda topic, partition: None)
+    outbox = Sent()
+    clock = Clock(feed, states, Context(), policy.PolicyConfig(), outbox, "t.events", "t-ticks",  # type: ignore[arg-type]
+                  release_chunk=1_000)
+    step = Step(states, Outputs(), outbox, clock.reindex)  # type: ignore[arg-type]
+    looks: list[int] = []
+    step.between = lambda: looks.append(step.released)
+    step.yields = lambda partition: partition == 0 and len(looks) == yields_after
+    clock.release(step, 0, NOW)
+    return step, clock, outbox, looks
+
+
+def test_a_release_lets_the_lane_look_every_32_users():
+    step, clock, outbox, looks = release_looked_at(100, None)
+    assert step.released == 100 and looks == [32, 64, 96]
+    assert outbox.records == [] and clock.index(0).pop_due(NOW) == [], "none is left due, no tick queued"
+
+
+def test_a_release_the_lane_waits_for_stops_and_queues_a_tick_for_the_rest():
+    step, clock, outbox, looks = release_looked_at(100, 2)
+    assert step.released == 64 and looks == [32, 64]
+    assert outbox.records == [("t-ticks", 0)], "a tick is queued to go on"
+    assert len(clock.index(0).pop_due(NOW)) == 36, "the users not released are still due"
+
+
 def test_a_tick_among_a_backlog_s_last_events_releases_at_their_time_until_they_are_read(monkeypatch):
     """Fewer unread events than the count that makes a partition behind, but minutes old while they are read:
     the tick releases at the last event's time. Read to the end, or the partition quiet, it keeps its own."""

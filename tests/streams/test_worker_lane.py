@@ -254,3 +254,18 @@ def test_a_tick_that_holds_nothing_back_keeps_its_place():
     assert [(topic, offset) for topic, offset, _ in order] == [("h.events", 30), ("h.events", 31), ("h.ticks", 3),
                                                                ("h.events", 32), ("h.ticks", 4)]
     assert expressed > 0 and order[1][2] == expressed  # u1's went at the lane's first look, after x1's event
+
+
+def test_the_lane_waits_for_a_partition_s_tick_while_it_holds_back_an_event_there():
+    p = run_pipeline({})
+    due = {"u1": NOW}
+    p.clock = SimpleNamespace(due_of=lambda user, partition: due.get(user), reindex=lambda *a: None)  # type: ignore[assignment]
+    p._ticking, p._tick_until = Counter({0: 1}), {0: NOW + 1_000}
+    p.lane.seen(0, 40, "u1", Candidate(record("u1", 40), critical(user_id="u1", event_id="e40"), time.monotonic()))
+    p.lane.taken(0, 39)
+    step = RealStep(p.states, p.outputs, p.outbox, p.clock.reindex)  # type: ignore[arg-type]
+    p.express(step)
+    assert p._lane_waits_for(0) and not p._lane_waits_for(1)  # u1 is due before partition 0's tick
+    due["u1"] = NOW + 5_000
+    p.express(step)
+    assert not p.lane.waiting and not p._lane_waits_for(0) and p.outbox.expressed  # due after it: u1's went

@@ -209,8 +209,8 @@ class Pipeline:
             if ahead.skip(i):
                 continue
             self._decide_one(step, events[i].message, read[i], lane)
-            if lane and self.lane.waiting and self.lane.tick_held:
-                for partition in sorted(self.lane.tick_held & ahead.pending()):
+            if lane and self.lane.waiting:
+                for partition in sorted(p for p in ahead.pending() if self._lane_waits_for(p)):
                     for j in ahead.pull(partition):
                         self._decide_one(step, events[j].message, read[j], lane)
 
